@@ -1,0 +1,122 @@
+/*
+ * ipc.h — framed messages between the parent, the workers and kcd.
+ *
+ * Channels are AF_UNIX SOCK_SEQPACKET socketpairs: one datagram is one
+ * message, optionally carrying one file descriptor (SCM_RIGHTS). Every frame
+ * starts with a fixed header whose length must equal the bytes received and
+ * whose payload may not exceed IPC_MAX_PAYLOAD; a frame that breaks a rule
+ * is never dispatched and closes the channel (OpenSSH monitor, OpenBSD
+ * imsg). Payloads are built and read with the bounds-checked ipc_buf /
+ * ipc_rd helpers below, never by casting structs.
+ *
+ * Wire header (little-endian is not assumed: fields are host order, both
+ * ends are the same binary on the same host):
+ *   uint32 magic   IPC_MAGIC
+ *   uint16 type    enum ipc_type
+ *   uint16 flags   reserved, must be 0
+ *   uint32 id      request id, echoed in the answer (0 for notifications)
+ *   uint32 len     payload bytes that follow
+ */
+#ifndef EKP_IPC_H
+#define EKP_IPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+#define IPC_MAGIC	0x454b5031u	/* "EKP1" */
+#define IPC_HDR_LEN	16u
+#define IPC_MAX_PAYLOAD	(64u * 1024u)
+#define IPC_MAX_FRAME	(IPC_HDR_LEN + IPC_MAX_PAYLOAD)
+#define IPC_MAX_QUEUE	4096u		/* queued outbound frames before the channel is declared stuck */
+
+enum ipc_type {
+#define IPC_MSG(id, name) IPC_##id,
+#include "tbl/ipc_msgs.h"
+#undef IPC_MSG
+	IPC__COUNT
+};
+
+const char *ipc_type_name(unsigned type);
+
+/* A decoded frame; data points into the receive buffer, valid only during
+ * the callback. fd is -1 unless one was passed; the callback owns it. */
+struct ipc_msg {
+	uint16_t type;
+	uint32_t id;
+	const uint8_t *data;
+	size_t len;
+	int fd;
+};
+
+/* Pure framing, unit-tested. encode returns the frame length or -1 when the
+ * payload is too large or cap too small. decode returns 0, or -1 with the
+ * broken rule in err (bad magic, short frame, length mismatch, oversized,
+ * unknown type, flags set). */
+long ipc_frame_encode(uint8_t *buf, size_t cap, uint16_t type, uint32_t id,
+    const void *payload, size_t len);
+int ipc_frame_decode(const uint8_t *buf, size_t n, struct ipc_msg *out,
+    char *err, size_t errlen);
+
+/* Payload builder: appends length-prefixed fields into a fixed buffer.
+ * Any overflow sets err and makes every later call a no-op, so callers
+ * check once at the end (ipc_buf.err). */
+struct ipc_buf {
+	uint8_t data[IPC_MAX_PAYLOAD];
+	size_t len;
+	int err;
+};
+void ipc_buf_init(struct ipc_buf *b);
+void ipc_put_u32(struct ipc_buf *b, uint32_t v);
+void ipc_put_u64(struct ipc_buf *b, uint64_t v);
+void ipc_put_bytes(struct ipc_buf *b, const void *p, size_t n);	/* u32 len + bytes */
+void ipc_put_str(struct ipc_buf *b, const char *s);		/* NULL -> empty */
+
+/* Payload reader over untrusted bytes. Strings come back NUL-terminated in
+ * the caller's buffer and may not contain NUL. Any violation sets err. */
+struct ipc_rd {
+	const uint8_t *p;
+	size_t left;
+	int err;
+};
+void ipc_rd_init(struct ipc_rd *r, const void *data, size_t len);
+uint32_t ipc_get_u32(struct ipc_rd *r);
+uint64_t ipc_get_u64(struct ipc_rd *r);
+/* Points *p at the bytes inside the payload (no copy); returns the length. */
+size_t ipc_get_bytes(struct ipc_rd *r, const uint8_t **p);
+/* Copies a string into buf (cap includes the NUL); too long or with NUL
+ * inside -> err. */
+void ipc_get_str(struct ipc_rd *r, char *buf, size_t cap);
+/* 0 when every field was read and nothing is left over, else -1. */
+int ipc_rd_done(const struct ipc_rd *r);
+
+/* A channel on an event loop. */
+struct ipc_chan;
+typedef void ipc_msg_fn(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg);
+/* Called once when the channel dies (peer closed, bad frame, queue full);
+ * why names the cause. The callback may free the channel. */
+typedef void ipc_close_fn(struct ipc_chan *ch, const char *why, void *arg);
+
+/* socketpair(AF_UNIX, SOCK_SEQPACKET), both ends non-blocking, close-on-exec. */
+int ipc_socketpair(int fds[2]);
+/* Takes ownership of fd. peer names the other end in logs ("kcd", "worker 3"). */
+struct ipc_chan *ipc_chan_new(struct event_base *base, int fd, const char *peer,
+    ipc_msg_fn *on_msg, ipc_close_fn *on_close, void *arg);
+/* Queue one frame; pass_fd is duplicated-by-kernel on send and stays owned by
+ * the caller (close it after the call returns). Returns 0 or -1 (payload too
+ * large, channel dead, queue full). */
+int ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
+    const void *payload, size_t len, int pass_fd);
+const char *ipc_chan_peer(const struct ipc_chan *ch);
+void ipc_chan_free(struct ipc_chan *ch);
+
+/* Blocking helpers for tools and the doctor (no event loop). */
+int ipc_send_blocking(int fd, uint16_t type, uint32_t id, const void *payload,
+    size_t len, int pass_fd);
+/* Receives one frame into buf (cap >= IPC_MAX_FRAME), waiting up to
+ * timeout_ms (-1 = forever). Returns 0, or -1 with err. */
+int ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
+    int timeout_ms, char *err, size_t errlen);
+
+#endif
