@@ -1,0 +1,42 @@
+/*
+ * kcd_proto.h — what crosses the worker <-> kcd channel (SPEC §6).
+ *
+ * The message types are in tbl/ipc_msgs.h; this header fixes the payload
+ * layouts (built with ipc_put_*, read with ipc_get_* from ipc.h) and the
+ * error classes, so kcd.c (server side) and kcd_client.c (worker side) agree.
+ *
+ * TOKEN_REQ   id=N  str principal ("alice@EXAMPLE.TEST"), str spn
+ *                   ("HTTP@exchange.example.test"), bytes cb (tls-server-
+ *                   end-point hash, empty = no channel bindings),
+ *                   u32 flags (KCD_F_*)
+ * TOKEN_OK    id=N  str token (base64, for "Authorization: Negotiate"),
+ *                   u32 ctx id (0 when no context is kept),
+ *                   u64 credential end (unix ms)
+ * TOKEN_ERR   id=N  u32 class (enum kcd_err_class), str name
+ *                   ("CLIENT_REVOKED"), str text (for the worker's log only)
+ * MUTUAL_REQ  id=N  u32 ctx id, str token (from WWW-Authenticate, base64)
+ * MUTUAL_OK   id=N  (empty)
+ * MUTUAL_ERR  id=N  str name, str text
+ * CTX_RELEASE id=0  u32 ctx id
+ */
+#ifndef EKP_KCD_PROTO_H
+#define EKP_KCD_PROTO_H
+
+#define KCD_PRINCIPAL_MAX	512	/* bytes incl. NUL */
+#define KCD_SPN_MAX		512
+#define KCD_CB_MAX		64	/* SHA-512 */
+#define KCD_NAME_MAX		64
+#define KCD_TEXT_MAX		1024
+#define KCD_TOKEN_MAX		(48 * 1024)	/* base64 */
+
+/* TOKEN_REQ flags */
+#define KCD_F_MUTUAL		0x1u	/* keep the context to verify the reply */
+
+enum kcd_err_class {
+	KCD_ERR_USER = 1,	/* KDC refused the user: 403 kdc_<NAME> */
+	KCD_ERR_PROXY,		/* KDC refused the proxy / our setup: 502 kdc_<NAME> */
+	KCD_ERR_UNREACHABLE,	/* no KDC answer: 503 kdc_unreachable + Retry-After */
+	KCD_ERR_INTERNAL,	/* kcd itself failed: 502, logged at error */
+};
+
+#endif
