@@ -1,0 +1,277 @@
+/* access_log.c — W3C extended / JSON access log; see access_log.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+
+#include "access_log.h"
+#include "log.h"
+
+#define ACCESS_BUF	(32u * 1024u)
+
+static struct {
+	int fd;
+	enum access_format fmt;
+	char path[4096];
+	size_t used;
+	char buf[ACCESS_BUF];
+} al = { .fd = -1 };
+
+static const char w3c_fields[] =
+    "date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username "
+    "c-ip cs(User-Agent) sc-status sc-bytes cs-bytes time-taken "
+    "x-device-id x-device-type x-eas-cmd x-reason x-backend x-kdc-ms";
+
+size_t
+access_log_header(char *buf, size_t len, uint64_t now_ms)
+{
+	time_t t = (time_t)(now_ms / 1000u);
+	struct tm tm;
+	char date[32];
+	int n;
+
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+	n = snprintf(buf, len, "#Software: eas-kcd-proxy %s\n#Version: 1.0\n"
+	    "#Date: %s\n#Fields: %s\n", EKP_VERSION, date, w3c_fields);
+	return (n < 0 || (size_t)n >= len) ? 0 : (size_t)n;
+}
+
+/* A W3C field: "-" when empty; spaces become '+' (as IIS writes them);
+ * control bytes, quotes and non-ASCII are %-escaped so a field never
+ * breaks the line. */
+static size_t
+put_w3c(char *out, size_t cap, const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	if (s == NULL || *s == '\0') {
+		if (cap < 2)
+			return 0;
+		out[0] = '-';
+		return 1;
+	}
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (n + 4 >= cap)
+			return 0;
+		if (c == ' ')
+			out[n++] = '+';
+		else if (c < 0x21 || c >= 0x7f || c == '"' || c == '%') {
+			out[n++] = '%';
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 15];
+		} else
+			out[n++] = (char)c;
+	}
+	return n;
+}
+
+/* A JSON string value with its quotes; NULL becomes null. */
+static size_t
+put_json(char *out, size_t cap, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	if (s == NULL) {
+		if (cap < 5)
+			return 0;
+		memcpy(out, "null", 4);
+		return 4;
+	}
+	if (cap < 3)
+		return 0;
+	out[n++] = '"';
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (n + 8 >= cap)
+			return 0;
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f || c >= 0x80) {
+			/* bytes, not code points: the log never carries raw
+			 * non-ASCII from a peer */
+			memcpy(out + n, "\\u00", 4);
+			n += 4;
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 15];
+		} else
+			out[n++] = (char)c;
+	}
+	out[n++] = '"';
+	return n;
+}
+
+size_t
+access_log_format(const struct access_rec *r, enum access_format fmt, char *buf, size_t len)
+{
+	time_t t = (time_t)(r->start_ms / 1000u);
+	struct tm tm;
+	char date[16], tod[16], status[8], port[8], scb[24], csb[24], tt[24], kdc[24];
+	size_t n = 0, w;
+	int i;
+
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d", &tm);
+	strftime(tod, sizeof(tod), "%H:%M:%S", &tm);
+	snprintf(status, sizeof(status), "%d", r->status);
+	snprintf(port, sizeof(port), "%u", r->s_port);
+	snprintf(scb, sizeof(scb), "%llu", (unsigned long long)r->sc_bytes);
+	snprintf(csb, sizeof(csb), "%llu", (unsigned long long)r->cs_bytes);
+	snprintf(tt, sizeof(tt), "%llu", (unsigned long long)r->time_taken_ms);
+	if (r->kdc_ms >= 0)
+		snprintf(kdc, sizeof(kdc), "%lld", (long long)r->kdc_ms);
+	else
+		snprintf(kdc, sizeof(kdc), "-");
+
+	const char *vals[] = {
+		date, tod, r->s_ip, r->method, r->uri_stem, r->uri_query, port,
+		r->username, r->c_ip, r->user_agent, status, scb, csb, tt,
+		r->device_id, r->device_type, r->eas_cmd, r->reason, r->backend, kdc,
+	};
+	static const char *const keys[] = {
+		"date", "time", "s_ip", "method", "uri_stem", "uri_query", "s_port",
+		"username", "c_ip", "user_agent", "status", "sc_bytes", "cs_bytes",
+		"time_taken", "device_id", "device_type", "eas_cmd", "reason",
+		"backend", "kdc_ms",
+	};
+	const int nvals = (int)(sizeof(vals) / sizeof(vals[0]));
+
+	if (fmt == ACCESS_JSON) {
+		if (len < 2)
+			return 0;
+		buf[n++] = '{';
+		for (i = 0; i < nvals; i++) {
+			int numeric = (i == 6 || (i >= 10 && i <= 13) ||
+			    (i == 19 && r->kdc_ms >= 0));
+			w = (size_t)snprintf(buf + n, len - n, "%s\"%s\":", i ? "," : "", keys[i]);
+			if (w >= len - n)
+				return 0;
+			n += w;
+			if (numeric) {
+				w = (size_t)snprintf(buf + n, len - n, "%s", vals[i]);
+				if (w >= len - n)
+					return 0;
+			} else if (i == 19) {
+				w = put_json(buf + n, len - n, NULL);
+			} else {
+				w = put_json(buf + n, len - n, vals[i]);
+			}
+			if (w == 0)
+				return 0;
+			n += w;
+		}
+		if (n + 3 > len)
+			return 0;
+		buf[n++] = '}';
+	} else {
+		for (i = 0; i < nvals; i++) {
+			if (i > 0) {
+				if (n + 2 > len)
+					return 0;
+				buf[n++] = ' ';
+			}
+			if ((w = put_w3c(buf + n, len - n, vals[i])) == 0)
+				return 0;
+			n += w;
+		}
+		if (n + 2 > len)
+			return 0;
+	}
+	buf[n++] = '\n';
+	buf[n] = '\0';
+	return n;
+}
+
+static void
+write_all(const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(al.fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("access_log", "write %s: %s (lines lost)", al.path, strerror(errno));
+			return;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+void
+access_log_flush(void)
+{
+	if (al.fd >= 0 && al.used > 0)
+		write_all(al.buf, al.used);
+	al.used = 0;
+}
+
+int
+access_log_open(const char *path, enum access_format fmt, int header, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd;
+
+	if (strlen(path) >= sizeof(al.path)) {
+		snprintf(err, errlen, "access_log path too long");
+		return -1;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open access_log %s: %s", path, strerror(errno));
+		return -1;
+	}
+	access_log_flush();
+	if (al.fd >= 0)
+		close(al.fd);
+	al.fd = fd;
+	al.fmt = fmt;
+	snprintf(al.path, sizeof(al.path), "%s", path);
+	if (header && fmt == ACCESS_W3C && fstat(fd, &st) == 0 && st.st_size == 0) {
+		char h[1024];
+		struct timeval tv;
+		size_t n;
+
+		gettimeofday(&tv, NULL);
+		n = access_log_header(h, sizeof(h),
+		    (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u);
+		write_all(h, n);
+	}
+	return 0;
+}
+
+void
+access_log_write(const struct access_rec *rec)
+{
+	char line[8192];
+	size_t n;
+
+	if (al.fd < 0)
+		return;
+	if ((n = access_log_format(rec, al.fmt, line, sizeof(line))) == 0) {
+		log_warn("access_log", "record too long for one line; dropped (reason %s)",
+		    rec->reason ? rec->reason : "-");
+		return;
+	}
+	if (al.used + n > sizeof(al.buf))
+		access_log_flush();
+	memcpy(al.buf + al.used, line, n);
+	al.used += n;
+}
+
+void
+access_log_close(void)
+{
+	access_log_flush();
+	if (al.fd >= 0)
+		close(al.fd);
+	al.fd = -1;
+}
