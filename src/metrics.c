@@ -1,0 +1,234 @@
+/* metrics.c — shared-memory counters and Prometheus rendering; see metrics.h. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "metrics.h"
+
+#define METRICS_MAGIC	0x4d455452u
+
+static struct metrics_slot dummy;
+static struct metrics_slot *self = &dummy;
+
+static const uint64_t kdc_bounds[METRICS_KDC_BUCKETS - 1] = {
+	1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000,
+};
+
+struct metrics_shm *
+metrics_shm_create(void)
+{
+	struct metrics_shm *m = mmap(NULL, sizeof(*m), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (m == MAP_FAILED)
+		return NULL;
+	memset(m, 0, sizeof(*m));
+	m->magic = METRICS_MAGIC;
+	m->nslots = METRICS_MAX_SLOTS;
+	return m;
+}
+
+int
+metrics_slot_alloc(struct metrics_shm *m, enum metrics_slot_kind kind)
+{
+	for (unsigned i = 0; i < m->nslots; i++) {
+		if (m->slot[i].kind == SLOT_FREE) {
+			memset(&m->slot[i], 0, sizeof(m->slot[i]));
+			m->slot[i].kind = kind;
+			return (int)i;
+		}
+	}
+	return -1;
+}
+
+/* Add the monotonic counters of src into dst (gauges are not carried). */
+static void
+fold(struct metrics_slot *dst, const struct metrics_slot *src)
+{
+	for (unsigned r = 0; r < REASON__COUNT; r++) {
+		for (unsigned c = 0; c < 6; c++)
+			dst->requests[r][c] += src->requests[r][c];
+		dst->tls_failures[r] += src->tls_failures[r];
+	}
+	dst->tls_handshakes += src->tls_handshakes;
+	dst->conns_accepted += src->conns_accepted;
+	dst->bytes_in += src->bytes_in;
+	dst->bytes_out += src->bytes_out;
+	dst->kcd_cache_hits += src->kcd_cache_hits;
+	dst->kcd_cache_misses += src->kcd_cache_misses;
+	dst->kcd_negative_hits += src->kcd_negative_hits;
+	dst->kdc_requests += src->kdc_requests;
+	dst->kdc_errors += src->kdc_errors;
+	for (unsigned b = 0; b < METRICS_KDC_BUCKETS; b++)
+		dst->kdc_ms_bucket[b] += src->kdc_ms_bucket[b];
+	dst->kdc_ms_sum += src->kdc_ms_sum;
+	dst->kdc_ms_count += src->kdc_ms_count;
+	dst->ldap_lookups += src->ldap_lookups;
+	dst->ldap_errors += src->ldap_errors;
+}
+
+void
+metrics_slot_release(struct metrics_shm *m, int i)
+{
+	if (i < 0 || (unsigned)i >= m->nslots)
+		return;
+	fold(&m->retired, &m->slot[i]);
+	memset(&m->slot[i], 0, sizeof(m->slot[i]));
+}
+
+void
+metrics_attach(struct metrics_shm *m, int slot)
+{
+	if (m != NULL && slot >= 0 && (unsigned)slot < m->nslots)
+		self = &m->slot[slot];
+}
+
+struct metrics_slot *
+metrics_self(void)
+{
+	return self;
+}
+
+void
+metrics_count_request(enum reason r, int status)
+{
+	unsigned c = (status >= 100 && status < 600) ? (unsigned)status / 100u : 0;
+
+	if ((unsigned)r < REASON__COUNT)
+		self->requests[r][c]++;
+}
+
+void
+metrics_kdc_latency(uint64_t ms)
+{
+	unsigned b = 0;
+
+	while (b < METRICS_KDC_BUCKETS - 1 && ms > kdc_bounds[b])
+		b++;
+	self->kdc_ms_bucket[b]++;
+	self->kdc_ms_sum += ms;
+	self->kdc_ms_count++;
+}
+
+struct out {
+	char *buf;
+	size_t len, n;
+	int full;
+};
+
+static void __attribute__((format(printf, 2, 3)))
+emit(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int w;
+
+	if (o->full)
+		return;
+	va_start(ap, fmt);
+	w = vsnprintf(o->buf + o->n, o->len - o->n, fmt, ap);
+	va_end(ap);
+	if (w < 0 || (size_t)w >= o->len - o->n)
+		o->full = 1;
+	else
+		o->n += (size_t)w;
+}
+
+size_t
+metrics_render(const struct metrics_shm *m, char *buf, size_t len)
+{
+	struct metrics_slot t;
+	struct out o = { buf, len, 0, 0 };
+	int64_t open = 0, parked = 0, idle = 0, bconns = 0;
+	unsigned workers = 0;
+	uint64_t cum = 0;
+	char tok[64];
+
+	memset(&t, 0, sizeof(t));
+	fold(&t, &m->retired);
+	for (unsigned i = 0; i < m->nslots; i++) {
+		const struct metrics_slot *s = &m->slot[i];
+		if (s->kind == SLOT_FREE)
+			continue;
+		fold(&t, s);
+		open += s->conns_open;
+		parked += s->parked;
+		idle += s->backend_pool_idle;
+		bconns += s->backend_conns_open;
+		workers += s->kind == SLOT_WORKER;
+	}
+
+	emit(&o, "# HELP eas_kcd_proxy_requests_total Requests by outcome reason and status class.\n"
+	    "# TYPE eas_kcd_proxy_requests_total counter\n");
+	for (unsigned r = 0; r < REASON__COUNT; r++)
+		for (unsigned c = 0; c < 6; c++)
+			if (t.requests[r][c])
+				emit(&o, "eas_kcd_proxy_requests_total{reason=\"%s\",status=\"%s\"} %llu\n",
+				    reason_token_detail((enum reason)r, "", tok, sizeof(tok)),
+				    c == 0 ? "none" : (const char *[]){"", "1xx", "2xx", "3xx", "4xx", "5xx"}[c],
+				    (unsigned long long)t.requests[r][c]);
+	emit(&o, "# HELP eas_kcd_proxy_tls_handshakes_total Completed device TLS handshakes.\n"
+	    "# TYPE eas_kcd_proxy_tls_handshakes_total counter\n"
+	    "eas_kcd_proxy_tls_handshakes_total %llu\n", (unsigned long long)t.tls_handshakes);
+	emit(&o, "# HELP eas_kcd_proxy_tls_handshake_failures_total Refused device TLS handshakes by reason.\n"
+	    "# TYPE eas_kcd_proxy_tls_handshake_failures_total counter\n");
+	for (unsigned r = 0; r < REASON__COUNT; r++)
+		if (t.tls_failures[r])
+			emit(&o, "eas_kcd_proxy_tls_handshake_failures_total{reason=\"%s\"} %llu\n",
+			    reason_token((enum reason)r), (unsigned long long)t.tls_failures[r]);
+	emit(&o, "# HELP eas_kcd_proxy_connections_accepted_total Device connections accepted.\n"
+	    "# TYPE eas_kcd_proxy_connections_accepted_total counter\n"
+	    "eas_kcd_proxy_connections_accepted_total %llu\n"
+	    "# HELP eas_kcd_proxy_connections_open Open device connections.\n"
+	    "# TYPE eas_kcd_proxy_connections_open gauge\n"
+	    "eas_kcd_proxy_connections_open %lld\n"
+	    "# HELP eas_kcd_proxy_parked_requests Requests waiting on a long-poll answer.\n"
+	    "# TYPE eas_kcd_proxy_parked_requests gauge\n"
+	    "eas_kcd_proxy_parked_requests %lld\n"
+	    "# HELP eas_kcd_proxy_backend_pool_idle Idle backend connections (each private to one user).\n"
+	    "# TYPE eas_kcd_proxy_backend_pool_idle gauge\n"
+	    "eas_kcd_proxy_backend_pool_idle %lld\n"
+	    "# HELP eas_kcd_proxy_backend_connections_open Open backend connections.\n"
+	    "# TYPE eas_kcd_proxy_backend_connections_open gauge\n"
+	    "eas_kcd_proxy_backend_connections_open %lld\n",
+	    (unsigned long long)t.conns_accepted, (long long)open, (long long)parked,
+	    (long long)idle, (long long)bconns);
+	emit(&o, "# HELP eas_kcd_proxy_kcd_cache_total Impersonated-credential cache lookups in kcd.\n"
+	    "# TYPE eas_kcd_proxy_kcd_cache_total counter\n"
+	    "eas_kcd_proxy_kcd_cache_total{result=\"hit\"} %llu\n"
+	    "eas_kcd_proxy_kcd_cache_total{result=\"miss\"} %llu\n"
+	    "eas_kcd_proxy_kcd_cache_total{result=\"negative_hit\"} %llu\n"
+	    "# HELP eas_kcd_proxy_kdc_requests_total S4U exchanges with the KDC.\n"
+	    "# TYPE eas_kcd_proxy_kdc_requests_total counter\n"
+	    "eas_kcd_proxy_kdc_requests_total %llu\n"
+	    "# HELP eas_kcd_proxy_kdc_errors_total KDC exchanges that failed.\n"
+	    "# TYPE eas_kcd_proxy_kdc_errors_total counter\n"
+	    "eas_kcd_proxy_kdc_errors_total %llu\n",
+	    (unsigned long long)t.kcd_cache_hits, (unsigned long long)t.kcd_cache_misses,
+	    (unsigned long long)t.kcd_negative_hits, (unsigned long long)t.kdc_requests,
+	    (unsigned long long)t.kdc_errors);
+	emit(&o, "# HELP eas_kcd_proxy_kdc_latency_seconds Time of KDC exchanges.\n"
+	    "# TYPE eas_kcd_proxy_kdc_latency_seconds histogram\n");
+	for (unsigned b = 0; b < METRICS_KDC_BUCKETS; b++) {
+		cum += t.kdc_ms_bucket[b];
+		if (b < METRICS_KDC_BUCKETS - 1)
+			emit(&o, "eas_kcd_proxy_kdc_latency_seconds_bucket{le=\"%.3f\"} %llu\n",
+			    (double)kdc_bounds[b] / 1000.0, (unsigned long long)cum);
+		else
+			emit(&o, "eas_kcd_proxy_kdc_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+			    (unsigned long long)cum);
+	}
+	emit(&o, "eas_kcd_proxy_kdc_latency_seconds_sum %.3f\n"
+	    "eas_kcd_proxy_kdc_latency_seconds_count %llu\n",
+	    (double)t.kdc_ms_sum / 1000.0, (unsigned long long)t.kdc_ms_count);
+	emit(&o, "# HELP eas_kcd_proxy_ldap_lookups_total Directory lookups.\n"
+	    "# TYPE eas_kcd_proxy_ldap_lookups_total counter\n"
+	    "eas_kcd_proxy_ldap_lookups_total{result=\"ok\"} %llu\n"
+	    "eas_kcd_proxy_ldap_lookups_total{result=\"error\"} %llu\n"
+	    "# HELP eas_kcd_proxy_workers Running worker processes.\n"
+	    "# TYPE eas_kcd_proxy_workers gauge\n"
+	    "eas_kcd_proxy_workers %u\n",
+	    (unsigned long long)(t.ldap_lookups - t.ldap_errors),
+	    (unsigned long long)t.ldap_errors, workers);
+	return o.full ? 0 : o.n;
+}

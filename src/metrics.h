@@ -1,0 +1,73 @@
+/*
+ * metrics.h — counters shared between the processes (SPEC §8).
+ *
+ * The parent maps one anonymous shared region before forking; every child
+ * owns one slot and is its only writer (plain increments of aligned 64-bit
+ * words: no locks, no atomics needed for a single writer; readers may be a
+ * moment behind). The parent's admin listener sums the slots into
+ * Prometheus text. When a child exits, the parent folds its slot into the
+ * retired totals before the slot is reused, so counters never go back.
+ */
+#ifndef EKP_METRICS_H
+#define EKP_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "reason.h"
+
+#define METRICS_MAX_SLOTS	512
+#define METRICS_KDC_BUCKETS	12	/* ms: 1 2 5 10 20 50 100 200 500 1000 5000 +Inf */
+
+enum metrics_slot_kind { SLOT_FREE = 0, SLOT_WORKER, SLOT_KCD };
+
+struct metrics_slot {
+	uint32_t kind;			/* enum metrics_slot_kind */
+	uint32_t pid;
+	/* worker */
+	uint64_t requests[REASON__COUNT][6];	/* [reason][status class 0 (none), 1..5] */
+	uint64_t tls_handshakes;		/* completed */
+	uint64_t tls_failures[REASON__COUNT];	/* handshake refusals by reason */
+	uint64_t conns_accepted;
+	int64_t conns_open;			/* gauge */
+	int64_t parked;				/* gauge: requests waiting on the backend > 5 s */
+	int64_t backend_pool_idle;		/* gauge */
+	int64_t backend_conns_open;		/* gauge */
+	uint64_t bytes_in, bytes_out;
+	/* kcd */
+	uint64_t kcd_cache_hits, kcd_cache_misses, kcd_negative_hits;
+	uint64_t kdc_requests;			/* S4U exchanges with the KDC */
+	uint64_t kdc_errors;
+	uint64_t kdc_ms_bucket[METRICS_KDC_BUCKETS];
+	uint64_t kdc_ms_sum, kdc_ms_count;
+	uint64_t ldap_lookups, ldap_errors;
+};
+
+struct metrics_shm {
+	uint32_t magic;
+	uint32_t nslots;
+	struct metrics_slot retired;		/* folded totals of exited children */
+	struct metrics_slot slot[METRICS_MAX_SLOTS];
+};
+
+/* Parent: map the region (before fork). */
+struct metrics_shm *metrics_shm_create(void);
+/* Parent: a free slot for a new child, or -1. */
+int metrics_slot_alloc(struct metrics_shm *m, enum metrics_slot_kind kind);
+/* Parent: the child of slot i exited; fold counters, free the slot. */
+void metrics_slot_release(struct metrics_shm *m, int i);
+
+/* Child: this process' slot (set once after fork). */
+void metrics_attach(struct metrics_shm *m, int slot);
+/* The calling child's slot, or a private dummy when not attached (tests,
+ * tools): callers never check for NULL. */
+struct metrics_slot *metrics_self(void);
+
+void metrics_count_request(enum reason r, int status);
+void metrics_kdc_latency(uint64_t ms);
+
+/* Render Prometheus text exposition of the sum of all slots into buf.
+ * Returns the length, or 0 when buf is too small. */
+size_t metrics_render(const struct metrics_shm *m, char *buf, size_t len);
+
+#endif
