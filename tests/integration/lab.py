@@ -838,6 +838,32 @@ index krbPrincipalName eq,sub
         stop_pid(self._kdc, "krb5kdc")
         self._kdc = None
 
+    @contextlib.contextmanager
+    def kdc_down(self):
+        """`with lab.kdc_down():` the KDC is stopped inside, running after."""
+        self.stop_kdc()
+        try:
+            yield
+        finally:
+            self.start_kdc()
+
+    def check_alive(self):
+        """Raise LabError naming any lab daemon that is not running."""
+        dead = [what for what, p in (("slapd", self._slapd),
+                                     ("krb5kdc", self._kdc),
+                                     ("apache2", self._apache))
+                if p is None or p.poll() is not None]
+        if dead:
+            raise LabError("lab daemon(s) not running: " + ", ".join(dead))
+
+    @property
+    def pids(self):
+        """{name: pid} of the lab daemons that are running."""
+        return {what: p.pid for what, p in (("slapd", self._slapd),
+                                            ("krb5kdc", self._kdc),
+                                            ("apache2", self._apache))
+                if p is not None and p.poll() is None}
+
     @property
     def kdc_pid(self):
         return self._kdc.pid if self._kdc and self._kdc.poll() is None \
