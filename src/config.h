@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #define CONFIG_MAX_LISTEN	16
@@ -46,6 +47,13 @@ enum ldap_bind { LDAP_BIND_GSSAPI, LDAP_BIND_SIMPLE };
 enum strong_mapping { STRONG_OFF, STRONG_AUDIT, STRONG_ENFORCE };
 enum on_failure { ON_FAILURE_DENY, ON_FAILURE_ALLOW };
 enum access_format { ACCESS_W3C, ACCESS_JSON };
+
+/* One message per problem, in file order. */
+struct config_errors {
+	unsigned n;
+	char *msg[64];
+	unsigned dropped;		/* beyond the 64 kept */
+};
 
 /* Durations are milliseconds; sizes are bytes. */
 struct config {
@@ -110,7 +118,8 @@ struct config {
 		int tls;
 		char *ca;			/* NULL = system store */
 		int has_connect_to;
-		struct config_addr connect_to;	/* override for every server */
+		struct config_addr connect_to;	/* override for every server; port
+						 * defaults to the first server's */
 		char *spn;			/* normalised to "HTTP@host" form */
 		char *host_header;		/* resolved: host of the first server */
 		uint64_t connect_timeout;
@@ -137,21 +146,24 @@ struct config {
 		char *access_log;		/* NULL/"off" = none */
 		enum access_format access_format;
 	} log;
-};
 
-/* One message per problem, in file order. */
-struct config_errors {
-	unsigned n;
-	char *msg[64];
-	unsigned dropped;		/* beyond the 64 kept */
+	/* Things that work but deserve a look ("FILE:LINE: warning: ..."),
+	 * e.g. backend tls = off. `-t` prints them; they never fail a load. */
+	struct config_errors warnings;
 };
 
 /* Load and validate FILE. Returns a new config (caller frees with
  * config_free) or NULL with every problem appended to errs as
- * "FILE:LINE: message". */
+ * "FILE:LINE: message" (errs must start zeroed or cleared; the strings are
+ * owned by errs until config_errors_clear). On success errs is untouched and
+ * cfg->warnings holds the warnings (freed by config_free). */
 struct config *config_load(const char *file, struct config_errors *errs);
 void config_free(struct config *cfg);
 void config_errors_clear(struct config_errors *errs);
+
+/* Print the effective configuration, every key of every section with its
+ * resolved value, as a loadable INI file (like nginx -T). */
+void config_dump(const struct config *cfg, FILE *fp);
 
 /* Value parsers, pure and unit-tested. Each returns 0, or -1 with a short
  * reason in err. */
@@ -159,7 +171,9 @@ int config_parse_duration(const char *s, uint64_t *ms, char *err, size_t errlen)
 int config_parse_size(const char *s, uint64_t *bytes, char *err, size_t errlen);
 int config_parse_bool(const char *s, int *out, char *err, size_t errlen);
 /* "host:port", "1.2.3.4:443", "[::1]:443"; default_port used when
- * allow_no_port and there is no ":port". */
+ * allow_no_port and there is no ":port" (it may be 0: "decide later").
+ * Ports are 1..65535; host names are checked for DNS syntax; dotted
+ * all-digit hosts must be valid IPv4; IPv6 needs brackets. */
 int config_parse_addr(const char *s, int allow_no_port, uint16_t default_port,
     struct config_addr *out, char *err, size_t errlen);
 
