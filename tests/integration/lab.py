@@ -55,6 +55,7 @@ import gzip
 import hashlib
 import http.client
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -416,11 +417,18 @@ class Lab:
     BACKEND_HOST = BACKEND_HOST
 
     def __init__(self, tmpdir=None, *, keepalive_timeout=30,
-                 apache_timeout=3700, keep=False):
+                 apache_timeout=3700, require_cb=None, keep=False):
         """tmpdir: an empty (or absent) directory whose ancestors www-data can
         traverse; default a fresh /tmp/ekp-lab-XXXX, removed by stop()
         unless keep=True.  keepalive_timeout: Apache's KeepAliveTimeout (s);
         apache_timeout: Apache's Timeout (s), above the longest parked Ping.
+
+        require_cb: mod_auth_gssapi 1.6.4 cannot check channel bindings (no
+        directive; it passes none to the acceptor), so with require_cb=True
+        or False the lab also starts cb_backend.py on cb_backend_port, an
+        Exchange stand-in with Extended Protection: wrong bindings are
+        always refused (401); missing ones too when require_cb=True, else
+        accepted and reported.  None (default): not started.
         """
         self._own_dir = tmpdir is None
         if tmpdir is None:
@@ -429,7 +437,9 @@ class Lab:
         self.keep = keep
         self.keepalive_timeout = keepalive_timeout
         self.apache_timeout = apache_timeout
-        self._slapd = self._kdc = self._apache = None
+        self.require_cb = require_cb
+        self._slapd = self._kdc = self._apache = self._cb = None
+        self.cb_backend_port = None
         self._started = False
         self.ldap_port = self.kdc_port = None
         self.backend_port = self.backend_http_port = None
@@ -596,8 +606,10 @@ class Lab:
         import gssapi
         krb5 = gssapi.MechType.kerberos
         store = {"client_keytab": self.keytab(proxy),
-                 "ccache": "MEMORY:lab-" + proxy.replace("/", "-") +
-                           "-" + str(os.getpid())}
+                 # one per lab and proxy: another Lab in this process has
+                 # other keys, so its TGT must not be found here
+                 "ccache": "MEMORY:" + os.path.basename(self.dir) + "-" +
+                           proxy.replace("/", "-")}
         me = gssapi.Name(principal(proxy), gssapi.NameType.kerberos_principal)
         cred = gssapi.Credentials(name=me, usage="initiate", mechs=[krb5],
                                   store=store)
@@ -630,11 +642,13 @@ class Lab:
                                      channel_bindings)
         return "Negotiate " + base64.b64encode(tok).decode(), ctx
 
-    def backend_connection(self, tls=True, timeout=30):
+    def backend_connection(self, tls=True, timeout=30, port=None):
         """An http.client connection to the Exchange stand-in: TCP to
         127.0.0.1, TLS verified against backend_ca for exchange.example.test,
-        Host: exchange.example.test."""
-        port = self.backend_port if tls else self.backend_http_port
+        Host: exchange.example.test.  port: another lab port (for example
+        cb_backend_port) instead of Apache's."""
+        if port is None:
+            port = self.backend_port if tls else self.backend_http_port
         if not tls:
             conn = http.client.HTTPConnection(BACKEND_HOST, port,
                                               timeout=timeout)
@@ -667,6 +681,9 @@ class Lab:
             self.timings["principals"] = time.monotonic() - t0
             self._start_apache()
             self.timings["apache"] = time.monotonic() - t0
+            if self.require_cb is not None:
+                self._start_cb_backend()
+                self.timings["cb_backend"] = time.monotonic() - t0
         except BaseException:
             self.stop()
             raise
@@ -675,10 +692,12 @@ class Lab:
 
     def stop(self):
         """Stop every daemon by pid; remove the dir if we made it."""
+        stop_pid(self._cb, "cb_backend")
         stop_pid(self._apache, "apache2")
         stop_pid(self._kdc, "krb5kdc")
         stop_pid(self._slapd, "slapd")
         for f in (getattr(self, "_kdc_out", None),
+                  getattr(self, "_cb_out", None),
                   getattr(self, "_slapd_out", None),
                   getattr(self, "_apache_out", None)):
             if f is not None:
@@ -849,9 +868,7 @@ index krbPrincipalName eq,sub
 
     def check_alive(self):
         """Raise LabError naming any lab daemon that is not running."""
-        dead = [what for what, p in (("slapd", self._slapd),
-                                     ("krb5kdc", self._kdc),
-                                     ("apache2", self._apache))
+        dead = [what for what, p in self._daemons()
                 if p is None or p.poll() is not None]
         if dead:
             raise LabError("lab daemon(s) not running: " + ", ".join(dead))
@@ -859,10 +876,15 @@ index krbPrincipalName eq,sub
     @property
     def pids(self):
         """{name: pid} of the lab daemons that are running."""
-        return {what: p.pid for what, p in (("slapd", self._slapd),
-                                            ("krb5kdc", self._kdc),
-                                            ("apache2", self._apache))
+        return {what: p.pid for what, p in self._daemons()
                 if p is not None and p.poll() is None}
+
+    def _daemons(self):
+        d = [("slapd", self._slapd), ("krb5kdc", self._kdc),
+             ("apache2", self._apache)]
+        if self.require_cb is not None:
+            d.append(("cb_backend", self._cb))
+        return d
 
     @property
     def kdc_pid(self):
@@ -1067,6 +1089,35 @@ LuaMapHandler "^/(Microsoft-Server-ActiveSync|[Aa]utodiscover)" {lua} handle
     ServerName {BACKEND_HOST}
 </VirtualHost>
 """
+
+    def _start_cb_backend(self):
+        self.cb_backend_port = free_port()
+        here = os.path.dirname(os.path.abspath(__file__))
+        args = [PYTHON, os.path.join(here, "cb_backend.py"),
+                "--port", str(self.cb_backend_port),
+                "--cert", self.backend_cert,
+                "--key", self.path("pki", "server.key"),
+                "--keytab", self.keytab(EXCHANGE),
+                "--rcache", "file2:" + self.path("rcache", "cb_backend.rc"),
+                "--acceptor", "HTTP@" + BACKEND_HOST,
+                "--log", self.path("cb_backend.log")]
+        if self.require_cb:
+            args.append("--require")
+        self._cb_out = open(self.path("cb_backend.out"), "w")
+        env = self.env
+        env.pop("KRB5CCNAME", None)
+        self._cb = spawn(args, self._cb_out, env=env, cwd=self.dir)
+        wait_port(self.cb_backend_port, self._cb, "cb_backend.py")
+
+    def cb_backend_requests(self):
+        """cb_backend.py's log: dicts with remote_port, method, uri, user,
+        cb ('bound', 'absent', 'persisted', 'cb_mismatch', 'cb_missing',
+        'none', 'gss_error: ...'), status."""
+        try:
+            with open(self.path("cb_backend.log")) as f:
+                return [json.loads(ln) for ln in f if ln.strip()]
+        except FileNotFoundError:
+            return []
 
     def apache_log_text(self):
         """Apache's error log (mod_auth_gssapi reasons) + access log."""

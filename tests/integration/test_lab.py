@@ -408,3 +408,39 @@ def test_stop_leaves_nothing_behind(private_lab):
         time.sleep(0.05)
     assert not any(port_open(p) for p in ports)
     assert not os.path.exists(world.dir)
+
+
+# ------------------------------------- channel bindings (cb_backend.py) ----
+
+@pytest.mark.parametrize("require", [True, False])
+def test_cb_backend_checks_channel_bindings(require):
+    world = Lab(require_cb=require)
+    world.start()
+    try:
+        good = world.channel_bindings()
+        wrong = b"tls-server-end-point:" + bytes(32)
+        results = {}
+        for label, cb in (("good", good), ("wrong", wrong), ("none", None)):
+            with world.environ():
+                hdr, _ = world.negotiate_header("alice", channel_bindings=cb)
+            conn = world.backend_connection(port=world.cb_backend_port)
+            resp, body = request(conn, "POST", EAS + "?Cmd=Sync",
+                                 {"Authorization": hdr}, b"abc")
+            results[label] = resp.status
+            if resp.status == 200:
+                doc = json.loads(body)
+                assert doc["remote_user"] == "alice@" + REALM
+                assert doc["body_sha256"] == hashlib.sha256(b"abc").hexdigest()
+                # authentication persists on the connection, like IIS
+                resp2, body2 = request(conn, "GET", EAS + "?Cmd=Ping")
+                assert resp2.status == 200
+                assert json.loads(body2)["remote_user"] == "alice@" + REALM
+            conn.close()
+        assert results == {"good": 200, "wrong": 401,
+                           "none": 401 if require else 200}
+        logged = [(e["status"], e["cb"]) for e in world.cb_backend_requests()
+                  if e["method"] == "POST"]
+        assert logged == [(200, "bound"), (401, "cb_mismatch"),
+                          (401, "cb_missing") if require else (200, "absent")]
+    finally:
+        world.stop()
