@@ -274,6 +274,7 @@ map_name(const unsigned char *v, size_t len, int ascii_only,
 {
 	const unsigned char *at = NULL;
 	const char *realm = NULL;
+	char shown[IDENTITY_LOGVAL_MAX];	/* the principal, escaped for the message */
 	size_t i, local_len, suffix_len;
 	unsigned n_at = 0;
 	uint32_t cp;
@@ -354,8 +355,10 @@ map_name(const unsigned char *v, size_t len, int ascii_only,
 	snprintf(r->principal, sizeof(r->principal), "%s@%s", r->local, r->realm);
 	r->reason = REASON_OK;
 	r->detail = IDENTITY_NONE;
+	escape_value((const unsigned char *)r->principal, strlen(r->principal),
+	    shown, sizeof(shown));
 	snprintf(r->message, sizeof(r->message), "certificate %s \"%s\" maps to %s",
-	    source_label(p->source), r->value, r->principal);
+	    source_label(p->source), r->value, shown);
 	return 0;
 }
 
