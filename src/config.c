@@ -1834,12 +1834,13 @@ config_validate(struct ctx *c)
 	/* [server] */
 	if (cfg->server.request_timeout <= EAS_HEARTBEAT_MAX_MS &&
 	    !key_failed(c, SEC_SERVER, "request_timeout")) {
-		char buf[32];
+		uint64_t ms = cfg->server.request_timeout;
 
-		fmt_duration(cfg->server.request_timeout, buf, sizeof(buf));
+		/* in seconds, the unit of the heartbeat it is compared with */
 		ERR(c, line_of(c, SEC_SERVER, "request_timeout"), "request_timeout "
-		    "= %s is too short: EAS Ping and Sync requests may wait up to "
-		    "3540s for an answer; set request_timeout = 3660s or more", buf);
+		    "= %llu%s is too short: EAS Ping and Sync requests may wait up "
+		    "to 3540s for an answer; set request_timeout = 3660s or more",
+		    (unsigned long long)(ms % 1000 ? ms : ms / 1000), ms % 1000 ? "ms" : "s");
 	}
 	require_positive(c, SEC_SERVER, "idle_timeout", cfg->server.idle_timeout, "120s");
 	require_positive(c, SEC_SERVER, "client_header_timeout",

@@ -885,7 +885,7 @@ test_errors_in_file_order(void **state)
 	    "spn = HTTP/exchange.example.test\n"	/* 18 */
 	    "[log]\naccess_log = off\n";
 	static const char *const want[] = {
-	    ":4: request_timeout = 1m is too short", ":5: bad duration '5x'",
+	    ":4: request_timeout = 60s is too short", ":5: bad duration '5x'",
 	    ":8: cannot read key '", ":10: unknown section [bogus]",
 	    ":13: duplicate key 'realm' in [identity] (first set at line 12)",
 	    ": missing required key 'principal' in [kerberos]",
@@ -1088,6 +1088,48 @@ test_default_paths_checked(void **state)
 	tmp_cleanup(&t);
 }
 
+/* inih's line buffer is fixed: a "key=value" of 197 characters is the
+ * longest that loads; one more is reported, never silently cut. */
+static void
+test_line_length_limit(void **state)
+{
+	struct config_errors errs = { 0 };
+	struct config *cfg;
+	struct tmp t;
+	char value[256], line[400], *text = NULL;
+
+	(void)state;
+	tmp_init(&t);
+	tmp_write(&t, "server.pem", "x", 1);
+	tmp_write(&t, "server.key", "x", 1);
+	tmp_write(&t, "device-ca.pem", "x", 1);
+	tmp_write(&t, "proxy.keytab", "x", 1);
+	/* "base_dn=" is 8 characters; blanks and a comment are free */
+	memset(value, 'd', 189);
+	value[189] = '\0';
+	snprintf(line, sizeof(line), "[ldap]\nbase_dn   =   %s   ; a comment that does not count\n", value);
+	with_base(&t, line, &text);
+	cfg = load_text(&t, text, strlen(text), &errs);
+	if (!cfg)
+		print_errors("197", &errs);
+	assert_non_null(cfg);
+	assert_int_equal(strlen(cfg->ldap.base_dn), 189);
+	config_free(cfg);
+	free(text);
+
+	value[189] = 'd';
+	value[190] = '\0';
+	snprintf(line, sizeof(line), "[ldap]\nbase_dn=%s\n", value);
+	with_base(&t, line, &text);
+	assert_null(load_text(&t, text, strlen(text), &errs));
+	assert_int_equal(errs.n, 1);
+	assert_non_null(strstr(errs.msg[0], ":19: line too long: the setting is 198 characters "
+	    "and at most 197 are supported"));
+	config_errors_clear(&errs);
+	free(text);
+	tmp_cleanup(&t);
+}
+
 /* More problems than config_errors keeps: the rest are counted. */
 static void
 test_many_errors_dropped(void **state)
@@ -1141,6 +1183,7 @@ main(void)
 		cmocka_unit_test(test_control_bytes_bom_crlf),
 		cmocka_unit_test(test_user_must_exist),
 		cmocka_unit_test(test_default_paths_checked),
+		cmocka_unit_test(test_line_length_limit),
 		cmocka_unit_test(test_many_errors_dropped),
 	};
 
