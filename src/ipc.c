@@ -1,0 +1,797 @@
+/*
+ * ipc.c — framed messages over AF_UNIX SOCK_SEQPACKET socketpairs; see ipc.h.
+ *
+ * One datagram is one frame. The receiver reads into a buffer of exactly
+ * IPC_MAX_FRAME bytes, so anything longer arrives with MSG_TRUNC and is
+ * refused; a frame whose file descriptor did not fit arrives with MSG_CTRUNC
+ * and is refused too (the kernel has dropped the descriptor, and a message
+ * that lost its descriptor must not be acted on). Every refusal closes the
+ * channel with the broken rule as the cause (OpenBSD imsg, OpenSSH monitor).
+ *
+ * Sending tries the socket first; when it is full the frame is copied into a
+ * bounded queue and EV_WRITE flushes it in order. A descriptor that waits in
+ * the queue is dup()ed, because the caller closes its own copy as soon as
+ * ipc_send() returns.
+ *
+ * Callbacks may free the channel (ipc_chan_free) from inside on_msg or
+ * on_close: the channel counts the callbacks it is inside of and frees
+ * itself only when the last one has returned.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <event2/event.h>
+
+#include "ipc.h"
+#include "log.h"
+
+#define CHAN_MAGIC	0x4950434eu	/* "IPCN" */
+#define READ_BURST	64		/* frames read per wake-up, for fairness */
+#define MAX_RX_FDS	8		/* room to receive (and close) unwanted extras */
+
+static const char *const type_names[] = {
+#define IPC_MSG(id, name) name,
+#include "tbl/ipc_msgs.h"
+#undef IPC_MSG
+};
+
+const char *
+ipc_type_name(unsigned type)
+{
+	if (type >= IPC__COUNT)
+		return "unknown";
+	return type_names[type];
+}
+
+/* ---- framing ------------------------------------------------------------ */
+
+static void
+put_hdr(uint8_t *h, uint16_t type, uint32_t id, uint32_t len)
+{
+	uint32_t magic = IPC_MAGIC;
+	uint16_t flags = 0;
+
+	memcpy(h, &magic, 4);
+	memcpy(h + 4, &type, 2);
+	memcpy(h + 6, &flags, 2);
+	memcpy(h + 8, &id, 4);
+	memcpy(h + 12, &len, 4);
+}
+
+long
+ipc_frame_encode(uint8_t *buf, size_t cap, uint16_t type, uint32_t id,
+    const void *payload, size_t len)
+{
+	if (len > IPC_MAX_PAYLOAD || cap < IPC_HDR_LEN + len)
+		return -1;
+	if (len > 0 && payload == NULL)
+		return -1;
+	put_hdr(buf, type, id, (uint32_t)len);
+	if (len > 0)
+		memcpy(buf + IPC_HDR_LEN, payload, len);
+	return (long)(IPC_HDR_LEN + len);
+}
+
+int
+ipc_frame_decode(const uint8_t *buf, size_t n, struct ipc_msg *out,
+    char *err, size_t errlen)
+{
+	uint32_t magic, id, len;
+	uint16_t type, flags;
+
+	if (n < IPC_HDR_LEN) {
+		snprintf(err, errlen, "short frame: %zu bytes, the header alone is %u", n, IPC_HDR_LEN);
+		return -1;
+	}
+	memcpy(&magic, buf, 4);
+	memcpy(&type, buf + 4, 2);
+	memcpy(&flags, buf + 6, 2);
+	memcpy(&id, buf + 8, 4);
+	memcpy(&len, buf + 12, 4);
+	if (magic != IPC_MAGIC) {
+		snprintf(err, errlen, "bad magic 0x%08x (want 0x%08x)", magic, IPC_MAGIC);
+		return -1;
+	}
+	if (flags != 0) {
+		snprintf(err, errlen, "reserved flags 0x%04x set", flags);
+		return -1;
+	}
+	if (len > IPC_MAX_PAYLOAD) {
+		snprintf(err, errlen, "oversized frame: payload length %u exceeds %u", len, IPC_MAX_PAYLOAD);
+		return -1;
+	}
+	if ((size_t)len != n - IPC_HDR_LEN) {
+		snprintf(err, errlen, "length mismatch: header says %u payload bytes, frame has %zu",
+		    len, n - IPC_HDR_LEN);
+		return -1;
+	}
+	if (type == IPC_NONE || type >= IPC__COUNT) {
+		snprintf(err, errlen, "unknown message type %u", type);
+		return -1;
+	}
+	out->type = type;
+	out->id = id;
+	out->data = buf + IPC_HDR_LEN;
+	out->len = len;
+	out->fd = -1;
+	return 0;
+}
+
+/* ---- payload builder ---------------------------------------------------- */
+
+void
+ipc_buf_init(struct ipc_buf *b)
+{
+	b->len = 0;
+	b->err = 0;
+}
+
+static void
+put_raw(struct ipc_buf *b, const void *p, size_t n)
+{
+	if (b->err)
+		return;
+	if (n > sizeof(b->data) - b->len) {
+		b->err = 1;
+		return;
+	}
+	if (n > 0)
+		memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+void
+ipc_put_u32(struct ipc_buf *b, uint32_t v)
+{
+	put_raw(b, &v, sizeof(v));
+}
+
+void
+ipc_put_u64(struct ipc_buf *b, uint64_t v)
+{
+	put_raw(b, &v, sizeof(v));
+}
+
+void
+ipc_put_bytes(struct ipc_buf *b, const void *p, size_t n)
+{
+	if (b->err)
+		return;
+	/* the prefix and the bytes go in together or not at all */
+	if (n > UINT32_MAX || (n > 0 && p == NULL) ||
+	    sizeof(uint32_t) + n > sizeof(b->data) - b->len) {
+		b->err = 1;
+		return;
+	}
+	ipc_put_u32(b, (uint32_t)n);
+	put_raw(b, p, n);
+}
+
+void
+ipc_put_str(struct ipc_buf *b, const char *s)
+{
+	if (s == NULL)
+		s = "";
+	ipc_put_bytes(b, s, strlen(s));
+}
+
+/* ---- payload reader ----------------------------------------------------- */
+
+void
+ipc_rd_init(struct ipc_rd *r, const void *data, size_t len)
+{
+	r->p = data;
+	r->left = data == NULL ? 0 : len;
+	r->err = 0;
+}
+
+static int
+get_raw(struct ipc_rd *r, void *out, size_t n)
+{
+	if (r->err || r->left < n) {
+		r->err = 1;
+		return -1;
+	}
+	memcpy(out, r->p, n);
+	r->p += n;
+	r->left -= n;
+	return 0;
+}
+
+uint32_t
+ipc_get_u32(struct ipc_rd *r)
+{
+	uint32_t v;
+
+	return get_raw(r, &v, sizeof(v)) == 0 ? v : 0;
+}
+
+uint64_t
+ipc_get_u64(struct ipc_rd *r)
+{
+	uint64_t v;
+
+	return get_raw(r, &v, sizeof(v)) == 0 ? v : 0;
+}
+
+size_t
+ipc_get_bytes(struct ipc_rd *r, const uint8_t **p)
+{
+	uint32_t n = ipc_get_u32(r);
+
+	*p = NULL;
+	if (r->err)
+		return 0;
+	if (n > r->left) {
+		r->err = 1;
+		return 0;
+	}
+	*p = r->p;
+	r->p += n;
+	r->left -= n;
+	return n;
+}
+
+void
+ipc_get_str(struct ipc_rd *r, char *buf, size_t cap)
+{
+	const uint8_t *p;
+	size_t n = ipc_get_bytes(r, &p);
+
+	if (cap > 0)
+		buf[0] = '\0';
+	if (r->err)
+		return;
+	if (cap == 0 || n >= cap || (n > 0 && memchr(p, '\0', n) != NULL)) {
+		r->err = 1;
+		return;
+	}
+	if (n > 0)
+		memcpy(buf, p, n);
+	buf[n] = '\0';
+}
+
+int
+ipc_rd_done(const struct ipc_rd *r)
+{
+	return (r->err || r->left != 0) ? -1 : 0;
+}
+
+/* ---- channels ----------------------------------------------------------- */
+
+/* One frame waiting for the socket to drain. fd is our own dup (or -1). */
+struct qframe {
+	struct qframe *next;
+	int fd;
+	size_t len;
+	uint8_t data[];
+};
+
+struct ipc_chan {
+	unsigned magic;
+	struct event_base *base;
+	int fd;				/* -1 once the channel is dead */
+	char peer[48];
+	ipc_msg_fn *on_msg;
+	ipc_close_fn *on_close;
+	void *arg;
+	struct event *rev, *wev;
+	struct event *close_ev;		/* reports a failure found inside ipc_send */
+	struct qframe *qhead, *qtail;
+	unsigned qlen;
+	uint8_t *rx;			/* IPC_MAX_FRAME bytes */
+	int dead;			/* no more sending or receiving */
+	int closed_reported;		/* on_close has been (or is being) called */
+	int busy;			/* callbacks we are inside of */
+	int free_pending;		/* ipc_chan_free came from inside a callback */
+	char why[256];			/* cause kept for the deferred report */
+};
+
+static void
+queue_drop(struct ipc_chan *ch)
+{
+	struct qframe *q;
+
+	while ((q = ch->qhead) != NULL) {
+		ch->qhead = q->next;
+		if (q->fd >= 0)
+			close(q->fd);
+		free(q);
+	}
+	ch->qtail = NULL;
+	ch->qlen = 0;
+}
+
+static void
+chan_destroy(struct ipc_chan *ch)
+{
+	queue_drop(ch);
+	if (ch->rev != NULL)
+		event_free(ch->rev);
+	if (ch->wev != NULL)
+		event_free(ch->wev);
+	if (ch->close_ev != NULL)
+		event_free(ch->close_ev);
+	if (ch->fd >= 0)
+		close(ch->fd);
+	free(ch->rx);
+	ch->magic = 0;
+	free(ch);
+}
+
+/* Stop all I/O: the peer sees EOF at once, queued frames are dropped. */
+static void
+chan_kill(struct ipc_chan *ch, const char *why)
+{
+	if (ch->dead)
+		return;
+	ch->dead = 1;
+	snprintf(ch->why, sizeof(ch->why), "%s", why);
+	event_del(ch->rev);
+	event_del(ch->wev);
+	queue_drop(ch);
+	close(ch->fd);
+	ch->fd = -1;
+}
+
+/* Report the death once. Returns 1 when the channel was freed meanwhile
+ * (the caller must not touch it again). */
+static int
+report_close(struct ipc_chan *ch)
+{
+	if (ch->closed_reported)
+		return 0;
+	ch->closed_reported = 1;
+	ch->busy++;
+	ch->on_close(ch, ch->why, ch->arg);
+	ch->busy--;
+	if (ch->busy == 0 && ch->free_pending) {
+		chan_destroy(ch);
+		return 1;
+	}
+	return 0;
+}
+
+/* A failure found in an event callback: kill and report now. */
+static int
+chan_fail(struct ipc_chan *ch, const char *why)
+{
+	chan_kill(ch, why);
+	return report_close(ch);
+}
+
+/* A failure found inside ipc_send(): the caller is in the middle of its own
+ * code, so the report waits for the event loop. */
+static void
+chan_fail_later(struct ipc_chan *ch, const char *why)
+{
+	chan_kill(ch, why);
+	event_active(ch->close_ev, 0, 0);
+}
+
+static void
+on_deferred_close(evutil_socket_t fd, short what, void *arg)
+{
+	struct ipc_chan *ch = arg;
+
+	(void)fd;
+	(void)what;
+	assert(ch->magic == CHAN_MAGIC);
+	report_close(ch);
+}
+
+/* sendmsg one frame; returns 0, or -1 with errno. */
+static int
+send_frame(int fd, const void *hdr, size_t hlen, const void *payload, size_t len, int pass_fd)
+{
+	struct iovec iov[2];
+	struct msghdr mh;
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	ssize_t n;
+
+	memset(&mh, 0, sizeof(mh));
+	iov[0].iov_base = (void *)hdr;
+	iov[0].iov_len = hlen;
+	iov[1].iov_base = (void *)payload;
+	iov[1].iov_len = len;
+	mh.msg_iov = iov;
+	mh.msg_iovlen = len > 0 ? 2 : 1;
+	if (pass_fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof(cm.buf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
+	do {
+		n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -1;
+	if ((size_t)n != hlen + len) {
+		/* SEQPACKET is all or nothing; anything else is a kernel surprise */
+		errno = EMSGSIZE;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+on_write(evutil_socket_t fd, short what, void *arg)
+{
+	struct ipc_chan *ch = arg;
+	struct qframe *q;
+	char why[160];
+
+	(void)fd;
+	(void)what;
+	assert(ch->magic == CHAN_MAGIC);
+	while ((q = ch->qhead) != NULL) {
+		if (send_frame(ch->fd, q->data, q->len, NULL, 0, q->fd) != 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;		/* wev stays armed */
+			snprintf(why, sizeof(why), "send to %s failed: %s", ch->peer, strerror(errno));
+			chan_fail(ch, why);
+			return;
+		}
+		ch->qhead = q->next;
+		if (ch->qhead == NULL)
+			ch->qtail = NULL;
+		ch->qlen--;
+		if (q->fd >= 0)
+			close(q->fd);
+		free(q);
+	}
+	event_del(ch->wev);
+}
+
+/* Collect the descriptors of one message. Returns the one fd (or -1), or
+ * -2 after closing them all when there were several. */
+static int
+take_fds(struct msghdr *mh)
+{
+	struct cmsghdr *c;
+	int fd = -1, count = 0;
+
+	for (c = CMSG_FIRSTHDR(mh); c != NULL; c = CMSG_NXTHDR(mh, c)) {
+		size_t n, i;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (i = 0; i < n; i++) {
+			int one;
+
+			memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (count++ == 0)
+				fd = one;
+			else
+				close(one);
+		}
+	}
+	if (count > 1) {
+		close(fd);
+		return -2;
+	}
+	return fd;
+}
+
+static void
+on_read(evutil_socket_t sock, short what, void *arg)
+{
+	struct ipc_chan *ch = arg;
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(MAX_RX_FDS * sizeof(int))];
+	} cm;
+	char err[200], why[300];
+	struct ipc_msg msg;
+	struct msghdr mh;
+	struct iovec iov;
+	ssize_t n;
+	int fd;
+
+	(void)sock;
+	(void)what;
+	assert(ch->magic == CHAN_MAGIC);
+	for (int burst = 0; burst < READ_BURST && !ch->dead; burst++) {
+		memset(&mh, 0, sizeof(mh));
+		iov.iov_base = ch->rx;
+		iov.iov_len = IPC_MAX_FRAME;
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof(cm.buf);
+		n = recvmsg(ch->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			snprintf(why, sizeof(why), "receive from %s failed: %s", ch->peer, strerror(errno));
+			chan_fail(ch, why);
+			return;
+		}
+		if (n == 0) {
+			/* we never send empty datagrams: this is the end of the stream */
+			snprintf(why, sizeof(why), "%s closed the channel", ch->peer);
+			chan_fail(ch, why);
+			return;
+		}
+		fd = take_fds(&mh);	/* closes extras, so nothing leaks below */
+		if (mh.msg_flags & MSG_CTRUNC) {
+			if (fd >= 0)
+				close(fd);
+			snprintf(why, sizeof(why), "refused a frame from %s: control data truncated (a passed descriptor was lost)",
+			    ch->peer);
+			chan_fail(ch, why);
+			return;
+		}
+		if (fd == -2) {
+			snprintf(why, sizeof(why), "refused a frame from %s: more than one file descriptor", ch->peer);
+			chan_fail(ch, why);
+			return;
+		}
+		if (mh.msg_flags & MSG_TRUNC) {
+			if (fd >= 0)
+				close(fd);
+			snprintf(why, sizeof(why), "refused a frame from %s: oversized frame, longer than %u bytes",
+			    ch->peer, IPC_MAX_FRAME);
+			chan_fail(ch, why);
+			return;
+		}
+		if (ipc_frame_decode(ch->rx, (size_t)n, &msg, err, sizeof(err)) != 0) {
+			if (fd >= 0)
+				close(fd);
+			snprintf(why, sizeof(why), "refused a frame from %s: %s", ch->peer, err);
+			chan_fail(ch, why);
+			return;
+		}
+		msg.fd = fd;		/* handed to on_msg */
+		ch->busy++;
+		ch->on_msg(ch, &msg, ch->arg);
+		ch->busy--;
+		if (ch->busy == 0 && ch->free_pending) {
+			chan_destroy(ch);
+			return;
+		}
+	}
+}
+
+int
+ipc_socketpair(int fds[2])
+{
+	return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds);
+}
+
+struct ipc_chan *
+ipc_chan_new(struct event_base *base, int fd, const char *peer,
+    ipc_msg_fn *on_msg, ipc_close_fn *on_close, void *arg)
+{
+	struct ipc_chan *ch = NULL;
+	int fl;
+
+	if (fd < 0 || on_msg == NULL || on_close == NULL)
+		goto fail;
+	if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		goto fail;
+	if ((ch = calloc(1, sizeof(*ch))) == NULL)
+		goto fail;
+	ch->magic = CHAN_MAGIC;
+	ch->base = base;
+	ch->fd = fd;
+	snprintf(ch->peer, sizeof(ch->peer), "%s", peer != NULL ? peer : "peer");
+	ch->on_msg = on_msg;
+	ch->on_close = on_close;
+	ch->arg = arg;
+	if ((ch->rx = malloc(IPC_MAX_FRAME)) == NULL ||
+	    (ch->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, ch)) == NULL ||
+	    (ch->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, ch)) == NULL ||
+	    (ch->close_ev = event_new(base, -1, 0, on_deferred_close, ch)) == NULL ||
+	    event_add(ch->rev, NULL) != 0)
+		goto fail;
+	return ch;
+fail:
+	/* fd is ours in every case */
+	if (ch != NULL)
+		chan_destroy(ch);
+	else if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+int
+ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
+    const void *payload, size_t len, int pass_fd)
+{
+	uint8_t hdr[IPC_HDR_LEN];
+	struct qframe *q;
+	char why[200];
+
+	assert(ch->magic == CHAN_MAGIC);
+	if (ch->dead || len > IPC_MAX_PAYLOAD || (len > 0 && payload == NULL) ||
+	    type == IPC_NONE || type >= IPC__COUNT)
+		return -1;
+	put_hdr(hdr, type, id, (uint32_t)len);
+	if (ch->qhead == NULL) {
+		if (send_frame(ch->fd, hdr, sizeof(hdr), payload, len, pass_fd) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			snprintf(why, sizeof(why), "send of %s to %s failed: %s",
+			    ipc_type_name(type), ch->peer, strerror(errno));
+			chan_fail_later(ch, why);
+			return -1;
+		}
+	}
+	if (ch->qlen >= IPC_MAX_QUEUE) {
+		snprintf(why, sizeof(why), "%s is not reading: %u frames queued", ch->peer, ch->qlen);
+		chan_fail_later(ch, why);
+		return -1;
+	}
+	if ((q = malloc(sizeof(*q) + IPC_HDR_LEN + len)) == NULL)
+		return -1;
+	q->next = NULL;
+	q->len = IPC_HDR_LEN + len;
+	memcpy(q->data, hdr, IPC_HDR_LEN);
+	if (len > 0)
+		memcpy(q->data + IPC_HDR_LEN, payload, len);
+	q->fd = -1;
+	if (pass_fd >= 0 && (q->fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		free(q);
+		return -1;
+	}
+	if (ch->qtail != NULL)
+		ch->qtail->next = q;
+	else
+		ch->qhead = q;
+	ch->qtail = q;
+	ch->qlen++;
+	event_add(ch->wev, NULL);
+	return 0;
+}
+
+const char *
+ipc_chan_peer(const struct ipc_chan *ch)
+{
+	return ch->peer;
+}
+
+void
+ipc_chan_free(struct ipc_chan *ch)
+{
+	if (ch == NULL)
+		return;
+	assert(ch->magic == CHAN_MAGIC);
+	if (ch->busy > 0) {
+		/* inside one of our callbacks: stop I/O now, free on the way out */
+		ch->free_pending = 1;
+		ch->closed_reported = 1;	/* the owner knows; no report */
+		if (!ch->dead)
+			chan_kill(ch, "freed");
+		return;
+	}
+	chan_destroy(ch);
+}
+
+/* ---- blocking helpers --------------------------------------------------- */
+
+static int
+wait_fd(int fd, short events, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	int r;
+
+	do {
+		r = poll(&p, 1, timeout_ms);
+	} while (r < 0 && errno == EINTR);
+	if (r == 0)
+		errno = ETIMEDOUT;
+	return r > 0 ? 0 : -1;
+}
+
+int
+ipc_send_blocking(int fd, uint16_t type, uint32_t id, const void *payload,
+    size_t len, int pass_fd)
+{
+	uint8_t hdr[IPC_HDR_LEN];
+
+	if (len > IPC_MAX_PAYLOAD || (len > 0 && payload == NULL) ||
+	    type == IPC_NONE || type >= IPC__COUNT) {
+		errno = EINVAL;
+		return -1;
+	}
+	put_hdr(hdr, type, id, (uint32_t)len);
+	for (;;) {
+		if (send_frame(fd, hdr, sizeof(hdr), payload, len, pass_fd) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1;
+		if (wait_fd(fd, POLLOUT, -1) != 0)
+			return -1;
+	}
+}
+
+int
+ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
+    int timeout_ms, char *err, size_t errlen)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(MAX_RX_FDS * sizeof(int))];
+	} cm;
+	struct msghdr mh;
+	struct iovec iov;
+	ssize_t n;
+	int rfd;
+
+	if (cap < IPC_MAX_FRAME) {
+		snprintf(err, errlen, "receive buffer of %zu bytes is smaller than a frame (%u)", cap, IPC_MAX_FRAME);
+		return -1;
+	}
+	for (;;) {
+		memset(&mh, 0, sizeof(mh));
+		iov.iov_base = buf;
+		iov.iov_len = IPC_MAX_FRAME;
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof(cm.buf);
+		n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n >= 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			snprintf(err, errlen, "receive failed: %s", strerror(errno));
+			return -1;
+		}
+		if (wait_fd(fd, POLLIN, timeout_ms) != 0) {
+			if (errno == ETIMEDOUT)
+				snprintf(err, errlen, "timed out after %d ms", timeout_ms);
+			else
+				snprintf(err, errlen, "poll failed: %s", strerror(errno));
+			return -1;
+		}
+	}
+	if (n == 0) {
+		snprintf(err, errlen, "peer closed the channel");
+		return -1;
+	}
+	rfd = take_fds(&mh);
+	if (rfd == -2 && !(mh.msg_flags & MSG_CTRUNC)) {
+		snprintf(err, errlen, "more than one file descriptor in a frame");
+		return -1;
+	}
+	if (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
+		if (rfd >= 0)
+			close(rfd);
+		if (mh.msg_flags & MSG_TRUNC)
+			snprintf(err, errlen, "oversized frame, longer than %u bytes", IPC_MAX_FRAME);
+		else
+			snprintf(err, errlen, "control data truncated (a passed descriptor was lost)");
+		return -1;
+	}
+	if (ipc_frame_decode(buf, (size_t)n, out, err, errlen) != 0) {
+		if (rfd >= 0)
+			close(rfd);
+		return -1;
+	}
+	out->fd = rfd;
+	return 0;
+}

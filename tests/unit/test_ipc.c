@@ -1,0 +1,699 @@
+/*
+ * test_ipc.c — framing, payload builder/reader and channels of ipc.c.
+ *
+ * The frame and payload rules are tested on bytes; the channel tests use a
+ * real SOCK_SEQPACKET socketpair and a libevent loop, including raw frames
+ * written past the channel API (what a compromised peer could send).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+
+#include "ipc.h"
+
+/* ---- frames --------------------------------------------------------------- */
+
+static uint8_t frame[IPC_MAX_FRAME + 64];
+
+static size_t
+make_raw(uint8_t *buf, uint32_t magic, uint16_t type, uint16_t flags, uint32_t id,
+    uint32_t len_field, size_t payload_bytes)
+{
+	memcpy(buf, &magic, 4);
+	memcpy(buf + 4, &type, 2);
+	memcpy(buf + 6, &flags, 2);
+	memcpy(buf + 8, &id, 4);
+	memcpy(buf + 12, &len_field, 4);
+	memset(buf + IPC_HDR_LEN, 'x', payload_bytes);
+	return IPC_HDR_LEN + payload_bytes;
+}
+
+static void
+expect_refused(const uint8_t *buf, size_t n, const char *words)
+{
+	struct ipc_msg m;
+	char err[200] = "";
+
+	assert_int_equal(ipc_frame_decode(buf, n, &m, err, sizeof(err)), -1);
+	if (strstr(err, words) == NULL)
+		fail_msg("expected an error naming '%s', got '%s'", words, err);
+}
+
+static void
+test_frame_round_trip(void **state)
+{
+	struct ipc_msg m;
+	char err[200];
+	long n;
+
+	(void)state;
+	n = ipc_frame_encode(frame, sizeof(frame), IPC_TOKEN_REQ, 77, "hello", 5);
+	assert_int_equal(n, IPC_HDR_LEN + 5);
+	assert_int_equal(ipc_frame_decode(frame, (size_t)n, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, IPC_TOKEN_REQ);
+	assert_int_equal(m.id, 77);
+	assert_int_equal(m.len, 5);
+	assert_memory_equal(m.data, "hello", 5);
+	assert_int_equal(m.fd, -1);
+
+	/* empty payload */
+	n = ipc_frame_encode(frame, sizeof(frame), IPC_READY, 0, NULL, 0);
+	assert_int_equal(n, IPC_HDR_LEN);
+	assert_int_equal(ipc_frame_decode(frame, (size_t)n, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, IPC_READY);
+	assert_int_equal(m.len, 0);
+
+	/* largest payload fits exactly */
+	static uint8_t big[IPC_MAX_PAYLOAD];
+	memset(big, 'b', sizeof(big));
+	n = ipc_frame_encode(frame, sizeof(frame), IPC_STATS, 1, big, sizeof(big));
+	assert_int_equal(n, IPC_MAX_FRAME);
+	assert_int_equal(ipc_frame_decode(frame, (size_t)n, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.len, IPC_MAX_PAYLOAD);
+}
+
+static void
+test_frame_encode_limits(void **state)
+{
+	static uint8_t big[IPC_MAX_PAYLOAD + 1];
+
+	(void)state;
+	assert_int_equal(ipc_frame_encode(frame, sizeof(frame), IPC_STATS, 1, big, sizeof(big)), -1);
+	assert_int_equal(ipc_frame_encode(frame, IPC_HDR_LEN + 4, IPC_STATS, 1, big, 5), -1);
+	assert_int_equal(ipc_frame_encode(frame, IPC_HDR_LEN - 1, IPC_READY, 1, NULL, 0), -1);
+}
+
+static void
+test_frame_refusals(void **state)
+{
+	size_t n;
+
+	(void)state;
+	n = make_raw(frame, 0x41414141u, IPC_READY, 0, 0, 0, 0);
+	expect_refused(frame, n, "bad magic");
+
+	make_raw(frame, IPC_MAGIC, IPC_READY, 0, 0, 0, 0);
+	expect_refused(frame, 0, "short frame");
+	expect_refused(frame, IPC_HDR_LEN - 1, "short frame");
+
+	n = make_raw(frame, IPC_MAGIC, IPC_STATS, 0, 0, 10, 9);
+	expect_refused(frame, n, "length mismatch");
+	n = make_raw(frame, IPC_MAGIC, IPC_STATS, 0, 0, 10, 11);
+	expect_refused(frame, n, "length mismatch");
+
+	n = make_raw(frame, IPC_MAGIC, IPC_STATS, 0, 0, IPC_MAX_PAYLOAD + 1, IPC_MAX_PAYLOAD + 1);
+	expect_refused(frame, n, "oversized");
+	n = make_raw(frame, IPC_MAGIC, IPC_STATS, 0, 0, UINT32_MAX, 0);
+	expect_refused(frame, n, "oversized");
+
+	n = make_raw(frame, IPC_MAGIC, IPC_NONE, 0, 0, 0, 0);
+	expect_refused(frame, n, "unknown message type 0");
+	n = make_raw(frame, IPC_MAGIC, IPC__COUNT, 0, 0, 0, 0);
+	expect_refused(frame, n, "unknown message type");
+	n = make_raw(frame, IPC_MAGIC, 0xffff, 0, 0, 0, 0);
+	expect_refused(frame, n, "unknown message type 65535");
+
+	n = make_raw(frame, IPC_MAGIC, IPC_READY, 1, 0, 0, 0);
+	expect_refused(frame, n, "flags");
+	n = make_raw(frame, IPC_MAGIC, IPC_READY, 0x8000, 0, 0, 0);
+	expect_refused(frame, n, "flags");
+}
+
+static void
+test_type_names(void **state)
+{
+	(void)state;
+	assert_string_equal(ipc_type_name(IPC_TOKEN_REQ), "token_req");
+	assert_string_equal(ipc_type_name(IPC_WORKER_CHANNEL), "worker_channel");
+	assert_string_equal(ipc_type_name(IPC__COUNT), "unknown");
+	assert_string_equal(ipc_type_name(9999), "unknown");
+}
+
+/* ---- payloads --------------------------------------------------------------- */
+
+static struct ipc_buf B;
+
+static void
+test_payload_round_trip(void **state)
+{
+	struct ipc_rd r;
+	const uint8_t *p;
+	char s[32];
+
+	(void)state;
+	ipc_buf_init(&B);
+	ipc_put_u32(&B, 0xdeadbeefu);
+	ipc_put_u64(&B, 0x0102030405060708ull);
+	ipc_put_bytes(&B, "\x00\x01\x02", 3);
+	ipc_put_str(&B, "alice@EXAMPLE.TEST");
+	ipc_put_str(&B, NULL);
+	ipc_put_bytes(&B, NULL, 0);
+	assert_int_equal(B.err, 0);
+
+	ipc_rd_init(&r, B.data, B.len);
+	assert_int_equal(ipc_get_u32(&r), 0xdeadbeefu);
+	assert_true(ipc_get_u64(&r) == 0x0102030405060708ull);
+	assert_int_equal(ipc_get_bytes(&r, &p), 3);
+	assert_memory_equal(p, "\x00\x01\x02", 3);
+	ipc_get_str(&r, s, sizeof(s));
+	assert_string_equal(s, "alice@EXAMPLE.TEST");
+	ipc_get_str(&r, s, sizeof(s));
+	assert_string_equal(s, "");
+	assert_int_equal(ipc_get_bytes(&r, &p), 0);
+	assert_int_equal(r.err, 0);
+	assert_int_equal(ipc_rd_done(&r), 0);
+}
+
+static void
+test_payload_builder_overflow(void **state)
+{
+	static uint8_t big[IPC_MAX_PAYLOAD];
+
+	(void)state;
+	ipc_buf_init(&B);
+	ipc_put_bytes(&B, big, IPC_MAX_PAYLOAD - 4);	/* exactly full */
+	assert_int_equal(B.err, 0);
+	assert_int_equal(B.len, IPC_MAX_PAYLOAD);
+	ipc_put_u32(&B, 1);
+	assert_int_equal(B.err, 1);
+	assert_int_equal(B.len, IPC_MAX_PAYLOAD);
+
+	ipc_buf_init(&B);
+	ipc_put_bytes(&B, big, IPC_MAX_PAYLOAD - 3);	/* prefix + bytes do not fit */
+	assert_int_equal(B.err, 1);
+	assert_int_equal(B.len, 0);
+	ipc_put_u32(&B, 7);				/* no-op once failed */
+	assert_int_equal(B.len, 0);
+}
+
+static void
+test_payload_truncated_fields(void **state)
+{
+	struct ipc_rd r;
+	const uint8_t *p;
+	uint8_t raw[16];
+	uint32_t len;
+	char s[16];
+
+	(void)state;
+	/* u32 from 3 bytes */
+	ipc_rd_init(&r, "abc", 3);
+	(void)ipc_get_u32(&r);
+	assert_int_equal(r.err, 1);
+	assert_int_equal(ipc_rd_done(&r), -1);
+
+	/* u64 from 7 bytes */
+	ipc_rd_init(&r, "abcdefg", 7);
+	assert_true(ipc_get_u64(&r) == 0);
+	assert_int_equal(r.err, 1);
+
+	/* bytes whose length prefix runs past the payload */
+	len = 10;
+	memcpy(raw, &len, 4);
+	memcpy(raw + 4, "short", 5);
+	ipc_rd_init(&r, raw, 9);
+	assert_int_equal(ipc_get_bytes(&r, &p), 0);
+	assert_null(p);
+	assert_int_equal(r.err, 1);
+
+	/* a string whose length prefix runs past the payload */
+	ipc_rd_init(&r, raw, 9);
+	ipc_get_str(&r, s, sizeof(s));
+	assert_int_equal(r.err, 1);
+	assert_string_equal(s, "");
+
+	/* errors are sticky: a later well-formed field is not read */
+	ipc_buf_init(&B);
+	ipc_put_u32(&B, 5);
+	ipc_rd_init(&r, B.data, B.len);
+	r.err = 1;
+	assert_int_equal(ipc_get_u32(&r), 0);
+	assert_int_equal(r.left, 4);
+}
+
+static void
+test_payload_string_rules(void **state)
+{
+	struct ipc_rd r;
+	char s[8];
+
+	(void)state;
+	/* embedded NUL */
+	ipc_buf_init(&B);
+	ipc_put_bytes(&B, "al\0ce", 5);
+	ipc_rd_init(&r, B.data, B.len);
+	ipc_get_str(&r, s, sizeof(s));
+	assert_int_equal(r.err, 1);
+	assert_string_equal(s, "");
+
+	/* too long for the caller's buffer (cap includes the NUL) */
+	ipc_buf_init(&B);
+	ipc_put_str(&B, "12345678");
+	ipc_rd_init(&r, B.data, B.len);
+	ipc_get_str(&r, s, sizeof(s));
+	assert_int_equal(r.err, 1);
+
+	/* exactly cap - 1 fits */
+	ipc_buf_init(&B);
+	ipc_put_str(&B, "1234567");
+	ipc_rd_init(&r, B.data, B.len);
+	ipc_get_str(&r, s, sizeof(s));
+	assert_int_equal(r.err, 0);
+	assert_string_equal(s, "1234567");
+	assert_int_equal(ipc_rd_done(&r), 0);
+}
+
+static void
+test_payload_trailing_bytes(void **state)
+{
+	struct ipc_rd r;
+
+	(void)state;
+	ipc_buf_init(&B);
+	ipc_put_u32(&B, 1);
+	ipc_put_u32(&B, 2);
+	ipc_rd_init(&r, B.data, B.len);
+	assert_int_equal(ipc_get_u32(&r), 1);
+	assert_int_equal(r.err, 0);
+	assert_int_equal(ipc_rd_done(&r), -1);	/* a second field nobody read */
+	assert_int_equal(ipc_get_u32(&r), 2);
+	assert_int_equal(ipc_rd_done(&r), 0);
+}
+
+/* ---- channels on an event loop -------------------------------------------- */
+
+struct sink {
+	struct event_base *base;
+	unsigned n_msgs;
+	uint16_t last_type;
+	uint32_t last_id;
+	char last_data[64];
+	int last_fd;
+	uint32_t ids[IPC_MAX_QUEUE + 64];
+	int closed;
+	char why[300];
+	int free_in_msg;	/* free the channel from inside on_msg */
+	int free_in_close;
+	unsigned stop_after;	/* loopbreak after this many messages */
+};
+
+static void
+sink_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
+{
+	struct sink *s = arg;
+
+	if (s->n_msgs < sizeof(s->ids) / sizeof(s->ids[0]))
+		s->ids[s->n_msgs] = msg->id;
+	s->n_msgs++;
+	s->last_type = msg->type;
+	s->last_id = msg->id;
+	snprintf(s->last_data, sizeof(s->last_data), "%.*s", (int)msg->len, (const char *)msg->data);
+	if (s->last_fd >= 0)
+		close(s->last_fd);
+	s->last_fd = msg->fd;
+	if (s->free_in_msg)
+		ipc_chan_free(ch);
+	if (s->stop_after && s->n_msgs >= s->stop_after)
+		event_base_loopbreak(s->base);
+}
+
+static void
+sink_close(struct ipc_chan *ch, const char *why, void *arg)
+{
+	struct sink *s = arg;
+
+	s->closed++;
+	snprintf(s->why, sizeof(s->why), "%s", why);
+	if (s->free_in_close)
+		ipc_chan_free(ch);
+	event_base_loopbreak(s->base);
+}
+
+static void
+sink_init(struct sink *s, struct event_base *base)
+{
+	memset(s, 0, sizeof(*s));
+	s->base = base;
+	s->last_fd = -1;
+}
+
+static void
+run_loop(struct event_base *base)
+{
+	struct timeval tv = { 5, 0 };	/* a bound so a broken channel fails the test */
+
+	event_base_loopexit(base, &tv);
+	event_base_dispatch(base);
+}
+
+static void
+test_chan_round_trip_with_fd(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2], pipefd[2];
+	char got[8] = "";
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_true(fcntl(sp[0], F_GETFD) & FD_CLOEXEC);
+	ca = ipc_chan_new(base, sp[0], "side a", sink_msg, sink_close, &a);
+	cb = ipc_chan_new(base, sp[1], "side b", sink_msg, sink_close, &b);
+	assert_non_null(ca);
+	assert_non_null(cb);
+	assert_string_equal(ipc_chan_peer(ca), "side a");
+
+	assert_int_equal(pipe(pipefd), 0);
+	assert_int_equal(ipc_send(ca, IPC_WORKER_CHANNEL, 42, "slot", 4, pipefd[1]), 0);
+	close(pipefd[1]);	/* ours; the receiver got its own */
+	b.stop_after = 1;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, 1);
+	assert_int_equal(b.last_type, IPC_WORKER_CHANNEL);
+	assert_int_equal(b.last_id, 42);
+	assert_string_equal(b.last_data, "slot");
+	assert_true(b.last_fd >= 0);
+	assert_true(fcntl(b.last_fd, F_GETFD) & FD_CLOEXEC);
+	assert_int_equal(write(b.last_fd, "via", 3), 3);
+	assert_int_equal(read(pipefd[0], got, sizeof(got)), 3);
+	assert_memory_equal(got, "via", 3);
+
+	/* and back the other way, no fd */
+	assert_int_equal(ipc_send(cb, IPC_READY, 0, NULL, 0, -1), 0);
+	a.stop_after = 1;
+	run_loop(base);
+	assert_int_equal(a.n_msgs, 1);
+	assert_int_equal(a.last_type, IPC_READY);
+	assert_int_equal(a.last_fd, -1);
+
+	/* sends the channel must refuse */
+	assert_int_equal(ipc_send(ca, IPC_NONE, 0, NULL, 0, -1), -1);
+	assert_int_equal(ipc_send(ca, IPC__COUNT, 0, NULL, 0, -1), -1);
+	static uint8_t big[IPC_MAX_PAYLOAD + 1];
+	assert_int_equal(ipc_send(ca, IPC_STATS, 0, big, sizeof(big), -1), -1);
+	assert_int_equal(a.closed + b.closed, 0);
+
+	close(b.last_fd);
+	close(pipefd[0]);
+	ipc_chan_free(ca);
+	ipc_chan_free(cb);
+	event_base_free(base);
+}
+
+static void
+test_chan_peer_close(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a;
+	struct ipc_chan *ca;
+	int sp[2];
+
+	(void)state;
+	sink_init(&a, base);
+	a.free_in_close = 1;
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
+	assert_non_null(ca);
+	close(sp[1]);
+	run_loop(base);
+	assert_int_equal(a.closed, 1);
+	assert_non_null(strstr(a.why, "kcd closed the channel"));
+	event_base_free(base);
+}
+
+/* Raw bytes into the socket, past ipc_send: a compromised peer. */
+static void
+expect_raw_refused(const void *bytes, size_t n, int nfds, const char *words)
+{
+	struct event_base *base = event_base_new();
+	struct sink a;
+	struct ipc_chan *ca;
+	int sp[2], pipefd[2];
+
+	sink_init(&a, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "worker 3", sink_msg, sink_close, &a);
+	assert_non_null(ca);
+	assert_int_equal(pipe(pipefd), 0);
+	if (nfds == 0) {
+		assert_int_equal(send(sp[1], bytes, n, 0), (ssize_t)n);
+	} else {
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(16 * sizeof(int))];
+		} cm;
+		struct iovec iov = { (void *)bytes, n };
+		struct msghdr mh = { 0 };
+		struct cmsghdr *c;
+
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+		for (int i = 0; i < nfds; i++)
+			memcpy(CMSG_DATA(c) + (size_t)i * sizeof(int), &pipefd[1], sizeof(int));
+		assert_int_equal(sendmsg(sp[1], &mh, 0), (ssize_t)n);
+	}
+	close(pipefd[1]);
+	run_loop(base);
+	assert_int_equal(a.n_msgs, 0);
+	assert_int_equal(a.closed, 1);
+	if (strstr(a.why, words) == NULL || strstr(a.why, "worker 3") == NULL)
+		fail_msg("expected a close naming 'worker 3' and '%s', got '%s'", words, a.why);
+	/* every received descriptor was closed: the pipe has no writer left */
+	{
+		char c;
+		assert_int_equal(read(pipefd[0], &c, 1), 0);
+	}
+	/* the peer sees the channel gone */
+	{
+		char c;
+		assert_int_equal(recv(sp[1], &c, 1, 0), 0);
+	}
+	close(pipefd[0]);
+	close(sp[1]);
+	ipc_chan_free(ca);
+	event_base_free(base);
+}
+
+static void
+test_chan_refuses_oversized_raw_frame(void **state)
+{
+	static uint8_t big[IPC_MAX_FRAME + 1];
+	size_t n;
+
+	(void)state;
+	/* a header that even claims the right length: only the size is wrong */
+	n = make_raw(big, IPC_MAGIC, IPC_STATS, 0, 0, IPC_MAX_PAYLOAD + 1, IPC_MAX_PAYLOAD + 1);
+	assert_int_equal(n, sizeof(big));
+	expect_raw_refused(big, n, 0, "oversized frame, longer than");
+	expect_raw_refused(big, n, 1, "oversized frame, longer than");
+}
+
+static void
+test_chan_refuses_malformed_raw_frames(void **state)
+{
+	uint8_t f[64];
+	size_t n;
+
+	(void)state;
+	n = make_raw(f, 0x12345678u, IPC_READY, 0, 0, 0, 0);
+	expect_raw_refused(f, n, 0, "bad magic");
+	n = make_raw(f, IPC_MAGIC, IPC_READY, 0, 0, 0, 0);
+	expect_raw_refused(f, 5, 0, "short frame");
+	n = make_raw(f, IPC_MAGIC, IPC_READY, 0, 0, 4, 2);
+	expect_raw_refused(f, n, 0, "length mismatch");
+	n = make_raw(f, IPC_MAGIC, 200, 0, 0, 0, 0);
+	expect_raw_refused(f, n, 1, "unknown message type 200");
+	n = make_raw(f, IPC_MAGIC, IPC_READY, 4, 0, 0, 0);
+	expect_raw_refused(f, n, 0, "flags");
+	/* well-formed but with two descriptors */
+	n = make_raw(f, IPC_MAGIC, IPC_KCD_CHANNEL, 0, 0, 0, 0);
+	expect_raw_refused(f, n, 2, "more than one file descriptor");
+	/* more descriptors than the receiver has room for: MSG_CTRUNC */
+	expect_raw_refused(f, n, 12, "control data truncated");
+}
+
+static void
+test_chan_free_inside_callback(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2];
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	b.free_in_msg = 1;
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
+	assert_non_null(cb);	/* b frees it itself */
+	/* three frames pending: the burst must stop after the free */
+	assert_int_equal(ipc_send(ca, IPC_LOG_REOPEN, 1, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(ca, IPC_LOG_REOPEN, 2, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(ca, IPC_LOG_REOPEN, 3, NULL, 0, -1), 0);
+	run_loop(base);		/* a sees b's end close and breaks the loop */
+	assert_int_equal(b.n_msgs, 1);
+	assert_int_equal(b.closed, 0);	/* freed by its owner: no report */
+	assert_int_equal(a.closed, 1);
+	ipc_chan_free(ca);
+	event_base_free(base);
+}
+
+static void
+test_chan_queue_flushes_in_order(void **state)
+{
+	struct event_base *base = event_base_new();
+	static uint8_t payload[8192];
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2];
+	unsigned i, sent = 0;
+	int pipefd[2];
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(pipe(pipefd), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	/* b is attached only later: until then nobody reads */
+	/* fill the socket until the kernel says EAGAIN, then some more */
+	for (i = 1; i <= 400; i++) {
+		int fd = (i == 300) ? pipefd[1] : -1;	/* one queued frame carries a descriptor */
+		assert_int_equal(ipc_send(ca, IPC_STATS, i, payload, sizeof(payload), fd), 0);
+		sent++;
+	}
+	close(pipefd[1]);	/* the queued frame holds its own duplicate */
+	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
+	b.stop_after = sent;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, sent);
+	for (i = 0; i < sent; i++)
+		assert_int_equal(b.ids[i], i + 1);
+	assert_int_equal(a.closed + b.closed, 0);
+	/* the last message had no fd; the 300th did and was closed by sink_msg */
+	assert_int_equal(b.last_fd, -1);
+	{
+		char c;
+		assert_int_equal(read(pipefd[0], &c, 1), 0);	/* no writer left anywhere */
+	}
+	close(pipefd[0]);
+	ipc_chan_free(ca);
+	ipc_chan_free(cb);
+	event_base_free(base);
+}
+
+static void
+test_chan_queue_bound(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a;
+	struct ipc_chan *ca;
+	int sp[2];
+	unsigned i;
+	int rc = 0;
+
+	(void)state;
+	sink_init(&a, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "worker 1", sink_msg, sink_close, &a);
+	/* nobody reads sp[1]: the socket fills, then the queue */
+	for (i = 0; i < IPC_MAX_QUEUE * 2 && rc == 0; i++)
+		rc = ipc_send(ca, IPC_STATS, i, "x", 1, -1);
+	assert_int_equal(rc, -1);
+	assert_int_equal(a.closed, 0);		/* reported from the loop, not inside ipc_send */
+	assert_int_equal(ipc_send(ca, IPC_STATS, 0, "x", 1, -1), -1);	/* dead */
+	run_loop(base);
+	assert_int_equal(a.closed, 1);
+	if (strstr(a.why, "worker 1 is not reading") == NULL)
+		fail_msg("unexpected close cause '%s'", a.why);
+	ipc_chan_free(ca);
+	close(sp[1]);
+	event_base_free(base);
+}
+
+static void
+test_blocking_helpers(void **state)
+{
+	static uint8_t buf[IPC_MAX_FRAME];
+	struct ipc_msg m;
+	char err[200];
+	int sp[2], pipefd[2];
+
+	(void)state;
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(pipe(pipefd), 0);
+	assert_int_equal(ipc_send_blocking(sp[0], IPC_KCD_CHANNEL, 9, "abc", 3, pipefd[0]), 0);
+	assert_int_equal(ipc_recv_blocking(sp[1], buf, sizeof(buf), &m, 1000, err, sizeof(err)), 0);
+	assert_int_equal(m.type, IPC_KCD_CHANNEL);
+	assert_int_equal(m.id, 9);
+	assert_int_equal(m.len, 3);
+	assert_true(m.fd >= 0);
+	close(m.fd);
+
+	assert_int_equal(ipc_recv_blocking(sp[1], buf, sizeof(buf), &m, 50, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "timed out"));
+	assert_int_equal(ipc_recv_blocking(sp[1], buf, 10, &m, 50, err, sizeof(err)), -1);
+
+	/* oversized raw frame */
+	static uint8_t big[IPC_MAX_FRAME + 1];
+	make_raw(big, IPC_MAGIC, IPC_STATS, 0, 0, 0, 0);
+	assert_int_equal(send(sp[0], big, sizeof(big), 0), (ssize_t)sizeof(big));
+	assert_int_equal(ipc_recv_blocking(sp[1], buf, sizeof(buf), &m, 1000, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "oversized"));
+
+	close(sp[0]);
+	assert_int_equal(ipc_recv_blocking(sp[1], buf, sizeof(buf), &m, 1000, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "closed"));
+	close(sp[1]);
+	close(pipefd[0]);
+	close(pipefd[1]);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_frame_round_trip),
+		cmocka_unit_test(test_frame_encode_limits),
+		cmocka_unit_test(test_frame_refusals),
+		cmocka_unit_test(test_type_names),
+		cmocka_unit_test(test_payload_round_trip),
+		cmocka_unit_test(test_payload_builder_overflow),
+		cmocka_unit_test(test_payload_truncated_fields),
+		cmocka_unit_test(test_payload_string_rules),
+		cmocka_unit_test(test_payload_trailing_bytes),
+		cmocka_unit_test(test_chan_round_trip_with_fd),
+		cmocka_unit_test(test_chan_peer_close),
+		cmocka_unit_test(test_chan_refuses_oversized_raw_frame),
+		cmocka_unit_test(test_chan_refuses_malformed_raw_frames),
+		cmocka_unit_test(test_chan_free_inside_callback),
+		cmocka_unit_test(test_chan_queue_flushes_in_order),
+		cmocka_unit_test(test_chan_queue_bound),
+		cmocka_unit_test(test_blocking_helpers),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
