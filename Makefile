@@ -102,7 +102,7 @@ fuzz: bootstrap
 	@for f in $(FUZZ_SRCS); do \
 		n=$$(basename $$f .c); \
 		echo "  FUZZ $$n"; \
-		clang -std=c11 -D_GNU_SOURCE -DEKP_FUZZ -Isrc -Iinclude $(PKG_CFLAGS) \
+		clang -std=c11 -D_GNU_SOURCE -DEKP_FUZZ -DEKP_VERSION='"$(VERSION)"' -Isrc -Iinclude $(PKG_CFLAGS) \
 			$(FUZZ_CFLAGS) -o $(BUILD)/fuzz/$$n $$f $(LIB_SRCS) $(PKG_LIBS) || exit 1; \
 	done
 	@echo "fuzz targets in $(BUILD)/fuzz; run e.g. $(BUILD)/fuzz/fuzz_http -max_total_time=60 tests/fuzz/corpus/http"
