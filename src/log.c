@@ -123,6 +123,21 @@ log_reopen(void)
 	return 0;
 }
 
+int
+log_reopen_fd(int fd)
+{
+	if (fd < 0)
+		return -1;
+	if (lg.target != TARGET_FILE) {
+		close(fd);
+		return 0;
+	}
+	if (lg.fd > 2)
+		close(lg.fd);
+	lg.fd = fd;
+	return 0;
+}
+
 void
 log_close(void)
 {

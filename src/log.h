@@ -28,6 +28,11 @@ const char *log_level_name(enum log_level lvl);
 int log_open(const char *target, enum log_level level, char *err, size_t errlen);
 /* Reopen the file target (SIGUSR1, logrotate); no-op for stderr/syslog. */
 int log_reopen(void);
+/* Like log_reopen, with a descriptor the caller opened (taken over): for a
+ * worker that has dropped privileges and can no longer open the root-owned
+ * file itself, so the parent opens it and passes it over IPC. Closes fd and
+ * returns 0 when the target is not a file. */
+int log_reopen_fd(int fd);
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 /* The process role shown in syslog ident and used by tests ("main", "worker",
