@@ -64,7 +64,6 @@
 #else
 /* tls.c is being written beside this file; until tls.h lands, these are the
  * agreed prototypes. */
-SSL_CTX *tls_backend_ctx_new(const struct config *cfg, char *err, size_t errlen);
 SSL *tls_backend_ssl_new(SSL_CTX *ctx, const char *host);
 int tls_server_end_point(X509 *cert, unsigned char *out, unsigned *outlen);
 #endif
@@ -305,13 +304,15 @@ idle_remove(struct bconn *bc)
 	metrics_self()->backend_pool_idle--;
 }
 
-/* Make bc the caller's: no callbacks, no timeouts, reading off. */
+/* Make bc the caller's: no callbacks, no timeouts, reading off, writing on
+ * (backend.h). */
 static void
 handout(struct bconn *bc)
 {
 	bufferevent_setcb(bc->bev, NULL, NULL, NULL, NULL);
 	bufferevent_set_timeouts(bc->bev, NULL, NULL);
 	bufferevent_disable(bc->bev, EV_READ);
+	bufferevent_enable(bc->bev, EV_WRITE);
 	bc->state = BC_BUSY;
 	bc->uses++;
 	TAILQ_INSERT_TAIL(&bc->be->busy, bc, link);
@@ -564,8 +565,10 @@ attempt_succeeded(struct backend_wait *w, struct bufferevent *bev)
 	finish(w, bc, REASON_OK, NULL);
 }
 
-/* Render the errors bufferevent_openssl collected (it drains OpenSSL's
- * queue into the bufferevent) as log_ssl_errors() does. */
+/* Render the errors bufferevent_openssl collected as log_ssl_errors() does.
+ * It drains OpenSSL's queue into the bufferevent, and also files the
+ * SSL_get_error() code there, which has no library or reason string: those
+ * are left out. Returns NULL when there was nothing to say. */
 static const char *
 bev_ssl_errors(struct bufferevent *bev, char *buf, size_t len)
 {
@@ -578,16 +581,16 @@ bev_ssl_errors(struct bufferevent *bev, char *buf, size_t len)
 		const char *reason = ERR_reason_error_string(e);
 		int k;
 
-		if (n + 1 >= len)
+		if ((lib == NULL && reason == NULL) || n + 1 >= len)
 			continue;
 		k = snprintf(buf + n, len - n, "%s%s:%s", n ? "; " : "",
 		    lib ? lib : "lib?", reason ? reason : "reason?");
 		if (k > 0)
 			n = (size_t)k >= len - n ? len - 1 : n + (size_t)k;
 	}
-	if (n == 0)
-		log_ssl_errors(buf, len);	/* anything left in the thread's queue */
-	return buf;
+	if (n == 0 && ERR_peek_error() != 0)
+		return log_ssl_errors(buf, len);	/* left in the thread's queue */
+	return n ? buf : NULL;
 }
 
 static void
@@ -622,8 +625,7 @@ on_tls_event(struct bufferevent *bev, short what, void *arg)
 		char ebuf[256];
 		int err = EVUTIL_SOCKET_ERROR();
 
-		bev_ssl_errors(bev, ebuf, sizeof(ebuf));
-		if (strcmp(ebuf, "no OpenSSL error") != 0)
+		if (bev_ssl_errors(bev, ebuf, sizeof(ebuf)) != NULL)
 			set_detail(w, REASON_BACKEND_TLS, "tls %s: handshake failed: %s",
 			    w->target, ebuf);
 		else if (what & BEV_EVENT_EOF)

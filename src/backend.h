@@ -40,21 +40,35 @@ struct bconn;
 struct backend_wait;
 
 /* Called once: bc != NULL and reason == REASON_OK on success; otherwise
- * bc == NULL, reason is REASON_BACKEND_CONNECT / _TLS / _DOWN and detail
- * names the cause for the access log and the error log. */
+ * bc == NULL, reason is REASON_BACKEND_CONNECT / _TLS / _DOWN (or
+ * REASON_OUT_OF_MEMORY) and detail names the cause for the access log and
+ * the error log, e.g. "connect exchange.example.test:443: Connection
+ * refused", "tls exchange.example.test:443 (10.0.0.5:443): certificate
+ * verify failed: unable to get local issuer certificate". When every server
+ * failed during this acquire, reason and detail are the last server's; when
+ * every server was already marked down, REASON_BACKEND_DOWN. detail is only
+ * valid during the call. */
 typedef void backend_ready_fn(struct bconn *bc, enum reason reason,
     const char *detail, void *arg);
 
 /* cfg and tls_ctx are borrowed and must outlive the backend (a worker's
- * generation owns both). tls_ctx may be NULL when [backend] tls = off. */
+ * generation owns both). tls_ctx may be NULL when [backend] tls = off.
+ * dns may be NULL when every server (or connect_to) is an IP address.
+ * With [backend] health_check = 0 servers are never marked down (nothing
+ * would bring them back); each acquire still fails over. */
 struct backend *backend_new(struct event_base *base, struct evdns_base *dns,
     const struct config *cfg, SSL_CTX *tls_ctx);
+/* Frees waits (their callbacks never run), idle connections and connections
+ * still handed out: free the streams holding them first. */
 void backend_free(struct backend *be);
 
 /* Get a connection for principal: an idle one of the same principal, or a
- * new one. The callback may run before this returns (idle hit) — callers
- * must be ready for that. Returns a wait handle for backend_cancel(), or
- * NULL when the callback has already run. */
+ * new one. The callback may run before this returns (idle hit, all servers
+ * down, every connect refused at once) — callers must be ready for that.
+ * Returns a wait handle for backend_cancel(), or NULL when the callback has
+ * already run. The connection arrives with no bufferevent callbacks, no
+ * timeouts and reading disabled (writing enabled): the caller sets its own.
+ * backend_cancel() before the callback: it never runs. */
 struct backend_wait *backend_acquire(struct backend *be, const char *principal,
     backend_ready_fn *fn, void *arg);
 void backend_cancel(struct backend_wait *w);
@@ -83,6 +97,9 @@ struct backend_stats {
 	unsigned servers, servers_up;
 	unsigned conns_open, conns_idle;
 	uint64_t connects, connect_failures, reuses;
+	/* connects: new connections handed out; connect_failures: failed
+	 * attempts on one server (resolve, TCP, TLS; health probes included);
+	 * reuses: idle connections handed out again */
 };
 void backend_stats(const struct backend *be, struct backend_stats *st);
 
