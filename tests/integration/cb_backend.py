@@ -32,6 +32,21 @@ import gssapi
 GSS_C_CHANNEL_BOUND_FLAG = 0x800
 
 
+def tls_server_end_point(cert_pem_path):
+    """RFC 5929: the certificate's hash with its signature's hash algorithm
+    (SHA-256 for MD5 and SHA-1)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    with open(cert_pem_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    algo = cert.signature_hash_algorithm
+    if algo is None or isinstance(algo, (hashes.MD5, hashes.SHA1)):
+        algo = hashes.SHA256()
+    h = hashes.Hash(algo)
+    h.update(cert.public_bytes(serialization.Encoding.DER))
+    return b"tls-server-end-point:" + h.finalize()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LabCB/1"
@@ -177,9 +192,8 @@ def main():
     ap.add_argument("--require", action="store_true")
     a = ap.parse_args()
 
-    der = ssl.PEM_cert_to_DER_cert(open(a.cert).read())
     srv = Server(("127.0.0.1", a.port), Handler)
-    srv.cb_data = b"tls-server-end-point:" + hashlib.sha256(der).digest()
+    srv.cb_data = tls_server_end_point(a.cert)
     srv.require = a.require
     name = gssapi.Name(a.acceptor, gssapi.NameType.hostbased_service)
     srv.acceptor = gssapi.Credentials(

@@ -50,11 +50,8 @@ Exchange: 0640 root:www-data).
 
 import base64
 import contextlib
-import datetime
 import gzip
-import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -64,8 +61,13 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+import certs  # noqa: E402  (tests/certs.py)
 
 REALM = "EXAMPLE.TEST"
 BASE_DN = "dc=example,dc=test"
@@ -120,6 +122,10 @@ class LabError(Exception):
     """A lab step failed; the message names the step and shows its output."""
 
 
+class PortTaken(LabError):
+    """Another process bound a port between our pick and the daemon's."""
+
+
 def principal(name):
     """`name` with the lab realm appended unless it already has one."""
     return name if "@" in name else name + "@" + REALM
@@ -146,21 +152,51 @@ def free_port(udp_too=False):
     raise LabError("no free port on 127.0.0.1")
 
 
+def _listen_inodes(port):
+    """Inodes of TCP sockets listening on 127.0.0.1:port."""
+    want = "0100007F:%04X" % port
+    out = set()
+    with open("/proc/net/tcp") as f:
+        for ln in f.readlines()[1:]:
+            col = ln.split()
+            if col[1] == want and col[3] == "0A":
+                out.add(col[9])
+    return out
+
+
+def _owns_socket(pid, inodes):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
 def wait_port(port, proc, what, timeout=10.0):
-    """Wait until 127.0.0.1:port accepts TCP; fail early if proc died."""
+    """Wait until *proc itself* listens on 127.0.0.1:port (another process
+    that grabbed the port meanwhile does not count); fail early if proc
+    died."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
+            if _listen_inodes(port):
+                raise PortTaken(f"{what}: 127.0.0.1:{port} was taken by "
+                                "another process")
             raise LabError(f"{what} exited with status {proc.returncode} "
                            "before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            pass
+        inodes = _listen_inodes(port)
+        if inodes and _owns_socket(proc.pid, inodes):
+            return
         if time.monotonic() > deadline:
-            raise LabError(f"{what} not listening on 127.0.0.1:{port} "
-                           f"after {timeout}s")
+            raise LabError(f"{what} (pid {proc.pid}) not listening on "
+                           f"127.0.0.1:{port} after {timeout}s")
         time.sleep(0.02)
 
 
@@ -192,84 +228,22 @@ def stop_pid(proc, what, timeout=10.0):
 
 
 # ---------------------------------------------------------------------------
-# certificates (a minimal CA; tests of device certificates use their own)
-
-def make_ca_and_server_cert(dirpath, hostname, days=30):
-    """Write ca.pem, ca.key, server.pem, server.key into dirpath.
-
-    RSA-2048 with SHA-256 signatures, so the RFC 5929 tls-server-end-point
-    hash of server.pem is its SHA-256.  Returns (ca_pem, server_pem,
-    server_key) paths.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    not_before = now - datetime.timedelta(hours=1)
-    not_after = now + datetime.timedelta(days=days)
-
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lab"),
-                         x509.NameAttribute(NameOID.COMMON_NAME,
-                                            "Lab backend CA")])
-    ca_cert = (x509.CertificateBuilder()
-               .subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(not_before).not_valid_after(not_after)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0),
-                              critical=True)
-               .add_extension(x509.KeyUsage(
-                   digital_signature=False, content_commitment=False,
-                   key_encipherment=False, data_encipherment=False,
-                   key_agreement=False, key_cert_sign=True, crl_sign=True,
-                   encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(
-                   ca_key.public_key()), critical=False)
-               .sign(ca_key, hashes.SHA256()))
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(hostname),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                           critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-
-    def write(name_, data, mode):
-        path = os.path.join(dirpath, name_)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-
-    pem = serialization.Encoding.PEM
-    nokey = serialization.NoEncryption()
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    ca_pem = write("ca.pem", ca_cert.public_bytes(pem), 0o644)
-    write("ca.key", ca_key.private_bytes(pem, pkcs8, nokey), 0o600)
-    srv_pem = write("server.pem", cert.public_bytes(pem), 0o644)
-    srv_key = write("server.key", key.private_bytes(pem, pkcs8, nokey), 0o600)
-    return ca_pem, srv_pem, srv_key
-
+# certificates: tests/certs.py (server CA + exchange.example.test leaf)
 
 def tls_server_end_point(cert_pem_path):
-    """RFC 5929 channel-binding data for a SHA-256-signed certificate."""
-    der = ssl.PEM_cert_to_DER_cert(open(cert_pem_path).read())
-    return b"tls-server-end-point:" + hashlib.sha256(der).digest()
+    """RFC 5929 tls-server-end-point channel-binding application data: the
+    certificate's hash with its signature's hash algorithm, SHA-256 when
+    that is MD5 or SHA-1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    with open(cert_pem_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    algo = cert.signature_hash_algorithm
+    if algo is None or isinstance(algo, (hashes.MD5, hashes.SHA1)):
+        algo = hashes.SHA256()
+    h = hashes.Hash(algo)
+    h.update(cert.public_bytes(serialization.Encoding.DER))
+    return b"tls-server-end-point:" + h.finalize()
 
 
 # ---------------------------------------------------------------------------
@@ -417,7 +391,8 @@ class Lab:
     BACKEND_HOST = BACKEND_HOST
 
     def __init__(self, tmpdir=None, *, keepalive_timeout=30,
-                 apache_timeout=3700, require_cb=None, keep=False):
+                 apache_timeout=3700, require_cb=None,
+                 backend_key_type="ec", keep=False):
         """tmpdir: an empty (or absent) directory whose ancestors www-data can
         traverse; default a fresh /tmp/ekp-lab-XXXX, removed by stop()
         unless keep=True.  keepalive_timeout: Apache's KeepAliveTimeout (s);
@@ -429,6 +404,8 @@ class Lab:
         Exchange stand-in with Extended Protection: wrong bindings are
         always refused (401); missing ones too when require_cb=True, else
         accepted and reported.  None (default): not started.
+        backend_key_type: "ec" (P-256, ecdsa-with-SHA256) or "rsa" for
+        Exchange's certificate (tests/certs.py).
         """
         self._own_dir = tmpdir is None
         if tmpdir is None:
@@ -438,8 +415,11 @@ class Lab:
         self.keepalive_timeout = keepalive_timeout
         self.apache_timeout = apache_timeout
         self.require_cb = require_cb
+        self.backend_key_type = backend_key_type
         self._slapd = self._kdc = self._apache = self._cb = None
         self.cb_backend_port = None
+        self._unlocked = {}
+        self._prepared = False
         self._started = False
         self.ldap_port = self.kdc_port = None
         self.backend_port = self.backend_http_port = None
@@ -463,11 +443,16 @@ class Lab:
 
     @property
     def backend_ca(self):
-        return self.path("pki", "ca.pem")
+        """The CA that issued Exchange's certificate ([backend] ca)."""
+        return self.path("pki", "server-ca.pem")
 
     @property
     def backend_cert(self):
-        return self.path("pki", "server.pem")
+        return self.path("pki", "exchange-server.pem")
+
+    @property
+    def backend_key(self):
+        return self.path("pki", "exchange-server.key")
 
     @property
     def ldap_uri(self):
@@ -525,28 +510,28 @@ class Lab:
                            text=True, timeout=timeout, cwd=self.dir)
         return p.returncode, p.stdout
 
-    def kadmin_local(self, cmd, expected_code=0):
+    def kadmin_local(self, cmd, check=True):
         """One kadmin.local query (a string, as for -q); returns its output.
-        kadmin.local exits 0 even when a query fails, so an error message
-        in the output raises LabError unless expected_code is None."""
-        out = self.run(["kadmin.local", "-r", REALM, "-q", cmd],
-                       expected_code=expected_code)
-        if expected_code == 0 and re.search(
-                r"\b(error|while|Cannot|Unable|not found)\b", out.split(
-                    "\n", 1)[-1] if out.startswith("Authenticating") else out):
-            raise LabError(f"kadmin.local {cmd!r}:\n{out}")
-        return out
+        kadmin.local exits 0 even when the query failed and reports the
+        failure on stderr ("modify_principal: ... while ..."), so with check
+        any stderr line but the no-policy notice raises LabError."""
+        return self._kadmin(["-q", cmd], None, check)
 
     def _kadmin_batch(self, cmds):
-        """Several kadmin.local queries in one process (stdin)."""
-        script = "\n".join(cmds) + "\nquit\n"
-        out = self.run(["kadmin.local", "-r", REALM], input=script)
-        bad = [ln for ln in out.splitlines()
-               if re.search(r"\b(error|while|Cannot|Unable)\b", ln)
-               and "No policy specified" not in ln]
-        if bad:
-            raise LabError("kadmin.local batch failed:\n" + out)
-        return out
+        """Several kadmin.local queries in one process (on stdin)."""
+        return self._kadmin([], "\n".join(cmds) + "\nquit\n", True)
+
+    def _kadmin(self, args, input, check):
+        p = subprocess.run(["kadmin.local", "-r", REALM] + args, input=input,
+                           env=self.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=60,
+                           cwd=self.dir)
+        bad = [ln for ln in p.stderr.splitlines()
+               if ln.strip() and not re.search(r"[Nn]o policy specified", ln)]
+        if check and (p.returncode != 0 or bad):
+            raise LabError(f"kadmin.local {args or input!r}: exit "
+                           f"{p.returncode}:\n{p.stderr}{p.stdout}")
+        return p.stdout + p.stderr
 
     def ldap_modify(self, ldif, add=False):
         """ldapmodify against the lab slapd as its root DN."""
@@ -668,40 +653,77 @@ class Lab:
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
-        t0 = time.monotonic()
-        try:
-            self._prepare_dir()
-            self._start_slapd()
-            self.timings["slapd"] = time.monotonic() - t0
-            self._write_krb5_conf()
-            self._create_realm()
-            self.timings["realm"] = time.monotonic() - t0
-            self.start_kdc()
-            self._create_principals()
-            self.timings["principals"] = time.monotonic() - t0
-            self._start_apache()
-            self.timings["apache"] = time.monotonic() - t0
-            if self.require_cb is not None:
-                self._start_cb_backend()
-                self.timings["cb_backend"] = time.monotonic() - t0
-        except BaseException:
-            self.stop()
-            raise
-        self._started = True
+        """Build and start everything (about a second).  A port another
+        process took between our pick and the daemon's bind is retried
+        with new ports; any other failure stops what started and raises."""
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return self
+            except BaseException as e:
+                conflict = isinstance(e, PortTaken) or self._bind_conflict()
+                self._stop_daemons()
+                if attempt == 2 or not conflict:
+                    self.stop()
+                    raise
+                self._wipe_dir()
         return self
 
-    def stop(self):
-        """Stop every daemon by pid; remove the dir if we made it."""
+    def _bind_conflict(self):
+        if not self._prepared:
+            return False        # not our files: never wipe them
+        for name in ("ldap/slapd.out", "krb5kdc.out", "kdc.log",
+                     "apache/error.log", "apache/stderr.log",
+                     "cb_backend.out"):
+            try:
+                with open(self.path(name), errors="replace") as f:
+                    if "Address already in use" in f.read():
+                        return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    def _wipe_dir(self):
+        for name in os.listdir(self.dir):
+            p = self.path(name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+
+    def _start_once(self):
+        t0 = time.monotonic()
+        self._prepare_dir()
+        self._start_slapd()
+        self.timings["slapd"] = time.monotonic() - t0
+        self._write_krb5_conf()
+        self._create_realm()
+        self.timings["realm"] = time.monotonic() - t0
+        self.start_kdc()
+        self._create_principals()
+        self.timings["principals"] = time.monotonic() - t0
+        self._start_apache()
+        self.timings["apache"] = time.monotonic() - t0
+        if self.require_cb is not None:
+            self._start_cb_backend()
+            self.timings["cb_backend"] = time.monotonic() - t0
+        self.check_alive()
+        self._started = True
+
+    def _stop_daemons(self):
         stop_pid(self._cb, "cb_backend")
         stop_pid(self._apache, "apache2")
         stop_pid(self._kdc, "krb5kdc")
         stop_pid(self._slapd, "slapd")
-        for f in (getattr(self, "_kdc_out", None),
-                  getattr(self, "_cb_out", None),
-                  getattr(self, "_slapd_out", None),
-                  getattr(self, "_apache_out", None)):
+        for attr in ("_kdc_out", "_cb_out", "_slapd_out", "_apache_out"):
+            f = getattr(self, attr, None)
             if f is not None:
                 f.close()
+                setattr(self, attr, None)
+
+    def stop(self):
+        """Stop every daemon by pid; remove the dir if we made it."""
+        self._stop_daemons()
         if self._own_dir and not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -715,6 +737,7 @@ class Lab:
         os.makedirs(self.dir, exist_ok=True)
         if os.listdir(self.dir):
             raise LabError(f"lab dir {self.dir} is not empty")
+        self._prepared = True
         # www-data (Apache's workers) must reach the keytab and the CGI.
         os.chmod(self.dir, 0o711)
         d = self.dir
@@ -850,7 +873,11 @@ index krbPrincipalName eq,sub
         self._kdc_out = open(self.path("krb5kdc.out"), "a")
         self._kdc = spawn(["krb5kdc", "-n", "-r", REALM], self._kdc_out,
                           env=self.env, cwd=self.dir)
-        wait_port(self.kdc_port, self._kdc, "krb5kdc")
+        try:
+            wait_port(self.kdc_port, self._kdc, "krb5kdc")
+        except LabError:
+            stop_pid(self._kdc, "krb5kdc")
+            raise
 
     def stop_kdc(self):
         """Stop krb5kdc (by pid) for "KDC down" tests; start_kdc() again."""
@@ -921,6 +948,11 @@ index krbPrincipalName eq,sub
     def lock_user(self, user):
         """Lock `user` (policy "lockout") with failed password attempts."""
         env = dict(self.env, KRB5CCNAME="MEMORY:lock")
+        # The KDC forgets failures not later than the last admin unlock
+        # (whole seconds, "<="): fail only after that second is over.
+        wait = self._unlocked.get(user, 0) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
         for _ in range(LOCKOUT_MAXFAILURE):
             self.run(["kinit", principal(user)], expected_code=1,
                      input="wrong-password\n", env=env)
@@ -931,7 +963,9 @@ index krbPrincipalName eq,sub
             raise LabError(f"{user} did not lock: kinit said: {out}")
 
     def unlock_user(self, user):
+        """Admin unlock (kadmin modprinc -unlock); lock_user() relocks."""
         self.kadmin_local(f"modprinc -unlock {user}")
+        self._unlocked[user] = int(time.time())
 
     def kdc_log_text(self):
         try:
@@ -968,8 +1002,10 @@ index krbPrincipalName eq,sub
 
     # -- Apache -----------------------------------------------------------
     def _start_apache(self):
-        ca, cert, key = make_ca_and_server_cert(self.path("pki"),
-                                                BACKEND_HOST)
+        ca = certs.server_ca(self.path("pki"), key_type=self.backend_key_type)
+        leaf = certs.exchange_server(self.path("pki"), ca,
+                                     key_type=self.backend_key_type)
+        cert, key = leaf.cert, leaf.key
         self.backend_port = free_port()
         self.backend_http_port = free_port()
         cgi = self.path("apache", "cgi", "eas.py")
@@ -1096,7 +1132,7 @@ LuaMapHandler "^/(Microsoft-Server-ActiveSync|[Aa]utodiscover)" {lua} handle
         args = [PYTHON, os.path.join(here, "cb_backend.py"),
                 "--port", str(self.cb_backend_port),
                 "--cert", self.backend_cert,
-                "--key", self.path("pki", "server.key"),
+                "--key", self.backend_key,
                 "--keytab", self.keytab(EXCHANGE),
                 "--rcache", "file2:" + self.path("rcache", "cb_backend.rc"),
                 "--acceptor", "HTTP@" + BACKEND_HOST,
@@ -1181,6 +1217,8 @@ _KDC_NAMES = re.compile(r"(\S+@[^\s,]+) for (\S+@[^\s,]+)")
 S4U2PROXY_ERRORS = ("EVIDENCE_TKT_NOT_FORWARDABLE",
                     "UNSUPPORTED_S4U2PROXY_REQUEST", "NOT_ALLOWED_TO_DELEGATE",
                     "BAD_INTEGRITY")
+# ... and the one that only a refused S4U2Self gets (an unknown user)
+S4U2SELF_ERRORS = ("UNKNOWN_S4U2SELF_PRINCIPAL",)
 
 
 def parse_kdc_log(text):
@@ -1195,6 +1233,13 @@ def parse_kdc_log(text):
                                         s4u-client=<unknown> when refused)
       TGS_REQ (...): EVIDENCE_TKT_NOT_FORWARDABLE: ... C for S, <message>
                                         (refused S4U2Proxy, no "..." line)
+      TGS_REQ (...): CLIENT LOCKED OUT: ... P for P, <message>
+      ... PROTOCOL-TRANSITION s4u-client=<unknown>  (refused S4U2Self)
+      TGS_REQ (...): UNKNOWN_S4U2SELF_PRINCIPAL: ... P for P, <message>
+    A refused S4U request does not name the user: its entry has user None;
+    find it by client (the proxy) and status.  (kvno -U sends an AS-REQ
+    probe for the user first, as an enterprise name; GSSAPI with a plain
+    principal name does not.)
     Each dict: kind ('AS', 'TGS', 'S4U2SELF', 'S4U2PROXY'), status ('ISSUE'
     or the KDC's error token, e.g. 'CLIENT_NOT_FOUND', 'CLIENT LOCKED
     OUT'), client, server, user (AS/TGS: the client; S4U: the impersonated
@@ -1213,6 +1258,8 @@ def parse_kdc_log(text):
             status = m.group("status")
             if kind == "TGS" and status in S4U2PROXY_ERRORS:
                 kind = "S4U2PROXY"
+            elif kind == "TGS" and status in S4U2SELF_ERRORS:
+                kind = "S4U2SELF"
             ent = {"kind": kind, "status": status, "client": client,
                    "server": server,
                    "user": client if kind in ("AS", "TGS") else None,

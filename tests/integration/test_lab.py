@@ -12,7 +12,7 @@ import time
 import gssapi
 import pytest
 
-from lab import (Lab, DISABLED, EXCHANGE, EXPIRED, LOCKED, OTHER, PROXY,
+from lab import (Lab, LabError, DISABLED, EXCHANGE, EXPIRED, LOCKED, OTHER, PROXY,
                  PROXY_NOFWD, PROXY_NONE, PROXY_OTHERSPN, REALM, SENSITIVE,
                  UNKNOWN, parse_kdc_log, principal)
 from lab_fixtures import lab, lab_session, private_lab  # noqa: F401
@@ -72,10 +72,11 @@ def test_kvno_s4u2proxy_refused_for_spn_not_in_the_list(lab):
 ])
 def test_kvno_refused_for_unusable_users(lab, user, message):
     env = kinit_proxy(lab, PROXY, "kvno-" + user)
+    issued = lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE")
     code, out = kvno_s4u(lab, env, user, EXCHANGE)
     assert code != 0, out
     assert message in out, out
-    assert lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE") == 0
+    assert lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE") == issued
 
 
 def test_sensitive_user_gets_s4u2self_but_not_s4u2proxy(lab):
@@ -102,6 +103,26 @@ def test_proxy_principal_variants(lab, proxy, spn, ok, status):
             if e["client"] == principal(proxy) and
             e["server"] == principal(spn)][-1]
     assert last["status"] == status, last["line"]
+
+
+def test_kadmin_local_reports_failures(lab):
+    assert "Principal: alice@" + REALM in lab.kadmin_local("getprinc alice")
+    with pytest.raises(LabError, match="does not exist"):
+        lab.kadmin_local("getprinc " + UNKNOWN)
+
+
+def test_unlock_and_lock_again(lab):
+    env = kinit_proxy(lab, PROXY, "kvno-lock")
+    lab.unlock_user(LOCKED)
+    try:
+        code, out = kvno_s4u(lab, env, LOCKED, EXCHANGE)
+        assert code == 0, out
+    finally:
+        lab.lock_user(LOCKED)
+    # a fresh ccache: the one above holds the ticket kvno just obtained
+    env = kinit_proxy(lab, PROXY, "kvno-lock2")
+    code, out = kvno_s4u(lab, env, LOCKED, EXCHANGE)
+    assert code != 0 and "revoked" in out, out
 
 
 def test_kdc_log_parser_on_known_lines():
@@ -240,11 +261,21 @@ def test_replayed_token_is_refused(lab):
     c2.close()
 
 
-@pytest.mark.parametrize("user", [DISABLED, EXPIRED, LOCKED, UNKNOWN])
-def test_gss_impersonation_refused_for_unusable_users(lab, user):
+@pytest.mark.parametrize("user,status", [
+    (DISABLED, "CLIENT LOCKED OUT"),
+    (EXPIRED, "CLIENT EXPIRED"),
+    (LOCKED, "LOCKED_OUT"),
+    (UNKNOWN, "UNKNOWN_S4U2SELF_PRINCIPAL"),
+])
+def test_gss_impersonation_refused_for_unusable_users(lab, user, status):
+    issued = lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE")
     with lab.environ(), pytest.raises(gssapi.exceptions.GSSError):
         lab.negotiate_header(user)
-    assert lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE") == 0
+    assert lab.count_kdc_requests("S4U2PROXY", user, status="ISSUE") == issued
+    # the KDC refused the S4U2Self (it does not name the user then)
+    last = [e for e in lab.kdc_requests("S4U2SELF")
+            if e["client"] == principal(PROXY)][-1]
+    assert (last["status"], last["user"]) == (status, None), last["line"]
 
 
 def test_gss_s4u2proxy_refused_for_sensitive_user(lab):
@@ -444,3 +475,27 @@ def test_cb_backend_checks_channel_bindings(require):
                           (401, "cb_missing") if require else (200, "absent")]
     finally:
         world.stop()
+
+
+def test_port_taken_before_bind_is_retried(monkeypatch):
+    import lab as labmod
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    taken = squatter.getsockname()[1]
+    real = labmod.free_port
+    handed = []
+
+    def first_taken(udp_too=False):
+        port = taken if not handed else real(udp_too)
+        handed.append(port)
+        return port
+    monkeypatch.setattr(labmod, "free_port", first_taken)
+    world = Lab()
+    try:
+        world.start()
+        assert handed[0] == taken and world.ldap_port != taken
+        world.check_alive()
+    finally:
+        world.stop()
+        squatter.close()
