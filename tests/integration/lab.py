@@ -255,7 +255,8 @@ CGI_SCRIPT = r'''#!/usr/bin/python3 -IS
 #   (/download is served by the Lua handler)
 #   /moved            451 with X-MS-Location (query loc= overrides)
 #   /sleep?seconds=N  wait N seconds (a parked Ping), then the JSON echo
-#   /status?code=N    answer with status N and the JSON echo
+#   /status?code=N    answer with status N and the JSON echo (401: with
+#                     WWW-Authenticate: Negotiate, like a refused ticket)
 import hashlib, json, os, sys, time, urllib.parse
 
 env = os.environ
@@ -318,7 +319,9 @@ if route == "/moved":
     echo("451 Mailbox Moved", [f"X-MS-Location: {loc}"])
 elif route == "/status":
     code = int(arg("code", "200"))
-    echo(f"{code} Lab Status")
+    # a 401 looks like Exchange refusing the ticket
+    echo(f"{code} Lab Status",
+         ["WWW-Authenticate: Negotiate"] if code == 401 else [])
 else:
     echo()
 '''
@@ -944,6 +947,23 @@ index krbPrincipalName eq,sub
         os.chown(kt, 0, self._www_gid())
         os.chmod(kt, 0o640)
         self.lock_user(LOCKED)
+
+    def rotate_exchange_key(self):
+        """Give HTTP/exchange a new key (new kvno) and replace Exchange's
+        keytab with one holding only it: service tickets issued before
+        (cached in impersonated credentials) now get a 401 from Apache,
+        fresh S4U2Proxy tickets work.  Returns the new kvno."""
+        kt = self.keytab(EXCHANGE)
+        tmp = kt + ".new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        self.kadmin_local(f"ktadd -k {tmp} {EXCHANGE}")
+        os.chown(tmp, 0, self._www_gid())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, kt)
+        out = self.run(["klist", "-k", kt])
+        return max(int(ln.split()[0]) for ln in out.splitlines()
+                   if ln.strip()[:1].isdigit())
 
     def lock_user(self, user):
         """Lock `user` (policy "lockout") with failed password attempts."""

@@ -375,6 +375,33 @@ def test_status_route(alice_conn):
     assert resp.status == 503
 
 
+def test_status_401_looks_like_a_refused_ticket(alice_conn):
+    resp, _ = request(alice_conn, "POST", EAS + "/status?code=401", {}, b"x")
+    assert resp.status == 401
+    assert resp.getheader("WWW-Authenticate") == "Negotiate"
+
+
+def test_rotated_exchange_key_refuses_cached_tickets(private_lab):
+    world = private_lab
+    with world.environ():
+        creds = world.impersonate("alice")
+        _, tok = world.init_context(creds)
+        old_hdr = "Negotiate " + base64.b64encode(tok).decode()
+        kvno = world.rotate_exchange_key()
+        # the impersonated credential still holds the old-key ticket
+        _, tok = world.init_context(creds)
+        stale_hdr = "Negotiate " + base64.b64encode(tok).decode()
+        fresh_hdr, _ = world.negotiate_header("alice")
+    assert kvno >= 3
+    statuses = []
+    for hdr in (old_hdr, stale_hdr, fresh_hdr):
+        conn = world.backend_connection()
+        resp, _ = request(conn, "GET", EAS, {"Authorization": hdr})
+        statuses.append(resp.status)
+        conn.close()
+    assert statuses == [401, 401, 200]
+
+
 def test_plain_http_port(lab):
     conn = lab.backend_connection(tls=False)
     hdr, _ = negotiate(lab, "bob")
