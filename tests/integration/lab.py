@@ -35,17 +35,42 @@ Principals (realm EXAMPLE.TEST; passwords: Lab.password(name)):
   HTTP/other.example.test           a service no proxy may reach but
                                     PROXY_OTHERSPN (OTHER)
   alice bob carol                   +requires_preauth, usable
-  disabled                          -allow_tix            -> CLIENT_REVOKED
-  expired                           expiry in the past    -> CLIENT_REVOKED
-  locked                            policy "lockout" (maxfailure 3), locked
-                                    by failed kinits      -> CLIENT_REVOKED
-  sensitive                         -allow_forwardable ("cannot be
-                                    delegated"): S4U2Self evidence is not
-                                    forwardable, S4U2Proxy refused
-  nosuchuser                        never created         -> CLIENT_NOT_FOUND
+  (KDC error through S4U2Self via GSSAPI, krb5 code and KDC log status:)
+  disabled      -allow_tix          KDC_ERR_CLIENT_REVOKED  CLIENT LOCKED OUT
+  expired       expiry in the past  KDC_ERR_NAME_EXP        CLIENT EXPIRED
+  locked        policy "lockout" (maxfailure 3), locked by failed kinits
+                                    KDC_ERR_CLIENT_REVOKED  LOCKED_OUT
+  nosuchuser    never created       KDC_ERR_C_PRINCIPAL_UNKNOWN
+                                                  UNKNOWN_S4U2SELF_PRINCIPAL
+  sensitive     -allow_forwardable ("cannot be delegated"): S4U2Self works,
+                its ticket is not forwardable, S4U2Proxy gets
+                                    KDC_ERR_BADOPTION  EVIDENCE_TKT_NOT_FORWARDABLE
+  (a proxy without the right: KDC_ERR_BADOPTION, UNSUPPORTED_S4U2PROXY_REQUEST)
 
 Keytabs: lab.keytab(principal) -> path (proxies: mode 0600, root;
 Exchange: 0640 root:www-data).
+
+Exchange stand-in (https://exchange.example.test:backend_port, CA
+backend_ca; plain HTTP on backend_http_port), under
+/Microsoft-Server-ActiveSync and /autodiscover, Negotiate required:
+  any path        JSON echo: remote_user, method, uri, query, remote_port,
+                  headers, body_length, body_sha256 (chunked bodies too)
+  OPTIONS         EAS headers (MS-ASProtocolVersions, -Commands,
+                  MS-Server-ActiveSync) + X-Lab-Remote-User   (mod_lua)
+  .../download?size=N[&chunked=1]  N bytes, byte i = i % 256   (mod_lua)
+  .../moved[?loc=URL]   451 + X-MS-Location (default: https://<Host>/EAS)
+  .../sleep?seconds=N   answers after N s (a parked Ping)
+  .../status?code=N     status N (401 comes with WWW-Authenticate: Negotiate)
+Apache's access log: apache_access() (remote_port, keepalive, user,
+auth_scheme, ...); apache_log_text() for everything.  Lab(require_cb=...)
+adds cb_backend.py (channel bindings checked) on cb_backend_port.
+
+Other helpers: env / environ(), run(), kadmin_local(), ldap_modify(),
+set_allowed_to_delegate(), stop_kdc() / start_kdc() / kdc_down(),
+lock_user() / unlock_user(), rotate_exchange_key(), kdc_requests() /
+count_kdc_requests(kind, user), impersonate() / init_context() /
+negotiate_header() (the proxy's GSSAPI route in Python),
+backend_connection(), channel_bindings(), pids, check_alive().
 """
 
 import base64
