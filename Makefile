@@ -14,13 +14,17 @@ PYTHON   ?= /usr/bin/python3
 CC       ?= cc
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
+# MIT krb5 has no run-time version call: `-V` shows the version built against.
+KRB5_VERSION := $(shell pkg-config --modversion krb5 2>/dev/null || echo unknown)
+
 PKGS     := openssl krb5-gssapi krb5 libevent libevent_openssl libevent_pthreads ldap lber inih
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wno-format-nonliteral -Wvla
-BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -DEKP_VERSION='"$(VERSION)"' -Isrc -Iinclude \
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -DEKP_VERSION='"$(VERSION)"' \
+            -DEKP_KRB5_VERSION='"$(KRB5_VERSION)"' -Isrc -Iinclude \
             $(WARN) $(PKG_CFLAGS) -fPIC
 OPT_CFLAGS  := -O2 -g -D_FORTIFY_SOURCE=2 -fstack-protector-strong
 SAN_CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \

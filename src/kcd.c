@@ -1,0 +1,427 @@
+/*
+ * kcd.c — the key-holding helper process: its loop, its channels to the
+ * workers and the request table; see kcd.h and kcd_proto.h.
+ *
+ * Every frame from a worker is untrusted (a worker faces the network). It is
+ * dispatched only when its type is in the table below and its payload reads
+ * back exactly (ipc_rd_done); anything else closes that worker's channel
+ * with the reason logged, the way OpenSSH's monitor treats its child.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "ipc.h"
+#include "kcd.h"
+#include "kcd_proto.h"
+#include "log.h"
+#include "proc.h"
+
+#define KCD_MAGIC	0x4b434431u	/* "KCD1" */
+#define PEER_MAGIC	0x4b504552u	/* "KPER" */
+
+struct kcd;
+
+/* One worker's channel. */
+struct kpeer {
+	unsigned magic;
+	struct kcd *k;
+	unsigned slot;
+	char name[24];			/* "worker 3" */
+	struct ipc_chan *ch;		/* NULL while that worker has none */
+};
+
+struct kcd {
+	unsigned magic;
+	struct event_base *base;
+	const struct config *cfg;
+	unsigned generation;
+	long parent;
+	struct ipc_chan *ctl;		/* NULL once the parent is gone */
+	unsigned n_peers;
+	struct kpeer *peers;		/* indexed by worker slot */
+	struct event *term_ev;
+	struct event *deadline_ev;
+	int draining;
+	uint64_t deadline_ms;
+};
+
+/* Request handlers: return 0 when the request was well-formed (answered or
+ * not), -1 with why set when the worker's channel must be closed. */
+typedef int kcd_handler_fn(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen);
+
+/* Scratch space for one request at a time (kcd's loop is one thread). */
+static char principal[KCD_PRINCIPAL_MAX], spn[KCD_SPN_MAX], token[KCD_TOKEN_MAX];
+static struct ipc_buf out;
+
+static void
+reply(struct kpeer *p, uint16_t type, uint32_t id)
+{
+	if (out.err) {
+		log_error("kcd", "answer %s to %s too large; not sent", ipc_type_name(type), p->name);
+		return;
+	}
+	/* a failure here is reported through the channel's close callback */
+	(void)ipc_send(p->ch, type, id, out.data, out.len, -1);
+}
+
+/* TOKEN_REQ: str principal, str spn, bytes cb, u32 flags (kcd_proto.h). */
+static int
+h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
+{
+	struct ipc_rd rd;
+	const uint8_t *cb;
+	size_t cb_len;
+	uint32_t flags;
+
+	ipc_rd_init(&rd, msg->data, msg->len);
+	ipc_get_str(&rd, principal, sizeof(principal));
+	ipc_get_str(&rd, spn, sizeof(spn));
+	cb_len = ipc_get_bytes(&rd, &cb);
+	flags = ipc_get_u32(&rd);
+	if (ipc_rd_done(&rd) != 0) {
+		snprintf(why, whylen, "malformed token_req (%zu bytes)", msg->len);
+		return -1;
+	}
+	if (cb_len > KCD_CB_MAX) {
+		snprintf(why, whylen, "token_req with %zu bytes of channel bindings (at most %d)",
+		    cb_len, KCD_CB_MAX);
+		return -1;
+	}
+	(void)cb;
+	(void)flags;
+	/*
+	 * Not answered for real yet: the Kerberos core (s4u.c: keytab,
+	 * S4U2Self + S4U2Proxy, credential cache, thread pool) plugs in here
+	 * and answers TOKEN_OK or TOKEN_ERR asynchronously with msg->id.
+	 * Until then every request is refused as a temporary condition, so
+	 * the device gets 503 + Retry-After and nothing pretends to work.
+	 */
+	log_debug("kcd", "token_req %u from %s for %s to %s: kcd not ready", msg->id, p->name,
+	    principal, spn);
+	ipc_buf_init(&out);
+	ipc_put_u32(&out, KCD_ERR_UNREACHABLE);
+	ipc_put_str(&out, "kcd_not_ready");
+	ipc_put_str(&out, "kcd has no Kerberos core in this build (s4u.c)");
+	reply(p, IPC_TOKEN_ERR, msg->id);
+	return 0;
+}
+
+/* MUTUAL_REQ: u32 ctx id, str token. */
+static int
+h_mutual_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
+{
+	struct ipc_rd rd;
+	uint32_t ctx;
+
+	ipc_rd_init(&rd, msg->data, msg->len);
+	ctx = ipc_get_u32(&rd);
+	ipc_get_str(&rd, token, sizeof(token));
+	if (ipc_rd_done(&rd) != 0) {
+		snprintf(why, whylen, "malformed mutual_req (%zu bytes)", msg->len);
+		return -1;
+	}
+	/* the S4U work keeps contexts and verifies the reply here */
+	log_debug("kcd", "mutual_req %u from %s for context %u: kcd not ready", msg->id, p->name, ctx);
+	ipc_buf_init(&out);
+	ipc_put_str(&out, "kcd_not_ready");
+	ipc_put_str(&out, "kcd has no Kerberos core in this build (s4u.c)");
+	reply(p, IPC_MUTUAL_ERR, msg->id);
+	return 0;
+}
+
+/* CTX_RELEASE: u32 ctx id; no answer. */
+static int
+h_ctx_release(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
+{
+	struct ipc_rd rd;
+	uint32_t ctx;
+
+	ipc_rd_init(&rd, msg->data, msg->len);
+	ctx = ipc_get_u32(&rd);
+	if (ipc_rd_done(&rd) != 0) {
+		snprintf(why, whylen, "malformed ctx_release (%zu bytes)", msg->len);
+		return -1;
+	}
+	/* no contexts are kept yet (s4u.c) */
+	log_debug("kcd", "ctx_release of context %u from %s", ctx, p->name);
+	return 0;
+}
+
+/* The requests kcd answers. Everything else from a worker is refused. */
+static const struct {
+	uint16_t type;
+	kcd_handler_fn *fn;
+} handlers[] = {
+	{ IPC_TOKEN_REQ,	h_token_req },
+	{ IPC_MUTUAL_REQ,	h_mutual_req },
+	{ IPC_CTX_RELEASE,	h_ctx_release },
+};
+
+/* ---- worker channels --------------------------------------------------------- */
+
+static unsigned
+peers_open(const struct kcd *k)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < k->n_peers; i++)
+		n += k->peers[i].ch != NULL;
+	return n;
+}
+
+static void
+peer_drop(struct kpeer *p, const char *why, int is_fault)
+{
+	struct kcd *k = p->k;
+
+	if (is_fault)
+		log_error("kcd", "closing the channel of %s: %s", p->name, why);
+	else
+		log_info("kcd", "channel of %s closed: %s", p->name, why);
+	ipc_chan_free(p->ch);
+	p->ch = NULL;
+	if (k->draining && peers_open(k) == 0) {
+		log_info("kcd", "draining: no worker channel left; exiting");
+		event_base_loopexit(k->base, NULL);
+	}
+}
+
+static void
+on_peer_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
+{
+	struct kpeer *p = arg;
+	char why[256];
+
+	assert(p->magic == PEER_MAGIC);
+	(void)ch;
+	if (msg->fd >= 0) {
+		close(msg->fd);
+		snprintf(why, sizeof(why), "%s with a file descriptor (workers never pass one)",
+		    ipc_type_name(msg->type));
+		peer_drop(p, why, 1);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++) {
+		if (handlers[i].type != msg->type)
+			continue;
+		why[0] = '\0';
+		if (handlers[i].fn(p, msg, why, sizeof(why)) != 0)
+			peer_drop(p, why, 1);
+		return;
+	}
+	snprintf(why, sizeof(why), "request type %s (%u) is not one kcd answers",
+	    ipc_type_name(msg->type), msg->type);
+	peer_drop(p, why, 1);
+}
+
+static void
+on_peer_close(struct ipc_chan *ch, const char *why, void *arg)
+{
+	struct kpeer *p = arg;
+
+	assert(p->magic == PEER_MAGIC);
+	assert(p->ch == ch);
+	/* a worker that exits closes its end: that is not our fault */
+	peer_drop(p, why, strstr(why, "closed the channel") == NULL);
+}
+
+/* ---- drain ---------------------------------------------------------------------- */
+
+static void
+on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct kcd *k = arg;
+
+	(void)fd;
+	(void)what;
+	assert(k->magic == KCD_MAGIC);
+	log_warn("kcd", "drain deadline reached with %u worker channels open; exiting", peers_open(k));
+	event_base_loopexit(k->base, NULL);
+}
+
+/* kcd outlives its generation's workers: requests in flight on a draining
+ * worker still need tokens. It exits when the last worker channel closes,
+ * or at the deadline. */
+static void
+start_drain(struct kcd *k, uint64_t deadline_ms, const char *why)
+{
+	uint64_t now = proc_now_ms(), left;
+	struct timeval tv;
+
+	if (k->draining && deadline_ms >= k->deadline_ms)
+		return;
+	if (!k->draining)
+		log_info("kcd", "draining (%s), %u worker channels open", why, peers_open(k));
+	k->draining = 1;
+	k->deadline_ms = deadline_ms;
+	if (peers_open(k) == 0) {
+		event_base_loopexit(k->base, NULL);
+		return;
+	}
+	left = deadline_ms > now ? deadline_ms - now : 0;
+	tv.tv_sec = (time_t)(left / 1000u);
+	tv.tv_usec = (suseconds_t)((left % 1000u) * 1000u);
+	evtimer_add(k->deadline_ev, &tv);
+}
+
+static void
+on_term(evutil_socket_t sig, short what, void *arg)
+{
+	struct kcd *k = arg;
+
+	(void)sig;
+	(void)what;
+	assert(k->magic == KCD_MAGIC);
+	start_drain(k, proc_now_ms() + k->cfg->server.shutdown_timeout,
+	    "SIGTERM: the parent is gone or asked so");
+}
+
+/* ---- control channel from the parent ---------------------------------------- */
+
+static void
+add_worker_channel(struct kcd *k, uint32_t slot, int fd)
+{
+	struct kpeer *p = &k->peers[slot];
+
+	if (p->ch != NULL) {
+		/* the worker was restarted: its old channel is dead anyway */
+		ipc_chan_free(p->ch);
+		p->ch = NULL;
+	}
+	if ((p->ch = ipc_chan_new(k->base, fd, p->name, on_peer_msg, on_peer_close, p)) == NULL)
+		log_error("kcd", "cannot set up the channel of %s", p->name);
+	else
+		log_debug("kcd", "channel of %s ready", p->name);
+}
+
+static void
+on_ctl_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
+{
+	struct kcd *k = arg;
+	struct ipc_rd rd;
+	uint64_t deadline;
+	uint32_t slot;
+
+	(void)ch;
+	assert(k->magic == KCD_MAGIC);
+	ipc_rd_init(&rd, msg->data, msg->len);
+	switch (msg->type) {
+	case IPC_WORKER_CHANNEL:
+		slot = ipc_get_u32(&rd);
+		if (ipc_rd_done(&rd) != 0 || msg->fd < 0 || slot >= k->n_peers)
+			goto bad;
+		add_worker_channel(k, slot, msg->fd);	/* takes the fd */
+		return;
+	case IPC_SHUTDOWN:
+		deadline = ipc_get_u64(&rd);
+		if (ipc_rd_done(&rd) != 0 || msg->fd >= 0)
+			goto bad;
+		start_drain(k, deadline, "shutdown requested by the parent");
+		return;
+	case IPC_LOG_REOPEN:
+		if (ipc_rd_done(&rd) != 0)
+			goto bad;
+		if (msg->fd >= 0)
+			(void)log_reopen_fd(msg->fd);
+		else
+			(void)log_reopen();
+		return;
+	default:
+		break;
+	}
+bad:
+	log_error("kcd", "ignored a malformed or unexpected %s (%zu bytes) from the parent",
+	    ipc_type_name(msg->type), msg->len);
+	if (msg->fd >= 0)
+		close(msg->fd);
+}
+
+static void
+on_ctl_close(struct ipc_chan *ch, const char *why, void *arg)
+{
+	struct kcd *k = arg;
+
+	assert(k->magic == KCD_MAGIC);
+	ipc_chan_free(ch);
+	k->ctl = NULL;
+	if (!k->draining || strstr(why, "closed the channel") == NULL)
+		log_warn("kcd", "control channel: %s", why);
+	start_drain(k, proc_now_ms() + k->cfg->server.shutdown_timeout, "the parent is gone");
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+int
+kcd_main(const struct kcd_args *a)
+{
+	struct kcd *k = NULL;
+	int rc = 1, ctl_fd = a->ctl_fd;
+
+	/* a worker that goes away mid-answer must not kill kcd */
+	signal(SIGPIPE, SIG_IGN);
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		goto cleanup;
+	k->magic = KCD_MAGIC;
+	k->cfg = a->cfg;
+	k->generation = a->generation;
+	k->parent = a->parent;
+	k->n_peers = a->n_workers;
+	if ((k->peers = calloc(k->n_peers ? k->n_peers : 1, sizeof(*k->peers))) == NULL)
+		goto cleanup;
+	for (unsigned i = 0; i < k->n_peers; i++) {
+		k->peers[i].magic = PEER_MAGIC;
+		k->peers[i].k = k;
+		k->peers[i].slot = i;
+		snprintf(k->peers[i].name, sizeof(k->peers[i].name), "worker %u", i);
+	}
+	if ((k->base = event_base_new()) == NULL)
+		goto cleanup;
+	k->ctl = ipc_chan_new(k->base, ctl_fd, "parent", on_ctl_msg, on_ctl_close, k);
+	ctl_fd = -1;		/* taken, even on failure */
+	if (k->ctl == NULL ||
+	    (k->deadline_ev = evtimer_new(k->base, on_deadline, k)) == NULL ||
+	    (k->term_ev = evsignal_new(k->base, SIGTERM, on_term, k)) == NULL ||
+	    evsignal_add(k->term_ev, NULL) != 0) {
+		log_error("kcd", "cannot set up the event loop");
+		goto cleanup;
+	}
+	/*
+	 * The Kerberos core loads here, before READY: keytab check, krb5
+	 * context, thread pool (s4u.c). kcd keeps the user it was started as
+	 * (root, or whoever can read the keytab) and never listens on the
+	 * network.
+	 */
+	if (ipc_send(k->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
+		log_error("kcd", "cannot report ready to the parent");
+	log_info("kcd", "generation %u ready for %u workers", k->generation, k->n_peers);
+	event_base_dispatch(k->base);
+	rc = 0;
+cleanup:
+	if (ctl_fd >= 0)
+		close(ctl_fd);
+	if (k == NULL)
+		return rc;
+	for (unsigned i = 0; k->peers != NULL && i < k->n_peers; i++)
+		if (k->peers[i].ch != NULL)
+			ipc_chan_free(k->peers[i].ch);
+	free(k->peers);
+	if (k->ctl != NULL)
+		ipc_chan_free(k->ctl);
+	if (k->deadline_ev != NULL)
+		event_free(k->deadline_ev);
+	if (k->term_ev != NULL)
+		event_free(k->term_ev);
+	if (k->base != NULL)
+		event_base_free(k->base);
+	k->magic = 0;
+	free(k);
+	return rc;
+}

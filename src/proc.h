@@ -1,0 +1,59 @@
+/*
+ * proc.h — the parent process: listening sockets, generations of children,
+ * supervision, signals; and the process plumbing the children share
+ * (privilege drop, parent-death handling).
+ *
+ * A generation is {config, listening sockets, kcd, workers}. The parent runs
+ * one generation at start; SIGHUP loads the file again and, when it is
+ * valid, starts a new generation on the same listening sockets. Once every
+ * child of the new generation has reported IPC_READY, the older generations
+ * get IPC_SHUTDOWN and drain; the parent forgets a generation when its last
+ * child has exited (docs/architecture.md, "Reload is a new generation").
+ *
+ * Control messages (parent <-> child, payloads built with ipc_put_*):
+ *   SHUTDOWN        p->c  u64 deadline: CLOCK_MONOTONIC ms (proc_now_ms);
+ *                         stop accepting, finish, exit by then
+ *   LOG_REOPEN      p->c  (empty) + fd of the reopened error log, or no fd
+ *                         when the target is not a file
+ *   KCD_CHANNEL     p->w  (empty) + fd: the worker's end of a new channel to
+ *                         kcd (kcd was restarted)
+ *   WORKER_CHANNEL  p->k  u32 worker slot + fd: kcd's end of that worker's
+ *                         channel (new worker, or kcd was restarted)
+ *   READY           c->p  (empty): start-up done
+ *   STATS           c->p  reserved; counters travel through metrics.h's
+ *                         shared memory instead
+ */
+#ifndef EKP_PROC_H
+#define EKP_PROC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+
+/* Run the parent until SIGTERM/SIGINT. cfg is taken over (freed on return);
+ * config_path is the file SIGHUP reloads (absolute when daemonize, since the
+ * daemon changes to /). Logs to the configured error_log. Returns the exit
+ * status for main(): 0 after a clean stop, 1 when start-up failed. */
+int proc_main(struct config *cfg, const char *config_path, int daemonize);
+
+/* CLOCK_MONOTONIC in milliseconds; the same clock in every process, so a
+ * deadline can cross IPC. */
+uint64_t proc_now_ms(void);
+
+/* Child side, right after fork: die with SIGTERM when the parent dies
+ * (PR_SET_PDEATHSIG), and exit at once if it already has. The kernel clears
+ * the setting when credentials change, so proc_drop_privileges calls it
+ * again. parent is the pid the child was forked from. */
+void proc_parent_death_signal(long parent);
+
+/* Drop root to user: initgroups (or setgroups(0) when that fails), setgid,
+ * setuid, then verify that root cannot be regained (setuid(0) must fail)
+ * and set PR_SET_NO_NEW_PRIVS. A no-op when not running as root (logged).
+ * Returns 0, or -1 with the cause in err. */
+int proc_drop_privileges(const char *user, long parent, char *err, size_t errlen);
+
+/* Name this process for ps/top and /proc/PID/comm ("ekp-worker-3"). */
+void proc_set_title(const char *name);
+
+#endif
