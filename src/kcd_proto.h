@@ -18,6 +18,18 @@
  * MUTUAL_OK   id=N  (empty)
  * MUTUAL_ERR  id=N  str name, str text
  * CTX_RELEASE id=0  u32 ctx id
+ *
+ * Directory checks (SPEC §7, ldap.c inside kcd), asked once per device
+ * connection when [ldap] uri is set, before any TOKEN_REQ:
+ * IDENTIFY_REQ id=N str principal mapped from the certificate ("" when
+ *                   [identity] source = ldap), bytes certificate (DER)
+ * IDENTIFY_OK  id=N str principal to use from now on (sAMAccountName@REALM
+ *                   when it differs from the UPN's local part), u32 flags
+ *                   (KCD_ID_* below)
+ * IDENTIFY_ERR id=N u32 class (KCD_ERR_LDAP_DENIED: 403 ldap_<name>;
+ *                   KCD_ERR_LDAP_UNREACHABLE: 503 ldap_unreachable),
+ *                   str name ("disabled", "not_in_group", "strong_mapping",
+ *                   "not_found", ...), str text (log only)
  */
 #ifndef EKP_KCD_PROTO_H
 #define EKP_KCD_PROTO_H
@@ -39,6 +51,13 @@ enum kcd_err_class {
 	KCD_ERR_PROXY,		/* KDC refused the proxy / our setup: 502 kdc_<NAME> */
 	KCD_ERR_UNREACHABLE,	/* no KDC answer: 503 kdc_unreachable + Retry-After */
 	KCD_ERR_INTERNAL,	/* kcd itself failed: 502, logged at error */
+	KCD_ERR_LDAP_DENIED,	/* the directory refused the user: 403 ldap_<name> */
+	KCD_ERR_LDAP_UNREACHABLE, /* directory down and on_failure = deny: 503 */
 };
+
+#define KCD_CERT_MAX		(16 * 1024)	/* DER bytes in IDENTIFY_REQ */
+/* IDENTIFY_OK flags */
+#define KCD_ID_AUDIT		0x1u	/* strong_mapping = audit would have refused */
+#define KCD_ID_DIRECTORY_DOWN	0x2u	/* allowed by on_failure = allow */
 
 #endif

@@ -23,5 +23,8 @@ IPC_MSG(MUTUAL_REQ,     "mutual_req")	/* u32 ctx id, bytes token from WWW-Authen
 IPC_MSG(MUTUAL_OK,      "mutual_ok")
 IPC_MSG(MUTUAL_ERR,     "mutual_err")	/* str error name */
 IPC_MSG(CTX_RELEASE,    "ctx_release")	/* u32 ctx id: forget a kept context */
+IPC_MSG(IDENTIFY_REQ,   "identify_req")	/* directory checks, see kcd_proto.h */
+IPC_MSG(IDENTIFY_OK,    "identify_ok")
+IPC_MSG(IDENTIFY_ERR,   "identify_err")
 IPC_MSG(DOCTOR_REQ,     "doctor_req")
 IPC_MSG(DOCTOR_RESP,    "doctor_resp")
