@@ -149,7 +149,22 @@ on_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
 		ipc_get_str(&rd, text, sizeof(text));
 		ans.name = name;
 		ans.text = text;
-		if (ans.cls < KCD_ERR_USER || ans.cls > KCD_ERR_INTERNAL)
+		if (ans.cls < KCD_ERR_USER || ans.cls > KCD_ERR_LDAP_UNREACHABLE)
+			rd.err = 1;
+		break;
+	case IPC_IDENTIFY_OK:
+		ipc_get_str(&rd, token, sizeof(token));	/* the principal */
+		ans.id_flags = ipc_get_u32(&rd);
+		ans.ok = 1;
+		ans.principal = token;
+		break;
+	case IPC_IDENTIFY_ERR:
+		ans.cls = (enum kcd_err_class)ipc_get_u32(&rd);
+		ipc_get_str(&rd, name, sizeof(name));
+		ipc_get_str(&rd, text, sizeof(text));
+		ans.name = name;
+		ans.text = text;
+		if (ans.cls != KCD_ERR_LDAP_DENIED && ans.cls != KCD_ERR_LDAP_UNREACHABLE)
 			rd.err = 1;
 		break;
 	case IPC_MUTUAL_OK:
@@ -312,6 +327,21 @@ kcd_mutual_request(struct kcd_client *kc, uint32_t ctx_id, const char *token,
 	ipc_put_u32(&b, ctx_id);
 	ipc_put_str(&b, token);
 	return send_req(kc, IPC_MUTUAL_REQ, &b, fn, arg);
+}
+
+struct kcd_req *
+kcd_identify_request(struct kcd_client *kc, const char *principal,
+    const unsigned char *der, size_t der_len, kcd_answer_fn *fn, void *arg)
+{
+	static struct ipc_buf b;
+
+	assert(kc->magic == KCD_CLIENT_MAGIC);
+	if (strlen(principal) >= KCD_PRINCIPAL_MAX || der_len > KCD_CERT_MAX)
+		return NULL;
+	ipc_buf_init(&b);
+	ipc_put_str(&b, principal);
+	ipc_put_bytes(&b, der, der_len);
+	return send_req(kc, IPC_IDENTIFY_REQ, &b, fn, arg);
 }
 
 void

@@ -29,6 +29,8 @@ struct kcd_answer {
 	const char *name;		/* "CLIENT_REVOKED", "unreachable", ... */
 	const char *text;		/* for our log only, never for devices */
 	uint64_t elapsed_ms;		/* for the access log's x-kdc-ms */
+	const char *principal;		/* IDENTIFY_OK: the principal to use */
+	uint32_t id_flags;		/* IDENTIFY_OK: KCD_ID_* */
 };
 
 typedef void kcd_answer_fn(const struct kcd_answer *ans, void *arg);
@@ -51,6 +53,10 @@ struct kcd_req *kcd_token_request(struct kcd_client *kc, const char *principal,
 /* Verify the backend's mutual-auth token for a kept context. */
 struct kcd_req *kcd_mutual_request(struct kcd_client *kc, uint32_t ctx_id,
     const char *token, kcd_answer_fn *fn, void *arg);
+/* Directory checks for a connection's certificate (SPEC §7); principal is
+ * the one mapped from the certificate ("" for [identity] source = ldap). */
+struct kcd_req *kcd_identify_request(struct kcd_client *kc, const char *principal,
+    const unsigned char *der, size_t der_len, kcd_answer_fn *fn, void *arg);
 /* Tell kcd a kept context is no longer needed (fire and forget). */
 void kcd_ctx_release(struct kcd_client *kc, uint32_t ctx_id);
 /* The callback will not be called; the request's answer is dropped. */
