@@ -193,11 +193,13 @@ proc_drop_privileges(const char *user, long parent, char *err, size_t errlen)
 	proc_parent_death_signal(parent);
 #ifdef EKP_ASAN
 	/*
-	 * setuid() made the process non-dumpable. LeakSanitizer inspects the
-	 * process through /proc and ptrace at exit and fails ("LeakSanitizer
-	 * has encountered a fatal error") when it is not dumpable, which would
-	 * turn every sanitizer run of a worker into a crash. Only in sanitizer
-	 * builds: a release worker stays non-dumpable (no core with TLS keys).
+	 * setuid() made the process non-dumpable. LeakSanitizer stops the
+	 * process at exit with a ptrace-attached helper and reads /proc/self;
+	 * a non-dumpable process can only be attached with CAP_SYS_PTRACE, so
+	 * depending on the kernel's ptrace policy the leak check would end in
+	 * "LeakSanitizer has encountered a fatal error" instead of a report.
+	 * Only in sanitizer builds: a release worker stays non-dumpable (no
+	 * core file, no /proc/PID/mem with TLS keys for other processes).
 	 */
 	(void)prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
 #endif

@@ -1,0 +1,45 @@
+"""pytest fixtures shared by the integration tests.
+
+* make_proxy(**kw): builds ekp.Proxy objects (not started); every one made is
+  stopped at teardown (SIGTERM, bounded wait, SIGKILL by pid), its sanitizer
+  logs checked and its directory removed (kept when EKP_KEEP=1).
+* proxy: a started Proxy with two workers, for tests that only look.
+
+The lab (KDC, slapd, Apache) has its own fixtures in lab_fixtures.py; these
+do not depend on it.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from ekp import Proxy, ProxyError
+
+
+@pytest.fixture
+def make_proxy():
+    made = []
+
+    def make(**kw):
+        p = Proxy(**kw)
+        made.append(p)
+        return p
+
+    yield make
+    problems = []
+    for p in made:
+        try:
+            p.stop()
+        except ProxyError as e:
+            problems.append(f"{p.dir}: {e}")
+        finally:
+            if not os.environ.get("EKP_KEEP"):
+                shutil.rmtree(p.dir, ignore_errors=True)
+    if problems:
+        pytest.fail("at teardown:\n" + "\n".join(problems))
+
+
+@pytest.fixture
+def proxy(make_proxy):
+    return make_proxy(workers=2).start()

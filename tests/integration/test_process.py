@@ -1,0 +1,175 @@
+"""The process model (docs/architecture.md): parent + kcd + workers, the
+privilege drop, restarts, reload as a new generation, drain on SIGTERM,
+daemon mode, log reopening."""
+
+import os
+import re
+import signal
+import socket
+
+from ekp import (alive, listening_inodes, nobody_uid, socket_inodes, wait_until)
+
+
+def test_process_tree_is_parent_kcd_and_workers(make_proxy):
+    p = make_proxy(workers=3).start()
+    kids = p.wait_children(p.expected_comms(3))
+    assert len(kids) == 4
+    # nothing else hangs off the parent, and the parent itself is one process
+    assert all(c["state"][0] in "SR" for c in kids), kids
+
+
+def test_workers_run_as_the_configured_user_and_kcd_as_root(proxy):
+    assert os.geteuid() == 0, "the integration suite runs as root (the parent binds as root)"
+    nobody = nobody_uid()
+    kids = proxy.wait_children(proxy.expected_comms(2))
+    for c in kids:
+        if c["comm"] == "ekp-kcd":
+            assert c["uid"] == 0 and c["euid"] == 0, c
+        else:
+            assert c["uid"] == nobody and c["euid"] == nobody, c
+            assert c["gid"] != 0, c
+            assert c["groups"] == "", f"worker kept supplementary groups: {c}"
+    st = open(f"/proc/{proxy.pid}/status").read()
+    assert re.search(r"^Uid:\s+0\s", st, re.M), "the parent stays root to bind on reload"
+
+
+def test_workers_hold_the_listening_socket_and_kcd_does_not(proxy):
+    listen = listening_inodes(proxy.port)
+    assert listen, f"nothing listens on 127.0.0.1:{proxy.port}"
+    for c in proxy.wait_children(proxy.expected_comms(2)):
+        held = socket_inodes(c["pid"]) & listen
+        if c["comm"] == "ekp-kcd":
+            assert not held, "kcd must never hold a listening socket"
+        else:
+            assert held, f"{c['comm']} does not hold the listening socket"
+
+
+def test_a_killed_worker_is_restarted_with_a_fresh_pid(proxy):
+    old = proxy.child("ekp-worker-1")
+    os.kill(old["pid"], signal.SIGKILL)
+    proxy.wait_for_log(rf"error proc: worker 1 \(pid {old['pid']}, generation 1\) "
+                       rf"killed by signal 9")
+    new = wait_until(lambda: [c for c in proxy.children()
+                              if c["comm"] == "ekp-worker-1" and c["pid"] != old["pid"]],
+                     15, "a new worker 1")[0]
+    assert new["uid"] == nobody_uid()
+    assert not alive(old["pid"])
+    # the new worker got its own channel to kcd
+    proxy.wait_for_log(rf"\[{new['pid']}\] worker info front: worker 1 \(generation 1\) accepting")
+    # the others were left alone
+    assert proxy.child("ekp-worker-0")["pid"] in proxy.known_children
+
+
+def test_a_killed_kcd_is_restarted_and_every_worker_gets_a_new_channel(proxy):
+    old = proxy.child("ekp-kcd")
+    workers = {c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")}
+    os.kill(old["pid"], signal.SIGKILL)
+    proxy.wait_for_log(rf"kcd \(pid {old['pid']}, generation 1\) killed by signal 9")
+    new = wait_until(lambda: [c for c in proxy.children()
+                              if c["comm"] == "ekp-kcd" and c["pid"] != old["pid"]],
+                     15, "a new kcd")[0]
+    assert new["uid"] == 0
+    for w in workers:
+        proxy.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
+    proxy.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 0 ready")
+    proxy.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 1 ready")
+    assert {c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")} == workers
+
+
+def test_sighup_with_a_broken_config_logs_the_error_and_keeps_serving(proxy):
+    before = {c["pid"] for c in proxy.children()}
+    text = proxy.config_text().splitlines()
+    i = text.index("workers = 2")
+    text[i] = "workers = many"
+    proxy.write_config("\n".join(text) + "\n")
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_for_log(rf"error config: {re.escape(proxy.conf)}:{i + 1}: bad workers 'many'")
+    proxy.wait_for_log(r"reload refused: the configuration has errors; generation 1 keeps serving")
+    assert {c["pid"] for c in proxy.children()} == before
+    assert "generation 2" not in proxy.log_text()
+    assert listening_inodes(proxy.port), "the listener went away"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5):
+        pass
+
+
+def test_sighup_with_a_good_config_replaces_the_generation(proxy):
+    old = {c["pid"] for c in proxy.children()}
+    listen_before = listening_inodes(proxy.port)
+    proxy.write_config(settings={"server": {"workers": 3}})
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_ready(2)
+    proxy.wait_for_log(r"generation 1 finished")
+    kids = proxy.wait_children(proxy.expected_comms(3))
+    assert not (old & {c["pid"] for c in kids}), "an old child survived the reload"
+    for pid in old:
+        assert not alive(pid), f"old child {pid} still running"
+    # the same listening socket, not a new bind
+    assert listening_inodes(proxy.port) == listen_before
+    assert proxy.exited() is None
+
+
+def test_sigterm_drains_exits_0_and_leaves_no_children(make_proxy):
+    p = make_proxy(settings={"server": {"shutdown_timeout": "5s"}}).start()
+    kids = [c["pid"] for c in p.wait_children(p.expected_comms(2))]
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(5 + 5) == 0
+    for pid in kids:
+        assert not alive(pid), f"child {pid} outlived the parent"
+    log = p.log_text()
+    assert "SIGTERM: draining" in log
+    assert re.search(r"info proc: stopped$", log, re.M), log[-2000:]
+    assert not listening_inodes(p.port)
+
+
+def test_a_child_that_does_not_drain_is_killed_at_shutdown_timeout(make_proxy):
+    p = make_proxy(settings={"server": {"shutdown_timeout": "1s"}}).start()
+    w = p.child("ekp-worker-0")
+    os.kill(w["pid"], signal.SIGSTOP)     # cannot read its SHUTDOWN
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(15) == 0
+    p.wait_for_log(rf"worker 0 \(pid {w['pid']}, generation 1\) still running at "
+                   rf"shutdown_timeout; killing it")
+    assert not alive(w["pid"])
+
+
+def test_daemon_mode_writes_and_removes_the_pid_file(make_proxy):
+    p = make_proxy()
+    p.start_daemon()
+    assert os.path.exists(p.pid_file)
+    assert alive(p.pid)
+    # detached: a new session (setsid), yet not its leader (second fork: it
+    # can never acquire a controlling terminal), cwd /
+    assert os.getsid(p.pid) != os.getsid(0)
+    assert os.getsid(p.pid) != p.pid
+    assert os.readlink(f"/proc/{p.pid}/cwd") == "/"
+    p.wait_children(p.expected_comms(2))
+    # the config path was made absolute: a reload from / still finds it
+    p.signal(signal.SIGHUP)
+    p.wait_ready(2)
+    p.signal(signal.SIGTERM)
+    p.wait_exit(20)
+    wait_until(lambda: not os.path.exists(p.pid_file), 5, "the pid file to be removed")
+
+
+def test_daemon_mode_fails_loudly_when_the_pid_file_cannot_be_written(make_proxy):
+    p = make_proxy()
+    bad = p.path("no-such-dir", "ekp.pid")
+    p.write_config(settings={"server": {"pid_file": bad}})
+    r = p.run(["-d", "-c", p.conf], expected_code=1)
+    assert f"cannot write pid_file {bad}" in r.stderr + p.log_text()
+
+
+def test_sigusr1_reopens_a_moved_error_log_in_every_process(proxy):
+    moved = proxy.error_log + ".1"
+    os.rename(proxy.error_log, moved)
+    proxy.signal(signal.SIGUSR1)
+    proxy.wait_for_log(r"SIGUSR1: error log reopened")
+    # the workers (uid nobody) cannot open the root-owned file themselves;
+    # they must write into the new one too: make each of them log a line
+    workers = [c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")]
+    kcd = proxy.child("ekp-kcd")
+    os.kill(kcd["pid"], signal.SIGKILL)
+    for w in workers:
+        proxy.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
+    assert "SIGUSR1" not in open(moved).read()
+    assert os.stat(proxy.error_log).st_uid == 0
