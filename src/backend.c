@@ -59,14 +59,7 @@
 #include "backend.h"
 #include "log.h"
 #include "metrics.h"
-#if __has_include("tls.h")
 #include "tls.h"
-#else
-/* tls.c is being written beside this file; until tls.h lands, these are the
- * agreed prototypes. */
-SSL *tls_backend_ssl_new(SSL_CTX *ctx, const char *host);
-int tls_server_end_point(X509 *cert, unsigned char *out, unsigned *outlen);
-#endif
 
 #define BACKEND_MAGIC	0x42454e44u	/* "BEND" */
 #define BCONN_MAGIC	0x42434f4eu	/* "BCON" */
