@@ -3,7 +3,7 @@
 * make_proxy(**kw): builds ekp.Proxy objects (not started); every one made is
   stopped at teardown (SIGTERM, bounded wait, SIGKILL by pid), its sanitizer
   logs checked and its directory removed (kept when EKP_KEEP=1).
-* proxy: a started Proxy with two workers, for tests that only look.
+* started_proxy: a started Proxy with two workers, for tests that only look.
 
 The lab (KDC, slapd, Apache) has its own fixtures in lab_fixtures.py; these
 do not depend on it.
@@ -41,5 +41,5 @@ def make_proxy():
 
 
 @pytest.fixture
-def proxy(make_proxy):
+def started_proxy(make_proxy):
     return make_proxy(workers=2).start()

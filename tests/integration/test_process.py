@@ -18,10 +18,11 @@ def test_process_tree_is_parent_kcd_and_workers(make_proxy):
     assert all(c["state"][0] in "SR" for c in kids), kids
 
 
-def test_workers_run_as_the_configured_user_and_kcd_as_root(proxy):
+def test_workers_run_as_the_configured_user_and_kcd_as_root(started_proxy):
+    p = started_proxy
     assert os.geteuid() == 0, "the integration suite runs as root (the parent binds as root)"
     nobody = nobody_uid()
-    kids = proxy.wait_children(proxy.expected_comms(2))
+    kids = p.wait_children(p.expected_comms(2))
     for c in kids:
         if c["comm"] == "ekp-kcd":
             assert c["uid"] == 0 and c["euid"] == 0, c
@@ -29,14 +30,15 @@ def test_workers_run_as_the_configured_user_and_kcd_as_root(proxy):
             assert c["uid"] == nobody and c["euid"] == nobody, c
             assert c["gid"] != 0, c
             assert c["groups"] == "", f"worker kept supplementary groups: {c}"
-    st = open(f"/proc/{proxy.pid}/status").read()
+    st = open(f"/proc/{p.pid}/status").read()
     assert re.search(r"^Uid:\s+0\s", st, re.M), "the parent stays root to bind on reload"
 
 
-def test_workers_hold_the_listening_socket_and_kcd_does_not(proxy):
-    listen = listening_inodes(proxy.port)
-    assert listen, f"nothing listens on 127.0.0.1:{proxy.port}"
-    for c in proxy.wait_children(proxy.expected_comms(2)):
+def test_workers_hold_the_listening_socket_and_kcd_does_not(started_proxy):
+    p = started_proxy
+    listen = listening_inodes(p.port)
+    assert listen, f"nothing listens on 127.0.0.1:{p.port}"
+    for c in p.wait_children(p.expected_comms(2)):
         held = socket_inodes(c["pid"]) & listen
         if c["comm"] == "ekp-kcd":
             assert not held, "kcd must never hold a listening socket"
@@ -44,68 +46,72 @@ def test_workers_hold_the_listening_socket_and_kcd_does_not(proxy):
             assert held, f"{c['comm']} does not hold the listening socket"
 
 
-def test_a_killed_worker_is_restarted_with_a_fresh_pid(proxy):
-    old = proxy.child("ekp-worker-1")
+def test_a_killed_worker_is_restarted_with_a_fresh_pid(started_proxy):
+    p = started_proxy
+    old = p.child("ekp-worker-1")
     os.kill(old["pid"], signal.SIGKILL)
-    proxy.wait_for_log(rf"error proc: worker 1 \(pid {old['pid']}, generation 1\) "
+    p.wait_for_log(rf"error proc: worker 1 \(pid {old['pid']}, generation 1\) "
                        rf"killed by signal 9")
-    new = wait_until(lambda: [c for c in proxy.children()
+    new = wait_until(lambda: [c for c in p.children()
                               if c["comm"] == "ekp-worker-1" and c["pid"] != old["pid"]],
                      15, "a new worker 1")[0]
     assert new["uid"] == nobody_uid()
     assert not alive(old["pid"])
     # the new worker got its own channel to kcd
-    proxy.wait_for_log(rf"\[{new['pid']}\] worker info front: worker 1 \(generation 1\) accepting")
+    p.wait_for_log(rf"\[{new['pid']}\] worker info front: worker 1 \(generation 1\) accepting")
     # the others were left alone
-    assert proxy.child("ekp-worker-0")["pid"] in proxy.known_children
+    assert p.child("ekp-worker-0")["pid"] in p.known_children
 
 
-def test_a_killed_kcd_is_restarted_and_every_worker_gets_a_new_channel(proxy):
-    old = proxy.child("ekp-kcd")
-    workers = {c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")}
+def test_a_killed_kcd_is_restarted_and_every_worker_gets_a_new_channel(started_proxy):
+    p = started_proxy
+    old = p.child("ekp-kcd")
+    workers = {c["pid"] for c in p.children() if c["comm"].startswith("ekp-worker")}
     os.kill(old["pid"], signal.SIGKILL)
-    proxy.wait_for_log(rf"kcd \(pid {old['pid']}, generation 1\) killed by signal 9")
-    new = wait_until(lambda: [c for c in proxy.children()
+    p.wait_for_log(rf"kcd \(pid {old['pid']}, generation 1\) killed by signal 9")
+    new = wait_until(lambda: [c for c in p.children()
                               if c["comm"] == "ekp-kcd" and c["pid"] != old["pid"]],
                      15, "a new kcd")[0]
     assert new["uid"] == 0
     for w in workers:
-        proxy.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
-    proxy.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 0 ready")
-    proxy.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 1 ready")
-    assert {c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")} == workers
+        p.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
+    p.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 0 ready")
+    p.wait_for_log(rf"\[{new['pid']}\] kcd debug kcd: channel of worker 1 ready")
+    assert {c["pid"] for c in p.children() if c["comm"].startswith("ekp-worker")} == workers
 
 
-def test_sighup_with_a_broken_config_logs_the_error_and_keeps_serving(proxy):
-    before = {c["pid"] for c in proxy.children()}
-    text = proxy.config_text().splitlines()
+def test_sighup_with_a_broken_config_logs_the_error_and_keeps_serving(started_proxy):
+    p = started_proxy
+    before = {c["pid"] for c in p.children()}
+    text = p.config_text().splitlines()
     i = text.index("workers = 2")
     text[i] = "workers = many"
-    proxy.write_config("\n".join(text) + "\n")
-    proxy.signal(signal.SIGHUP)
-    proxy.wait_for_log(rf"error config: {re.escape(proxy.conf)}:{i + 1}: bad workers 'many'")
-    proxy.wait_for_log(r"reload refused: the configuration has errors; generation 1 keeps serving")
-    assert {c["pid"] for c in proxy.children()} == before
-    assert "generation 2" not in proxy.log_text()
-    assert listening_inodes(proxy.port), "the listener went away"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5):
+    p.write_config("\n".join(text) + "\n")
+    p.signal(signal.SIGHUP)
+    p.wait_for_log(rf"error config: {re.escape(p.conf)}:{i + 1}: bad workers 'many'")
+    p.wait_for_log(r"reload refused: the configuration has errors; generation 1 keeps serving")
+    assert {c["pid"] for c in p.children()} == before
+    assert "generation 2" not in p.log_text()
+    assert listening_inodes(p.port), "the listener went away"
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5):
         pass
 
 
-def test_sighup_with_a_good_config_replaces_the_generation(proxy):
-    old = {c["pid"] for c in proxy.children()}
-    listen_before = listening_inodes(proxy.port)
-    proxy.write_config(settings={"server": {"workers": 3}})
-    proxy.signal(signal.SIGHUP)
-    proxy.wait_ready(2)
-    proxy.wait_for_log(r"generation 1 finished")
-    kids = proxy.wait_children(proxy.expected_comms(3))
+def test_sighup_with_a_good_config_replaces_the_generation(started_proxy):
+    p = started_proxy
+    old = {c["pid"] for c in p.children()}
+    listen_before = listening_inodes(p.port)
+    p.write_config(settings={"server": {"workers": 3}})
+    p.signal(signal.SIGHUP)
+    p.wait_ready(2)
+    p.wait_for_log(r"generation 1 finished")
+    kids = p.wait_children(p.expected_comms(3))
     assert not (old & {c["pid"] for c in kids}), "an old child survived the reload"
     for pid in old:
         assert not alive(pid), f"old child {pid} still running"
     # the same listening socket, not a new bind
-    assert listening_inodes(proxy.port) == listen_before
-    assert proxy.exited() is None
+    assert listening_inodes(p.port) == listen_before
+    assert p.exited() is None
 
 
 def test_sigterm_drains_exits_0_and_leaves_no_children(make_proxy):
@@ -159,17 +165,18 @@ def test_daemon_mode_fails_loudly_when_the_pid_file_cannot_be_written(make_proxy
     assert f"cannot write pid_file {bad}" in r.stderr + p.log_text()
 
 
-def test_sigusr1_reopens_a_moved_error_log_in_every_process(proxy):
-    moved = proxy.error_log + ".1"
-    os.rename(proxy.error_log, moved)
-    proxy.signal(signal.SIGUSR1)
-    proxy.wait_for_log(r"SIGUSR1: error log reopened")
+def test_sigusr1_reopens_a_moved_error_log_in_every_process(started_proxy):
+    p = started_proxy
+    moved = p.error_log + ".1"
+    os.rename(p.error_log, moved)
+    p.signal(signal.SIGUSR1)
+    p.wait_for_log(r"SIGUSR1: error log reopened")
     # the workers (uid nobody) cannot open the root-owned file themselves;
     # they must write into the new one too: make each of them log a line
-    workers = [c["pid"] for c in proxy.children() if c["comm"].startswith("ekp-worker")]
-    kcd = proxy.child("ekp-kcd")
+    workers = [c["pid"] for c in p.children() if c["comm"].startswith("ekp-worker")]
+    kcd = p.child("ekp-kcd")
     os.kill(kcd["pid"], signal.SIGKILL)
     for w in workers:
-        proxy.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
+        p.wait_for_log(rf"\[{w}\] worker info front: worker \d: new channel to kcd")
     assert "SIGUSR1" not in open(moved).read()
-    assert os.stat(proxy.error_log).st_uid == 0
+    assert os.stat(p.error_log).st_uid == 0
