@@ -7,7 +7,9 @@ import re
 import signal
 import socket
 
-from ekp import (alive, listening_inodes, nobody_uid, socket_inodes, wait_until)
+import pytest
+
+from ekp import (alive, free_port, listening_inodes, nobody_uid, socket_inodes, wait_until)
 
 
 def test_process_tree_is_parent_kcd_and_workers(make_proxy):
@@ -63,6 +65,21 @@ def test_a_killed_worker_is_restarted_with_a_fresh_pid(started_proxy):
     assert p.child("ekp-worker-0")["pid"] in p.known_children
 
 
+def test_restart_back_off_doubles_while_a_child_keeps_dying(started_proxy):
+    p = started_proxy
+    delays = []
+    for _ in range(3):
+        w = p.child("ekp-worker-0")
+        os.kill(w["pid"], signal.SIGKILL)
+        m = p.wait_for_log(rf"worker 0 \(pid {w['pid']}, generation 1\) killed by signal 9 \(Killed\) "
+                           rf"after \d+ ms; restarting in (\d+) ms")
+        delays.append(int(m.group(1)))
+        wait_until(lambda: [c for c in p.children()
+                            if c["comm"] == "ekp-worker-0" and c["pid"] != w["pid"]],
+                   15, "worker 0 to be restarted")
+    assert delays == [100, 200, 400], delays
+
+
 def test_a_killed_kcd_is_restarted_and_every_worker_gets_a_new_channel(started_proxy):
     p = started_proxy
     old = p.child("ekp-kcd")
@@ -114,15 +131,31 @@ def test_sighup_with_a_good_config_replaces_the_generation(started_proxy):
     assert p.exited() is None
 
 
-def test_sigterm_drains_exits_0_and_leaves_no_children(make_proxy):
+def test_reload_binds_a_new_listen_address_and_drops_the_old_one(started_proxy):
+    p = started_proxy
+    new_port = free_port()
+    p.write_config(settings={"server": {"listen": f"127.0.0.1:{new_port}"}})
+    p.signal(signal.SIGHUP)
+    p.wait_ready(2)
+    p.wait_for_log(r"generation 1 finished")
+    new_listen = listening_inodes(new_port)
+    assert new_listen, f"nothing listens on the new port {new_port}"
+    assert not listening_inodes(p.port), f"the old port {p.port} still listens"
+    for c in p.wait_children(p.expected_comms(2)):
+        if c["comm"].startswith("ekp-worker"):
+            assert socket_inodes(c["pid"]) & new_listen, c
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_drains_exits_0_and_leaves_no_children(make_proxy, sig):
     p = make_proxy(settings={"server": {"shutdown_timeout": "5s"}}).start()
     kids = [c["pid"] for c in p.wait_children(p.expected_comms(2))]
-    p.signal(signal.SIGTERM)
+    p.signal(sig)
     assert p.wait_exit(5 + 5) == 0
     for pid in kids:
         assert not alive(pid), f"child {pid} outlived the parent"
     log = p.log_text()
-    assert "SIGTERM: draining" in log
+    assert f"{sig.name}: draining" in log
     assert re.search(r"info proc: stopped$", log, re.M), log[-2000:]
     assert not listening_inodes(p.port)
 
