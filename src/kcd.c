@@ -155,6 +155,41 @@ h_ctx_release(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyl
 	return 0;
 }
 
+/* IDENTIFY_REQ: str principal, bytes certificate (DER). */
+static int
+h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
+{
+	struct ipc_rd rd;
+	const uint8_t *der;
+	size_t der_len;
+
+	ipc_rd_init(&rd, msg->data, msg->len);
+	ipc_get_str(&rd, principal, sizeof(principal));
+	der_len = ipc_get_bytes(&rd, &der);
+	if (ipc_rd_done(&rd) != 0) {
+		snprintf(why, whylen, "malformed identify_req (%zu bytes)", msg->len);
+		return -1;
+	}
+	if (der_len == 0 || der_len > KCD_CERT_MAX) {
+		snprintf(why, whylen, "identify_req with a %zu-byte certificate (1 to %d)",
+		    der_len, KCD_CERT_MAX);
+		return -1;
+	}
+	(void)der;
+	/*
+	 * The directory checks (ldap.c, SPEC §7) plug in here and answer
+	 * IDENTIFY_OK or IDENTIFY_ERR asynchronously. Until then the answer is
+	 * "directory unreachable", which on_failure = deny turns into a 503.
+	 */
+	log_debug("kcd", "identify_req %u from %s for '%s': kcd not ready", msg->id, p->name, principal);
+	ipc_buf_init(&out);
+	ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
+	ipc_put_str(&out, "kcd_not_ready");
+	ipc_put_str(&out, "kcd has no directory checks in this build (ldap.c)");
+	reply(p, IPC_IDENTIFY_ERR, msg->id);
+	return 0;
+}
+
 /* The requests kcd answers. Everything else from a worker is refused. */
 static const struct {
 	uint16_t type;
@@ -163,6 +198,7 @@ static const struct {
 	{ IPC_TOKEN_REQ,	h_token_req },
 	{ IPC_MUTUAL_REQ,	h_mutual_req },
 	{ IPC_CTX_RELEASE,	h_ctx_release },
+	{ IPC_IDENTIFY_REQ,	h_identify_req },
 };
 
 /* ---- worker channels --------------------------------------------------------- */

@@ -205,6 +205,20 @@ test_token_request_is_answered_not_ready(void **state)
 	expect_frame(w, IPC_TOKEN_ERR, &m);
 	assert_int_equal(m.id, 13);
 
+	/* directory check: refused as unreachable until ldap.c exists */
+	ipc_buf_init(&B);
+	ipc_put_str(&B, "alice@EXAMPLE.TEST");
+	ipc_put_bytes(&B, "\x30\x03\x02\x01\x00", 5);
+	assert_int_equal(ipc_send_blocking(w, IPC_IDENTIFY_REQ, 14, B.data, B.len, -1), 0);
+	expect_frame(w, IPC_IDENTIFY_ERR, &m);
+	assert_int_equal(m.id, 14);
+	ipc_rd_init(&rd, m.data, m.len);
+	assert_int_equal(ipc_get_u32(&rd), KCD_ERR_LDAP_UNREACHABLE);
+	ipc_get_str(&rd, name, sizeof(name));
+	ipc_get_str(&rd, text, sizeof(text));
+	assert_int_equal(ipc_rd_done(&rd), 0);
+	assert_string_equal(name, "kcd_not_ready");
+
 	/* kcd drains while a worker channel is open, exits when it closes */
 	ipc_buf_init(&B);
 	ipc_put_u64(&B, proc_now_ms() + 5000);
@@ -307,6 +321,16 @@ test_refusals_close_only_that_worker_channel(void **state)
 	}
 	close(pipefd[0]);
 	expect_logged(&k, "closing the channel of worker 8: ctx_release with a file descriptor");
+
+	/* an identify_req without a certificate */
+	w = worker_channel(&k, 11);
+	ipc_buf_init(&B);
+	ipc_put_str(&B, "alice@EXAMPLE.TEST");
+	ipc_put_bytes(&B, NULL, 0);
+	assert_int_equal(ipc_send_blocking(w, IPC_IDENTIFY_REQ, 1, B.data, B.len, -1), 0);
+	expect_closed(w);
+	close(w);
+	expect_logged(&k, "closing the channel of worker 11: identify_req with a 0-byte certificate");
 
 	/* a frame that breaks the framing rules */
 	w = worker_channel(&k, 9);
