@@ -190,6 +190,7 @@ decode_plain(const char *s, size_t len, struct eas_query *q, enum eas_error *err
 		unsigned char name[32], val[EAS_QUERY_MAX];
 		long nl, vl;
 		int p = -1;
+		enum eas_error ne = EAS_ERR_NONE;
 
 		while (i < len && s[i] != '&')
 			i++;
@@ -202,10 +203,12 @@ decode_plain(const char *s, size_t len, struct eas_query *q, enum eas_error *err
 		}
 		for (eq = start; eq < end && s[eq] != '='; eq++)
 			;
-		nl = pct_decode(s + start, eq - start, 1, name, sizeof(name), err);
+		nl = pct_decode(s + start, eq - start, 1, name, sizeof(name), &ne);
 		if (nl < 0) {
-			if (*err != EAS_ERR_TOO_LONG)
+			if (ne != EAS_ERR_TOO_LONG) {
+				*err = ne;
 				return -1;
+			}
 			continue;	/* a long name is no name we know */
 		}
 		for (int k = 0; k < P__COUNT; k++)

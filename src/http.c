@@ -727,6 +727,13 @@ parse_head(struct http_msg *m, const struct http_limits *lim, const char *buf,
 		}
 		end = (size_t)(lf - buf) + 1;
 		ls = m->line_start;
+		/* the same test as the no-LF branch above, first, so a line
+		 * gets the same verdict however it was split */
+		if (end - 1 - ls > max_line + 1) {
+			fail(m, m->phase == PH_START ? HTTP_ERR_REQUEST_LINE_TOO_LONG
+			    : HTTP_ERR_HEADER_LINE_TOO_LONG);
+			return HTTP_ERROR;
+		}
 		if (end - ls < 2 || buf[end - 2] != '\r') {
 			fail(m, HTTP_ERR_BARE_LF);
 			return HTTP_ERROR;

@@ -198,6 +198,12 @@ test_plain_decoding(void **state)
 	assert_int_equal(q.form, EAS_FORM_PLAIN);
 	assert_string_equal(q.cmd, "");
 
+	/* a name longer than any we know is skipped, and the verdict is
+	 * clean (found by fuzz_http) */
+	assert_int_equal(decode(S("ThisParameterNameIsLongerThanThirtyTwoBytes=1&Cmd=Sync"), &q, &e), 0);
+	assert_int_equal(e, EAS_ERR_NONE);
+	assert_string_equal(q.cmd, "Sync");
+
 	/* an encoded name is the name */
 	assert_int_equal(decode(S("%43md=Sync&x=1"), &q, &e), 0);
 	assert_string_equal(q.cmd, "Sync");

@@ -340,6 +340,15 @@ test_size_limits(void **state)
 	    REASON_TOO_LARGE_HEADER };
 	check_refusal(&t, &l);
 
+	/* a long line ending in a bare LF is too long first, whatever the
+	 * split (found by fuzz_http) */
+	memset(buf, 'a', 100);
+	memcpy(buf, "GET /", 5);
+	memcpy(buf + 100, "\n\r\n", 3);
+	t = (struct refusal){ "long line with a bare LF", buf, 103, "request_line_too_long",
+	    REASON_TOO_LARGE_HEADER };
+	check_refusal(&t, &l);
+
 	n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: a\r\nX-Long: %0*d\r\n\r\n", 64 - 7, 0);
 	t = (struct refusal){ "header line 65 bytes", buf, (size_t)n, "header_line_too_long",
 	    REASON_TOO_LARGE_HEADER };
