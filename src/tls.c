@@ -202,6 +202,20 @@ time_str(const ASN1_TIME *t, char *buf, size_t len)
 	BIO_free(b);
 }
 
+/* OpenSSL 3 renders a failed fopen() without the errno text; say it first. */
+static int
+check_readable(const char *what, const char *file, char *err, size_t errlen)
+{
+	FILE *fp = fopen(file, "r");
+
+	if (fp == NULL) {
+		errf(err, errlen, "%s %s: cannot open: %s", what, file, strerror(errno));
+		return -1;
+	}
+	fclose(fp);
+	return 0;
+}
+
 /* ---- device side: callbacks ------------------------------------------ */
 
 static void
@@ -494,10 +508,12 @@ load_crl_file(X509_STORE *store, const char *file, char *err, size_t errlen)
 					ERR_clear_error();
 					break;
 				}
-				errf(err, errlen, "crl %s: %s: %s", file,
-				    n ? "a CRL after the first does not parse" :
-				    "no X509 CRL block that parses",
-				    log_ssl_errors(ebuf, sizeof(ebuf)));
+				if (n > 0)
+					errf(err, errlen, "crl %s: CRL number %d does not parse: %s",
+					    file, n + 1, log_ssl_errors(ebuf, sizeof(ebuf)));
+				else
+					errf(err, errlen, "crl %s: no X509 CRL block, or it does not "
+					    "parse: %s", file, log_ssl_errors(ebuf, sizeof(ebuf)));
 				goto cleanup;
 			}
 			if (check_crl(store, crl, file, err, errlen) != 0)
@@ -579,6 +595,10 @@ tls_front_ctx_new(const struct config *cfg, char *err, size_t errlen)
 		errf(err, errlen, "[tls] certificate, key and client_ca must all be set");
 		return NULL;
 	}
+	if (check_readable("certificate", cert, err, errlen) != 0 ||
+	    check_readable("key", key, err, errlen) != 0 ||
+	    check_readable("client_ca", ca, err, errlen) != 0)
+		return NULL;
 	ERR_clear_error();
 	if ((ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
 		errf(err, errlen, "tls: SSL_CTX_new: %s", log_ssl_errors(ebuf, sizeof(ebuf)));
@@ -591,8 +611,14 @@ tls_front_ctx_new(const struct config *cfg, char *err, size_t errlen)
 		goto cleanup;
 	}
 	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-		errf(err, errlen, "key %s: cannot load the private key (PEM, unencrypted): %s",
-		    key, log_ssl_errors(ebuf, sizeof(ebuf)));
+		unsigned long e = ERR_peek_last_error();
+
+		if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
+			errf(err, errlen, "key %s does not match the certificate in %s: %s", key,
+			    cert, log_ssl_errors(ebuf, sizeof(ebuf)));
+		else
+			errf(err, errlen, "key %s: cannot load the private key (PEM, unencrypted): %s",
+			    key, log_ssl_errors(ebuf, sizeof(ebuf)));
 		goto cleanup;
 	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -821,36 +847,40 @@ ssl_host(SSL *ssl)
 	return X509_VERIFY_PARAM_get1_ip_asc(p);
 }
 
-/* Keep the newest session per host; 1 = we hold the reference. */
+/* Keep a copy of the newest session per host. A copy, because OpenSSL
+ * marks the session of a connection freed without close_notify (the way
+ * pooled connections end) as not resumable, and the SSL's own session
+ * object is that one. Returns 0: OpenSSL keeps its reference. */
 static int
 backend_new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
 	struct sess_cache *c = sess_cache(SSL_get_SSL_CTX(ssl));
-	char *host;
+	SSL_SESSION *copy = NULL;
+	char *host = NULL;
 	unsigned i;
 
-	if (c == NULL || !SSL_SESSION_is_resumable(sess) || (host = ssl_host(ssl)) == NULL)
-		return 0;
-	for (i = 0; i < c->n; i++) {
-		if (strcmp(c->e[i].host, host) == 0) {
-			SSL_SESSION_free(c->e[i].sess);
-			c->e[i].sess = sess;
-			OPENSSL_free(host);
-			return 1;
-		}
+	if (c == NULL || !SSL_SESSION_is_resumable(sess) || (host = ssl_host(ssl)) == NULL ||
+	    (copy = SSL_SESSION_dup(sess)) == NULL)
+		goto cleanup;
+	for (i = 0; i < c->n; i++)
+		if (strcmp(c->e[i].host, host) == 0)
+			break;
+	if (i == CONFIG_MAX_LIST)
+		goto cleanup;
+	if (i == c->n) {
+		/* stored with free(): a malloc'd copy whatever allocated host */
+		if ((c->e[i].host = strdup(host)) == NULL)
+			goto cleanup;
+		c->n++;
 	}
-	if (c->n == CONFIG_MAX_LIST) {
-		OPENSSL_free(host);
-		return 0;
-	}
-	/* stored with free(): make it a malloc'd copy whatever allocated it */
-	c->e[c->n].host = strdup(host);
+	SSL_SESSION_free(c->e[i].sess);
+	c->e[i].sess = copy;
+	copy = NULL;
+cleanup:
+	SSL_SESSION_free(copy);
 	OPENSSL_free(host);
-	if (c->e[c->n].host == NULL)
-		return 0;
-	c->e[c->n].sess = sess;
-	c->n++;
-	return 1;
+	ERR_clear_error();
+	return 0;
 }
 
 SSL_CTX *
@@ -882,6 +912,8 @@ tls_backend_ctx_new(const struct config *cfg, char *err, size_t errlen)
 	if (ca != NULL && *ca) {
 		int isdir = stat(ca, &st) == 0 && S_ISDIR(st.st_mode);
 
+		if (!isdir && check_readable("[backend] ca", ca, err, errlen) != 0)
+			goto cleanup;
 		if (SSL_CTX_load_verify_locations(ctx, isdir ? NULL : ca, isdir ? ca : NULL) != 1) {
 			errf(err, errlen, "[backend] ca %s: cannot load CA certificates: %s", ca,
 			    log_ssl_errors(ebuf, sizeof(ebuf)));
