@@ -1,0 +1,171 @@
+/*
+ * s4u.h — kcd's Kerberos core (SPEC §6): Negotiate tokens for a user to a
+ * service through S4U2Self + S4U2Proxy, with a cache of impersonated
+ * credentials (credcache.h) and a thread pool for the blocking GSSAPI calls
+ * (pool.h). kcd.c owns one struct s4u on its event loop and answers
+ * TOKEN_REQ / MUTUAL_REQ / CTX_RELEASE with it.
+ *
+ * The route, all through GSSAPI and the krb5 mechanism only (a default or
+ * SPNEGO mech set fails with impersonated credentials, and mixing mechs
+ * has been seen to pick up the default ccache's identity instead):
+ *   1. the proxy's credential: gss_acquire_cred_from, cred store
+ *      client_keytab = [kerberos] keytab and ccache = a MEMORY: ccache
+ *      private to this s4u (never the default ccache), name = [kerberos]
+ *      principal; acquired again when less than S4U_PROXY_MARGIN_MS of
+ *      its lifetime is left (MIT also refreshes it from the keytab);
+ *   2. S4U2Self: gss_acquire_cred_impersonate_name for "user@REALM" as a
+ *      krb5 principal name (never an enterprise name);
+ *   3. S4U2Proxy: gss_init_sec_context to the SPN ("HTTP@host", host-based
+ *      service) with the impersonated credential, channel bindings when a
+ *      tls-server-end-point hash is given; the raw krb5 token (RFC 4121
+ *      framing) is what Negotiate servers accept.
+ * Steps 1-3 run once per user (single flight: concurrent first requests for
+ * one user wait for that one exchange); later tokens reuse the cached
+ * impersonated credential, whose ccache also holds the service ticket, so
+ * they are step 3 without a KDC exchange.
+ *
+ * Timeouts: libkrb5 (1.20) has no per-call timeout, only its own retry
+ * schedule per KDC. So every request carries a deadline of kdc_timeout:
+ * when it passes, the request is answered UNREACHABLE/TIMEOUT at once on
+ * the loop (the thread still finishes its exchange, and a credential it
+ * gets is cached for the next request), and a job that waited in the
+ * pool's queue past its deadline fails without contacting the KDC. A KDC
+ * that does not answer thus ties up at most kdc_concurrency threads and
+ * never the loop or other users' requests beyond that.
+ *
+ * Threads: every function here is for the loop thread that owns base;
+ * callbacks run there too, never from inside the call that queued them.
+ */
+#ifndef EKP_S4U_H
+#define EKP_S4U_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kcd_proto.h"
+
+struct event_base;
+struct s4u;
+
+#define S4U_PROXY_MARGIN_MS	(5 * 60 * 1000)	/* renew the proxy credential */
+#define S4U_TICKET_MARGIN_MS	(60 * 1000)	/* stop reusing before ticket end */
+#define S4U_CB_PREFIX		"tls-server-end-point:"
+
+struct s4u_params {
+	const char *keytab;		/* [kerberos] keytab */
+	const char *principal;		/* [kerberos] principal */
+	uint64_t credential_ttl_ms;
+	uint64_t negative_ttl_ms;
+	uint64_t kdc_timeout_ms;
+	unsigned kdc_concurrency;	/* pool threads */
+	unsigned max_entries;		/* credential cache; 0 = 100000 */
+	/* Contexts kept for mutual authentication live this long (the
+	 * backend's answer to a parked Ping comes after request_timeout)
+	 * and at most max_contexts of them (oldest released first). */
+	uint64_t ctx_ttl_ms;		/* 0 = 3700 s */
+	unsigned max_contexts;		/* 0 = 100000 */
+};
+
+/* An answer; pointers valid only during the callback. */
+struct s4u_result {
+	int ok;
+	const char *token;		/* base64, for "Authorization: Negotiate" */
+	uint32_t ctx_id;		/* kept context (KCD_F_MUTUAL), else 0 */
+	uint64_t ticket_end_ms;		/* unix ms: the service ticket's end */
+	enum kcd_err_class cls;		/* when !ok */
+	const char *name;		/* "CLIENT_REVOKED", "TIMEOUT", ... */
+	const char *text;		/* GSS/krb5 detail, principal, hint; logs only */
+	uint64_t elapsed_ms;
+	int kdc;			/* 1: this request waited for a KDC exchange */
+};
+
+typedef void s4u_done_fn(const struct s4u_result *res, void *arg);
+
+/* An error from a synchronous call (s4u_verify_mutual). */
+struct s4u_error {
+	enum kcd_err_class cls;
+	char name[KCD_NAME_MAX];
+	char text[KCD_TEXT_MAX];
+};
+
+/* Point libkrb5 at [kerberos] krb5_conf (setenv KRB5_CONFIG) when it is
+ * set. Call in the kcd process before any krb5/GSSAPI call and before
+ * threads start: the krb5 library reads the variable when it creates a
+ * context, and setenv is not thread-safe. NULL or "" leaves the usual
+ * lookup. Returns 0, or -1 with the cause in err. */
+int s4u_env_init(const char *krb5_conf, char *err, size_t errlen);
+
+/* Strings in p are copied. Starts the pool; contacts no KDC (the proxy's
+ * credential is acquired by the first request). */
+struct s4u *s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t errlen);
+
+/* Waits for exchanges in progress to finish, then releases everything.
+ * Callbacks of unanswered requests are not called. */
+void s4u_free(struct s4u *s);
+
+/* Ask for a token for principal ("user@REALM") to spn ("HTTP@host"); cb is
+ * the tls-server-end-point hash (RFC 5929) of the backend's certificate,
+ * NULL/0 for none. flags: KCD_F_MUTUAL keeps the context for
+ * s4u_verify_mutual; KCD_F_REFRESH drops the cached credential first (the
+ * backend refused the last token). Returns 0 and calls fn exactly once
+ * later, or -1 (invalid arguments, out of memory: fn not called) with the
+ * cause in err when err is not NULL. */
+int s4u_token_request(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags,
+    s4u_done_fn *fn, void *arg, struct s4u_error *err);
+
+/* Finish a kept context with the backend's mutual-authentication token
+ * (base64, from WWW-Authenticate: Negotiate). The context is released
+ * either way. Returns 0 when it verified, else -1 with err (names
+ * NO_CONTEXT, BAD_TOKEN, or the krb5 error such as BAD_INTEGRITY). */
+int s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64,
+    struct s4u_error *err);
+
+/* Release a kept context (CTX_RELEASE); unknown ids are ignored. */
+void s4u_ctx_release(struct s4u *s, uint32_t ctx_id);
+
+struct s4u_stats {
+	uint64_t requests;		/* accepted by s4u_token_request */
+	uint64_t cache_hits, negative_hits, waits;
+	uint64_t s4u2self;		/* S4U2Self attempts (KDC exchanges) */
+	uint64_t s4u2proxy;		/* S4U2Proxy attempts made by a leader */
+	uint64_t proxy_acquired;	/* proxy credentials acquired from the keytab */
+	uint64_t tokens, errors_user, errors_proxy, errors_unreachable, errors_internal;
+	uint64_t timeouts;		/* answered TIMEOUT */
+	uint64_t expired_in_queue;	/* jobs that found their deadline passed
+					 * when a thread got to them (no KDC asked) */
+	unsigned entries, contexts, in_flight;
+	unsigned pool_queued, pool_busy;
+};
+void s4u_stats(const struct s4u *s, struct s4u_stats *st);
+
+/* Error mapping, pure (unit-tested): a krb5 error code from a GSS minor
+ * status at the given step -> class, name ("CLIENT_REVOKED") and, for
+ * PROXY errors, a hint naming what to fix in AD/the KDC (NULL else). */
+enum s4u_step {
+	S4U_STEP_PROXY_CRED,	/* AS exchange for the proxy from its keytab */
+	S4U_STEP_S4U2SELF,
+	S4U_STEP_S4U2PROXY,	/* the first init_sec_context for a user */
+	S4U_STEP_INIT,		/* later init_sec_context with a cached cred */
+	S4U_STEP_MUTUAL,	/* verifying the backend's reply token */
+};
+struct s4u_class {
+	enum kcd_err_class cls;
+	char name[KCD_NAME_MAX];
+	const char *hint;
+};
+void s4u_classify(enum s4u_step step, unsigned major, long code, struct s4u_class *out);
+
+/* What a refused S4U2Proxy (BADOPTION: MIT and AD give no finer code)
+ * means, from whether the user's S4U2Self ticket was forwardable and
+ * whether this proxy has recently had a forwardable one for anyone:
+ *   evidence forwardable           -> PROXY NOT_ALLOWED_TO_DELEGATE (SPN
+ *                                     not in the proxy's delegation list)
+ *   not forwardable, proxy seen ok -> USER NOT_DELEGABLE (the account is
+ *                                     sensitive / cannot be delegated)
+ *   not forwardable, never seen ok -> PROXY EVIDENCE_TKT_NOT_FORWARDABLE
+ *                                     (no ok_to_auth_as_delegate)
+ * evidence_fwd: 1, 0, or -1 when it could not be read (-> PROXY BADOPTION). */
+void s4u_classify_badoption(int evidence_fwd, int proxy_seen_ok, struct s4u_class *out);
+
+#endif

@@ -1,0 +1,455 @@
+/*
+ * test_s4u.c — s4u.c without a working KDC: the krb5 error mapping (class,
+ * name, hint per step), the S4U2Proxy BADOPTION disambiguation, argument
+ * checks, and the asynchronous machinery against a KDC that refuses
+ * connections (KDC_UNREACH, never cached) or never answers (TIMEOUT on the
+ * loop, single flight behind the stuck exchange, queued jobs expiring
+ * without contacting the KDC). The real KDC route is tested by
+ * tests/integration/test_s4u.py against the lab.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+#include <gssapi/gssapi.h>
+#include <krb5.h>
+
+#include "s4u.h"
+
+#define PROXY	"HTTP/proxy.example.test@EXAMPLE.TEST"
+#define SPN	"HTTP@exchange.example.test"
+
+/* ---- error mapping ------------------------------------------------------------ */
+
+static void
+expect_class(enum s4u_step step, long code, enum kcd_err_class cls, const char *name, int hint)
+{
+	struct s4u_class c;
+
+	s4u_classify(step, GSS_S_FAILURE, code, &c);
+	if (c.cls != cls || strcmp(c.name, name) != 0 || (c.hint != NULL) != hint)
+		fail_msg("step %d code %ld: expected class %d %s hint %d, got %d %s hint %s",
+		    (int)step, code, (int)cls, name, hint, (int)c.cls, c.name,
+		    c.hint != NULL ? c.hint : "(none)");
+}
+
+static void
+test_user_refusals_are_user_class_at_user_steps(void **state)
+{
+	static const struct {
+		long code;
+		const char *name;
+	} users[] = {
+		{ KRB5KDC_ERR_CLIENT_REVOKED, "CLIENT_REVOKED" },
+		{ KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN, "C_PRINCIPAL_UNKNOWN" },
+		{ KRB5KDC_ERR_NAME_EXP, "NAME_EXP" },
+		{ KRB5KDC_ERR_KEY_EXP, "KEY_EXP" },
+		{ KRB5KDC_ERR_CLIENT_NOTYET, "CLIENT_NOTYET" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(users) / sizeof(users[0]); i++) {
+		expect_class(S4U_STEP_S4U2SELF, users[i].code, KCD_ERR_USER, users[i].name, 0);
+		expect_class(S4U_STEP_S4U2PROXY, users[i].code, KCD_ERR_USER, users[i].name, 0);
+		expect_class(S4U_STEP_INIT, users[i].code, KCD_ERR_USER, users[i].name, 0);
+		/* the same code for the proxy's own AS exchange is ours to fix */
+		expect_class(S4U_STEP_PROXY_CRED, users[i].code, KCD_ERR_PROXY, users[i].name, 1);
+	}
+}
+
+static void
+test_proxy_refusals_are_proxy_class_with_a_hint(void **state)
+{
+	(void)state;
+	expect_class(S4U_STEP_S4U2PROXY, KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN, KCD_ERR_PROXY,
+	    "S_PRINCIPAL_UNKNOWN", 1);
+	expect_class(S4U_STEP_S4U2SELF, KRB5KDC_ERR_POLICY, KCD_ERR_PROXY, "POLICY", 1);
+	expect_class(S4U_STEP_S4U2SELF, KRB5KRB_AP_ERR_SKEW, KCD_ERR_PROXY, "SKEW", 1);
+	expect_class(S4U_STEP_PROXY_CRED, KRB5KDC_ERR_PREAUTH_FAILED, KCD_ERR_PROXY,
+	    "PREAUTH_FAILED", 1);
+	expect_class(S4U_STEP_PROXY_CRED, KRB5_FCC_NOFILE, KCD_ERR_PROXY, "FCC_NOFILE", 1);
+	expect_class(S4U_STEP_PROXY_CRED, KRB5_KT_NOTFOUND, KCD_ERR_PROXY, "KT_NOTFOUND", 1);
+	expect_class(S4U_STEP_S4U2PROXY, KRB5KDC_ERR_ETYPE_NOSUPP, KCD_ERR_PROXY, "ETYPE_NOSUPP", 1);
+	expect_class(S4U_STEP_PROXY_CRED, KRB5_REALM_UNKNOWN, KCD_ERR_PROXY, "REALM_UNKNOWN", 1);
+}
+
+static void
+test_unreachable_at_every_step(void **state)
+{
+	(void)state;
+	for (int step = S4U_STEP_PROXY_CRED; step <= S4U_STEP_INIT; step++) {
+		expect_class((enum s4u_step)step, KRB5_KDC_UNREACH, KCD_ERR_UNREACHABLE, "KDC_UNREACH", 0);
+		expect_class((enum s4u_step)step, KRB5_REALM_CANT_RESOLVE, KCD_ERR_UNREACHABLE,
+		    "REALM_CANT_RESOLVE", 0);
+		/* the KDC answers but its database is down */
+		expect_class((enum s4u_step)step, KRB5KDC_ERR_SVC_UNAVAILABLE, KCD_ERR_UNREACHABLE,
+		    "SVC_UNAVAILABLE", 0);
+		expect_class((enum s4u_step)step, ETIMEDOUT, KCD_ERR_UNREACHABLE, "ETIMEDOUT", 0);
+	}
+}
+
+static void
+test_unknown_codes_get_stable_names(void **state)
+{
+	struct s4u_class c;
+
+	(void)state;
+	/* a KDC protocol error without a table entry: its number */
+	expect_class(S4U_STEP_S4U2SELF, ERROR_TABLE_BASE_krb5 + 66, KCD_ERR_PROXY, "KDC_ERR_66", 0);
+	/* errno values only mean "keytab" while the keytab is read */
+	expect_class(S4U_STEP_PROXY_CRED, ENOENT, KCD_ERR_PROXY, "ENOENT", 1);
+	expect_class(S4U_STEP_INIT, ENOENT, KCD_ERR_PROXY, "MINOR_2", 0);
+	/* no minor code: the GSS routine error */
+	s4u_classify(S4U_STEP_INIT, GSS_S_BAD_NAME, 0, &c);
+	assert_string_equal(c.name, "BAD_NAME");
+	assert_int_equal(c.cls, KCD_ERR_PROXY);
+	s4u_classify(S4U_STEP_MUTUAL, GSS_S_DEFECTIVE_TOKEN, 0, &c);
+	assert_string_equal(c.name, "DEFECTIVE_TOKEN");
+	/* verifying the backend's reply never blames the user */
+	expect_class(S4U_STEP_MUTUAL, KRB5KDC_ERR_CLIENT_REVOKED, KCD_ERR_PROXY, "CLIENT_REVOKED", 1);
+	expect_class(S4U_STEP_MUTUAL, KRB5_MUTUAL_FAILED, KCD_ERR_PROXY, "MUTUAL_FAILED", 1);
+}
+
+static void
+test_badoption_is_told_apart_by_the_evidence_ticket(void **state)
+{
+	struct s4u_class c;
+
+	(void)state;
+	s4u_classify_badoption(1, 0, &c);
+	assert_int_equal(c.cls, KCD_ERR_PROXY);
+	assert_string_equal(c.name, "NOT_ALLOWED_TO_DELEGATE");
+	assert_non_null(strstr(c.hint, "msDS-AllowedToDelegateTo"));
+	s4u_classify_badoption(1, 1, &c);
+	assert_string_equal(c.name, "NOT_ALLOWED_TO_DELEGATE");
+
+	s4u_classify_badoption(0, 1, &c);		/* sensitive user */
+	assert_int_equal(c.cls, KCD_ERR_USER);
+	assert_string_equal(c.name, "NOT_DELEGABLE");
+	assert_null(c.hint);
+
+	s4u_classify_badoption(0, 0, &c);		/* no protocol transition */
+	assert_int_equal(c.cls, KCD_ERR_PROXY);
+	assert_string_equal(c.name, "EVIDENCE_TKT_NOT_FORWARDABLE");
+	assert_non_null(strstr(c.hint, "Use any authentication protocol"));
+
+	s4u_classify_badoption(-1, 1, &c);
+	assert_int_equal(c.cls, KCD_ERR_PROXY);
+	assert_string_equal(c.name, "BADOPTION");
+}
+
+/* ---- the asynchronous machinery --------------------------------------------------- */
+
+struct world {
+	char dir[64];
+	char krb5_conf[128];
+	char keytab[128];
+	int udp, tcp;			/* the "KDC" sockets, -1 when none */
+	struct event_base *base;
+	struct s4u *s;
+};
+
+struct answers {
+	unsigned n;
+	int in_call;			/* inside s4u_token_request */
+	int called_in_call;
+	struct {
+		int ok;
+		enum kcd_err_class cls;
+		char name[KCD_NAME_MAX];
+		char text[KCD_TEXT_MAX];
+	} a[16];
+};
+
+static void
+on_answer(const struct s4u_result *res, void *arg)
+{
+	struct answers *ans = arg;
+
+	if (ans->in_call)
+		ans->called_in_call = 1;
+	if (ans->n < 16) {
+		ans->a[ans->n].ok = res->ok;
+		ans->a[ans->n].cls = res->cls;
+		snprintf(ans->a[ans->n].name, KCD_NAME_MAX, "%s", res->ok ? "" : res->name);
+		snprintf(ans->a[ans->n].text, KCD_TEXT_MAX, "%s", res->ok ? "" : res->text);
+	}
+	ans->n++;
+}
+
+/* A KDC address: closed (connections refused) or a black hole (UDP bound
+ * and never read, TCP listening and never accepting). */
+static int
+kdc_port(struct world *w, int blackhole)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int one = 1;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	w->udp = socket(AF_INET, SOCK_DGRAM, 0);
+	assert_true(w->udp >= 0);
+	assert_int_equal(bind(w->udp, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(w->udp, (struct sockaddr *)&sa, &len), 0);
+	w->tcp = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(w->tcp >= 0);
+	setsockopt(w->tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	assert_int_equal(bind(w->tcp, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	if (blackhole) {
+		assert_int_equal(listen(w->tcp, 16), 0);
+	} else {
+		close(w->udp);
+		close(w->tcp);
+		w->udp = w->tcp = -1;
+	}
+	return ntohs(sa.sin_port);
+}
+
+/* A keytab with a random AES key for PROXY (the KDC never sees it). */
+static void
+make_keytab(const char *path)
+{
+	krb5_context kc;
+	krb5_keytab kt;
+	krb5_keytab_entry e;
+	char name[160];
+
+	assert_int_equal(krb5_init_context(&kc), 0);
+	snprintf(name, sizeof(name), "FILE:%s", path);
+	assert_int_equal(krb5_kt_resolve(kc, name, &kt), 0);
+	memset(&e, 0, sizeof(e));
+	assert_int_equal(krb5_parse_name(kc, PROXY, &e.principal), 0);
+	e.vno = 1;
+	assert_int_equal(krb5_c_make_random_key(kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96, &e.key), 0);
+	assert_int_equal(krb5_kt_add_entry(kc, kt, &e), 0);
+	krb5_free_keytab_entry_contents(kc, &e);
+	krb5_kt_close(kc, kt);
+	krb5_free_context(kc);
+}
+
+static void
+world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint64_t timeout_ms)
+{
+	struct s4u_params p = {
+		.credential_ttl_ms = 600000, .negative_ttl_ms = 30000,
+		.kdc_timeout_ms = timeout_ms, .kdc_concurrency = threads,
+	};
+	char err[256];
+	FILE *f;
+	int port;
+
+	memset(w, 0, sizeof(*w));
+	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u.XXXXXX");
+	assert_non_null(mkdtemp(w->dir));
+	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
+	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
+	port = kdc_port(w, blackhole);
+	assert_non_null(f = fopen(w->krb5_conf, "w"));
+	fprintf(f, "[libdefaults]\n default_realm = EXAMPLE.TEST\n dns_lookup_kdc = false\n"
+	    " dns_canonicalize_hostname = false\n rdns = false\n"
+	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", port);
+	fclose(f);
+	if (with_keytab)
+		make_keytab(w->keytab);
+	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
+	assert_non_null(w->base = event_base_new());
+	p.keytab = w->keytab;
+	p.principal = PROXY;
+	w->s = s4u_new(w->base, &p, err, sizeof(err));
+	if (w->s == NULL)
+		fail_msg("s4u_new: %s", err);
+}
+
+static void
+world_down(struct world *w)
+{
+	char path[160];
+
+	if (w->udp >= 0)
+		close(w->udp);
+	if (w->tcp >= 0)
+		close(w->tcp);
+	s4u_free(w->s);
+	event_base_free(w->base);
+	snprintf(path, sizeof(path), "%s/proxy.keytab", w->dir);
+	unlink(path);
+	unlink(w->krb5_conf);
+	rmdir(w->dir);
+}
+
+static void
+ask(struct world *w, const char *user, struct answers *ans)
+{
+	struct s4u_error err;
+
+	ans->in_call = 1;
+	assert_int_equal(s4u_token_request(w->s, user, SPN, NULL, 0, 0, on_answer, ans, &err), 0);
+	ans->in_call = 0;
+}
+
+static void
+run_until(struct world *w, struct answers *ans, unsigned n)
+{
+	while (ans->n < n)
+		assert_true(event_base_loop(w->base, EVLOOP_ONCE) >= 0);
+}
+
+static void
+test_invalid_requests_are_refused_synchronously(void **state)
+{
+	static const char *bad[] = {
+		"alice", "@EXAMPLE.TEST", "alice@", "a/b@EXAMPLE.TEST", "a\\@b@EXAMPLE.TEST",
+		"al ice@EXAMPLE.TEST", "a@b@EXAMPLE.TEST", "alice\n@EXAMPLE.TEST", "",
+	};
+	struct world w;
+	struct answers ans;
+	struct s4u_error err;
+	char longname[KCD_PRINCIPAL_MAX + 8];
+	unsigned char cb[KCD_CB_MAX + 1] = { 0 };
+
+	(void)state;
+	world_up(&w, 0, 0, 1, 2000);
+	memset(&ans, 0, sizeof(ans));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(s4u_token_request(w.s, bad[i], SPN, NULL, 0, 0, on_answer, &ans, &err), -1);
+		assert_string_equal(err.name, "BAD_PRINCIPAL");
+	}
+	memset(longname, 'a', sizeof(longname));
+	memcpy(longname + KCD_PRINCIPAL_MAX - 10, "@EXAMPLE.TEST", 14);
+	assert_int_equal(s4u_token_request(w.s, longname, SPN, NULL, 0, 0, on_answer, &ans, &err), -1);
+	assert_int_equal(s4u_token_request(w.s, "alice@EXAMPLE.TEST", "HTTP/exchange", NULL, 0, 0,
+	    on_answer, &ans, &err), -1);
+	assert_string_equal(err.name, "BAD_SPN");
+	assert_int_equal(s4u_token_request(w.s, "alice@EXAMPLE.TEST", SPN, cb, sizeof(cb), 0,
+	    on_answer, &ans, &err), -1);
+	assert_string_equal(err.name, "BAD_CB");
+	assert_int_equal(ans.n, 0);
+	/* an unknown context fails cleanly */
+	assert_int_equal(s4u_verify_mutual(w.s, 12345, "YWJj", &err), -1);
+	assert_string_equal(err.name, "NO_CONTEXT");
+	s4u_ctx_release(w.s, 12345);
+	world_down(&w);
+}
+
+static void
+test_missing_keytab_is_a_cached_proxy_refusal(void **state)
+{
+	struct world w;
+	struct answers ans;
+	struct s4u_stats st;
+
+	(void)state;
+	world_up(&w, 0, 0, 2, 5000);
+	memset(&ans, 0, sizeof(ans));
+	ask(&w, "alice@EXAMPLE.TEST", &ans);
+	assert_int_equal(ans.n, 0);		/* never from inside the call */
+	run_until(&w, &ans, 1);
+	assert_false(ans.a[0].ok);
+	assert_int_equal(ans.a[0].cls, KCD_ERR_PROXY);
+	if (strstr(ans.a[0].text, "hint:") == NULL || strstr(ans.a[0].text, w.keytab) == NULL)
+		fail_msg("expected the keytab path and a hint in: %s", ans.a[0].text);
+
+	ask(&w, "alice@EXAMPLE.TEST", &ans);
+	run_until(&w, &ans, 2);
+	assert_false(ans.called_in_call);
+	assert_string_equal(ans.a[1].name, ans.a[0].name);
+	assert_non_null(strstr(ans.a[1].text, "cached refusal"));
+	s4u_stats(w.s, &st);
+	assert_int_equal(st.negative_hits, 1);
+	assert_int_equal(st.errors_proxy, 2);
+	world_down(&w);
+}
+
+static void
+test_unreachable_kdc_is_never_cached(void **state)
+{
+	struct world w;
+	struct answers ans;
+	struct s4u_stats st;
+
+	(void)state;
+	world_up(&w, 0, 1, 2, 5000);
+	memset(&ans, 0, sizeof(ans));
+	ask(&w, "bob@EXAMPLE.TEST", &ans);
+	ask(&w, "bob@EXAMPLE.TEST", &ans);	/* joins the first exchange */
+	run_until(&w, &ans, 2);
+	for (unsigned i = 0; i < 2; i++) {
+		assert_int_equal(ans.a[i].cls, KCD_ERR_UNREACHABLE);
+		assert_string_equal(ans.a[i].name, "KDC_UNREACH");
+	}
+	ask(&w, "bob@EXAMPLE.TEST", &ans);	/* tries the KDC again */
+	run_until(&w, &ans, 3);
+	assert_string_equal(ans.a[2].name, "KDC_UNREACH");
+	assert_null(strstr(ans.a[2].text, "cached"));
+	s4u_stats(w.s, &st);
+	assert_int_equal(st.waits, 1);
+	assert_int_equal(st.negative_hits, 0);
+	assert_int_equal(st.errors_unreachable, 3);
+	world_down(&w);
+}
+
+static void
+test_silent_kdc_times_out_on_the_loop(void **state)
+{
+	struct world w;
+	struct answers ans;
+	struct s4u_stats st;
+
+	(void)state;
+	/* one thread, a KDC that never answers, kdc_timeout 300 ms */
+	world_up(&w, 1, 1, 1, 300);
+	memset(&ans, 0, sizeof(ans));
+	ask(&w, "carol@EXAMPLE.TEST", &ans);	/* takes the only thread */
+	ask(&w, "carol@EXAMPLE.TEST", &ans);	/* waits behind it (single flight) */
+	ask(&w, "dave@EXAMPLE.TEST", &ans);	/* queued for the thread */
+	run_until(&w, &ans, 3);
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(ans.a[i].cls, KCD_ERR_UNREACHABLE);
+		assert_string_equal(ans.a[i].name, "TIMEOUT");
+	}
+	assert_non_null(strstr(ans.a[1].text, "earlier request for this user"));
+	s4u_stats(w.s, &st);
+	assert_int_equal(st.timeouts, 3);
+	assert_int_equal(st.in_flight, 3);	/* carol's exchange still runs */
+
+	/* The "KDC" goes away: libkrb5 gives up on its next try; dave's job
+	 * then finds its deadline passed and never asks the KDC. */
+	close(w.udp);
+	close(w.tcp);
+	w.udp = w.tcp = -1;
+	while (s4u_stats(w.s, &st), st.in_flight > 0)
+		assert_true(event_base_loop(w.base, EVLOOP_ONCE) >= 0);
+	assert_int_equal(st.expired_in_queue, 1);
+	assert_int_equal(ans.n, 3);		/* no second answer for anyone */
+	world_down(&w);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_user_refusals_are_user_class_at_user_steps),
+		cmocka_unit_test(test_proxy_refusals_are_proxy_class_with_a_hint),
+		cmocka_unit_test(test_unreachable_at_every_step),
+		cmocka_unit_test(test_unknown_codes_get_stable_names),
+		cmocka_unit_test(test_badoption_is_told_apart_by_the_evidence_ticket),
+		cmocka_unit_test(test_invalid_requests_are_refused_synchronously),
+		cmocka_unit_test(test_missing_keytab_is_a_cached_proxy_refusal),
+		cmocka_unit_test(test_unreachable_kdc_is_never_cached),
+		cmocka_unit_test(test_silent_kdc_times_out_on_the_loop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
