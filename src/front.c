@@ -123,15 +123,10 @@ front_conn_closed(struct worker *w)
 int
 front_load_tls(struct worker *w, char *err, size_t errlen)
 {
-	/*
-	 * Hook for tls.c: build the device-facing SSL_CTX (certificate, key,
-	 * client_ca, CRLs) from w->cfg here, while the worker is still root,
-	 * and keep it in struct worker for stream.c. Nothing to load yet.
-	 */
-	(void)w;
-	(void)err;
-	(void)errlen;
-	return 0;
+	/* TLS contexts, access log, backend pools: stream.c owns them; they
+	 * are built here while the worker is still root (key files). */
+	assert(w->magic == WORKER_MAGIC);
+	return stream_env_init(w, err, errlen);
 }
 
 /* ---- listeners ------------------------------------------------------------- */
@@ -250,6 +245,7 @@ start_drain(struct worker *w, uint64_t deadline_ms, const char *why)
 	w->deadline_ms = deadline_ms;
 	listeners_stop(w, 1);
 	evtimer_del(w->resume_ev);
+	stream_drain_idle();
 	if (w->conns == 0) {
 		event_base_loopexit(w->base, NULL);
 		return;
@@ -418,6 +414,7 @@ cleanup:
 		if (w->ls[i].fd >= 0)
 			close(w->ls[i].fd);
 	}
+	stream_shutdown();
 	kcd_client_free(w->kcd);
 	if (w->ctl != NULL)
 		ipc_chan_free(w->ctl);

@@ -1,23 +1,1427 @@
 /*
- * stream.c — PLACEHOLDER until the TLS/stream work replaces this file.
+ * stream.c — one device connection, from accept to its single close
+ * (docs/architecture.md "One request", SPEC §4, §5).
  *
- * It exists so that the daemon links and its process model (accept, drain,
- * restart) can be run and tested: an accepted connection is logged at debug
- * and closed at once. No TLS, no HTTP, nothing is read from the socket.
+ * States of a connection:
+ *
+ *   HANDSHAKE   TLS with a required client certificate (tls.c); a refused
+ *               handshake closes with its cert_* reason.
+ *   HEAD        reading a request head (http.c); idle_timeout until the
+ *               first byte, client_header_timeout after it.
+ *   BACKEND     waiting for a backend connection private to the user
+ *               (backend.c) ...
+ *   TOKEN       ... then for kcd's Negotiate token for that connection's
+ *               channel bindings (kcd_client.c).
+ *   FORWARD     the head is sent; the request body (if any) streams to the
+ *               backend while the response is awaited (request_timeout:
+ *               a parked Ping sits here, cheaply).
+ *   RESPONSE    the response head went to the device; its body streams.
+ *   CLOSING     a final answer is being flushed; then stream_close().
+ *
+ * Every path ends in stream_close(s, reason, detail) exactly once: it writes
+ * the access-log line of an unfinished request, counts, and frees. Error
+ * answers carry no body and no internal name (SPEC §5: the device never
+ * sees SPNs, host names or Kerberos text; the logs do).
+ *
+ * Memory: a request's parse state (struct http_msg, ~2 KiB) lives only
+ * while a head is being parsed; what the log needs is copied into small
+ * bounded strings. Bodies move between the two bufferevents with
+ * evbuffer_remove_buffer (no copy) and back-pressure by watermarks, so a
+ * connection's memory is bounded whatever the body size.
  */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/queue.h>
+#include <sys/time.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "access_log.h"
+#include "backend.h"
+#include "config.h"
+#include "eas.h"
 #include "front.h"
+#include "http.h"
+#include "identity.h"
+#include "kcd_client.h"
 #include "log.h"
+#include "metrics.h"
+#include "reason.h"
 #include "stream.h"
+#include "tls.h"
+
+#define STREAM_MAGIC	0x5354524du	/* "STRM" */
+#define REQ_MAGIC	0x52455153u	/* "REQS" */
+
+/* Bytes queued toward one side before we stop reading the other. */
+#define PIPE_HIGH	(256u * 1024u)
+#define PIPE_LOW	(64u * 1024u)
+/* How long a final error answer may take to flush. */
+#define LINGER_MS	5000u
+/* Retry-After for 503 answers (seconds). */
+#define RETRY_AFTER	"30"
+/* A request parked this long counts as parked in /metrics. */
+#define PARKED_MS	5000u
+
+#define STEM_MAX	256
+#define QUERY_MAX	512
+#define UA_MAX		160
+#define HOST_MAX	256
+#define DETAIL_MAX	64
+
+enum st {
+	ST_HANDSHAKE,
+	ST_HEAD,
+	ST_BACKEND,
+	ST_TOKEN,
+	ST_FORWARD,
+	ST_RESPONSE,
+	ST_CLOSING,
+};
+
+/* What every stream of this worker shares (one per worker process). */
+struct senv {
+	const struct config *cfg;
+	struct event_base *base;
+	SSL_CTX *front_ctx;
+	SSL_CTX *backend_ctx;		/* NULL when [backend] tls = off */
+	struct evdns_base *dns;
+	struct backend *backend;
+	struct identity_params idp;
+	struct http_limits req_lim;
+	struct http_limits resp_lim;
+	struct event *flush_ev;		/* access log flush, every second */
+	LIST_HEAD(, stream) streams;	/* every open stream, for drain and exit */
+};
+
+static struct senv *env;
+
+/* One request; freed when it is logged. Kept small: a parked Ping holds it
+ * for up to an hour. */
+struct req {
+	unsigned magic;
+	uint64_t start_wall_ms;
+	uint64_t start_mono_ms;
+	enum http_method method;
+	char method_s[HTTP_METHOD_MAX + 1];
+	char stem[STEM_MAX];
+	char query[QUERY_MAX];
+	char ua[UA_MAX];
+	char host[HOST_MAX];		/* the device's Host, for X-MS-Location */
+	char eas_cmd[EAS_CMD_MAX];
+	char device_id[EAS_LOG_MAX + 1];
+	char device_type[EAS_LOG_MAX + 1];
+	struct evbuffer *head_out;	/* rewritten head without Authorization
+					 * and the final CRLF; freed once sent */
+	struct http_body reqb;		/* request body framing */
+	struct http_body respb;		/* response body framing */
+	struct http_msg *resp_msg;	/* only while a response head is parsed */
+	int has_body;
+	int dev_keep_alive;
+	int expect_continue;
+	int req_body_done;
+	int resp_head_sent;
+	int resp_chunk_out;		/* re-encode the response as chunked */
+	int resp_close_delim;		/* device response delimited by close */
+	int retried;
+	int parked;
+	uint32_t ctx_id;
+	struct bconn *bc;
+	struct backend_wait *bw;
+	struct kcd_req *kr;
+	uint64_t cs_bytes, sc_bytes;
+	int status;
+	enum reason reason;
+	char detail[DETAIL_MAX];
+	int64_t kdc_ms;
+	char backend_name[HOST_MAX + 8];
+};
+
+struct stream {
+	unsigned magic;
+	struct worker *w;
+	struct bufferevent *dev;
+	struct event *timer;
+	enum st state;
+	char c_ip[INET6_ADDRSTRLEN];
+	char s_ip[INET6_ADDRSTRLEN];
+	unsigned s_port;
+	/* identity, mapped once per connection after the handshake */
+	int id_ok;
+	char principal[IDENTITY_PRINCIPAL_MAX];
+	char id_detail[DETAIL_MAX];
+	struct http_msg *req_msg;	/* only while a request head is parsed */
+	int head_bytes_seen;		/* a byte of the next head arrived */
+	unsigned nreq;
+	struct req *rq;
+	LIST_ENTRY(stream) link;
+};
+
+static void stream_close(struct stream *s, enum reason r, const char *detail);
+static void process_input(struct stream *s);
+static void pump_request_body(struct stream *s);
+static void pump_response(struct stream *s);
+static void on_dev_read(struct bufferevent *bev, void *arg);
+static void on_dev_write(struct bufferevent *bev, void *arg);
+static void on_dev_event(struct bufferevent *bev, short what, void *arg);
+static void on_be_read(struct bufferevent *bev, void *arg);
+static void on_be_write(struct bufferevent *bev, void *arg);
+static void on_be_event(struct bufferevent *bev, short what, void *arg);
+static void start_backend(struct stream *s);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t
+wall_ms(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+}
+
+static struct stream *
+stream_of(void *arg)
+{
+	struct stream *s = arg;
+
+	assert(s != NULL && s->magic == STREAM_MAGIC);
+	return s;
+}
+
+/* Copy a slice into a bounded C string. */
+static void
+slice_copy(char *dst, size_t cap, const char *buf, struct http_slice sl)
+{
+	size_t n = sl.len < cap - 1 ? sl.len : cap - 1;
+
+	memcpy(dst, buf + sl.off, n);
+	dst[n] = '\0';
+}
+
+static void
+arm_timer(struct stream *s, uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000u), (suseconds_t)((ms % 1000u) * 1000u) };
+
+	evtimer_add(s->timer, &tv);
+}
+
+static const char *
+status_text(int status)
+{
+	switch (status) {
+	case 400: return "Bad Request";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 413: return "Payload Too Large";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Error";
+	}
+}
+
+/* ---- the access log and the close path ------------------------------------- */
+
+static void
+req_free(struct stream *s)
+{
+	struct req *rq = s->rq;
+
+	if (rq == NULL)
+		return;
+	assert(rq->magic == REQ_MAGIC);
+	if (rq->kr != NULL)
+		kcd_request_cancel(rq->kr);
+	if (rq->bw != NULL)
+		backend_cancel(rq->bw);
+	if (rq->bc != NULL)
+		backend_release(rq->bc, 0);
+	if (rq->ctx_id != 0)
+		kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
+	if (rq->head_out != NULL)
+		evbuffer_free(rq->head_out);
+	free(rq->resp_msg);
+	if (rq->parked)
+		metrics_self()->parked--;
+	rq->magic = 0;
+	free(rq);
+	s->rq = NULL;
+}
+
+/* One access-log line and one counter per request, whatever its end. */
+static void
+log_request(struct stream *s, struct req *rq, enum reason r, const char *detail, int status)
+{
+	struct access_rec a = { 0 };
+	char tok[96];
+
+	a.start_ms = rq != NULL ? rq->start_wall_ms : wall_ms();
+	a.s_ip = s->s_ip;
+	a.s_port = s->s_port;
+	a.c_ip = s->c_ip;
+	a.username = s->id_ok ? s->principal : NULL;
+	a.status = status;
+	a.reason = reason_token_detail(r, detail, tok, sizeof(tok));
+	a.kdc_ms = -1;
+	if (rq != NULL) {
+		a.method = rq->method_s;
+		a.uri_stem = rq->stem;
+		a.uri_query = rq->query;
+		a.user_agent = rq->ua;
+		a.sc_bytes = rq->sc_bytes;
+		a.cs_bytes = rq->cs_bytes;
+		a.time_taken_ms = mono_ms() - rq->start_mono_ms;
+		a.device_id = rq->device_id;
+		a.device_type = rq->device_type;
+		a.eas_cmd = rq->eas_cmd;
+		a.backend = rq->backend_name[0] ? rq->backend_name : NULL;
+		a.kdc_ms = rq->kdc_ms;
+	}
+	access_log_write(&a);
+	metrics_count_request(r, status);
+}
+
+/*
+ * The one close path. Logs the unfinished request (if any) with reason r,
+ * releases the backend connection without reuse, frees everything. The
+ * caller must not touch s afterwards.
+ */
+static void
+stream_close(struct stream *s, enum reason r, const char *detail)
+{
+	char tok[96];
+
+	assert(s->magic == STREAM_MAGIC);
+	if (s->rq != NULL) {
+		struct req *rq = s->rq;
+		int status = rq->resp_head_sent ? rq->status : 0;
+		/* a request that ended before its answer: log why */
+		log_request(s, rq, r, detail, status);
+		req_free(s);
+	}
+	if (r != REASON_OK && r != REASON_CLIENT_CLOSED && r != REASON_IDLE_TIMEOUT)
+		log_msg(reason_is_peer(r) ? LOG_LVL_INFO : LOG_LVL_ERROR, "stream",
+		    "%s: connection closed: %s (%s)", s->c_ip,
+		    reason_token_detail(r, detail, tok, sizeof(tok)), reason_text(r));
+	else
+		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
+	free(s->req_msg);
+	if (s->timer != NULL)
+		event_free(s->timer);
+	if (s->dev != NULL)
+		bufferevent_free(s->dev);	/* frees the SSL and closes the fd */
+	LIST_REMOVE(s, link);
+	front_conn_closed(s->w);
+	s->magic = 0;
+	free(s);
+}
+
+/* Close once the output is flushed (final answers), bounded by LINGER_MS. */
+static void
+close_after_flush(struct stream *s)
+{
+	s->state = ST_CLOSING;
+	bufferevent_disable(s->dev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(s->dev)) == 0) {
+		stream_close(s, REASON_OK, NULL);
+		return;
+	}
+	bufferevent_setwatermark(s->dev, EV_WRITE, 0, 0);
+	arm_timer(s, LINGER_MS);
+}
+
+/*
+ * Refuse the current request with the status of reason r (no body, no
+ * internal detail), log it, and close the connection after the answer is
+ * flushed. When the response head already went out, the connection is just
+ * closed (the device sees a truncated response, never a second head).
+ */
+static void
+respond_error(struct stream *s, enum reason r, const char *detail)
+{
+	struct req *rq = s->rq;
+	int status = reason_status(r);
+	char tok[96];
+
+	if (rq != NULL && rq->resp_head_sent) {
+		stream_close(s, r, detail);
+		return;
+	}
+	if (status == 0)
+		status = 500;
+	evbuffer_add_printf(bufferevent_get_output(s->dev),
+	    "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n",
+	    status, status_text(status),
+	    status == 503 ? "Retry-After: " RETRY_AFTER "\r\n" : "");
+	log_msg(reason_is_peer(r) ? LOG_LVL_INFO : LOG_LVL_ERROR, "stream",
+	    "%s %s: %d %s (%s)", s->c_ip, s->id_ok ? s->principal : "-", status,
+	    reason_token_detail(r, detail, tok, sizeof(tok)), reason_text(r));
+	log_request(s, rq, r, detail, status);
+	req_free(s);
+	close_after_flush(s);
+}
+
+/* ---- accept and handshake -------------------------------------------------- */
+
+static void
+addr_text(const struct sockaddr *sa, char *buf, size_t len, unsigned *port)
+{
+	buf[0] = '\0';
+	if (port != NULL)
+		*port = 0;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, buf, (socklen_t)len);
+		if (port != NULL)
+			*port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, buf, (socklen_t)len);
+		if (port != NULL)
+			*port = ntohs(in6->sin6_port);
+	}
+}
 
 int
 stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
 {
-	(void)sa;
+	struct stream *s;
+	struct sockaddr_storage local;
+	socklen_t ll = sizeof(local);
+	SSL *ssl = NULL;
+	int one = 1;
+
 	(void)salen;
-	log_debug("stream", "worker %u: connection accepted and closed (placeholder stream.c)",
-	    front_slot(w));
-	close(fd);
+	if (env == NULL) {
+		log_error("stream", "no stream environment (front_load_tls not run)");
+		close(fd);
+		return -1;
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		close(fd);
+		return -1;
+	}
+	s->magic = STREAM_MAGIC;
+	s->w = w;
+	s->state = ST_HANDSHAKE;
+	addr_text(sa, s->c_ip, sizeof(s->c_ip), NULL);
+	if (getsockname(fd, (struct sockaddr *)&local, &ll) == 0)
+		addr_text((struct sockaddr *)&local, s->s_ip, sizeof(s->s_ip), &s->s_port);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	LIST_INSERT_HEAD(&env->streams, s, link);
+	front_conn_opened(w);
+	metrics_self()->conns_accepted++;
+
+	if ((ssl = SSL_new(env->front_ctx)) == NULL ||
+	    (s->timer = evtimer_new(env->base, on_timer, s)) == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		stream_close(s, REASON_OUT_OF_MEMORY, "accept");
+		return -1;
+	}
+	s->dev = bufferevent_openssl_socket_new(env->base, fd, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (s->dev == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		stream_close(s, REASON_OUT_OF_MEMORY, "bufferevent");
+		return -1;
+	}
+	/* A dirty shutdown (no close_notify) is how most devices hang up. */
+	bufferevent_openssl_set_allow_dirty_shutdown(s->dev, 1);
+	bufferevent_setcb(s->dev, on_dev_read, on_dev_write, on_dev_event, s);
+	bufferevent_enable(s->dev, EV_READ | EV_WRITE);
+	arm_timer(s, env->cfg->server.client_header_timeout);
 	return 0;
+}
+
+/* The handshake is done: map the certificate once for the connection. */
+static void
+handshake_done(struct stream *s)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+	X509 *cert = ssl != NULL ? SSL_get0_peer_certificate(ssl) : NULL;
+	struct identity_result *res;
+
+	metrics_self()->tls_handshakes++;
+	s->state = ST_HEAD;
+	if ((res = malloc(sizeof(*res))) == NULL) {
+		stream_close(s, REASON_OUT_OF_MEMORY, "identity");
+		return;
+	}
+	if (cert != NULL && identity_map(cert, &env->idp, res) == 0) {
+		s->id_ok = 1;
+		snprintf(s->principal, sizeof(s->principal), "%s", res->principal);
+		log_debug("stream", "%s: certificate maps to %s", s->c_ip, s->principal);
+	} else {
+		s->id_ok = 0;
+		snprintf(s->id_detail, sizeof(s->id_detail), "%s",
+		    identity_detail_token(res->detail));
+		log_info("identity", "%s: %s", s->c_ip, res->message);
+	}
+	free(res);
+	arm_timer(s, env->cfg->server.client_header_timeout);
+	process_input(s);
+}
+
+static void
+handshake_failed(struct stream *s)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+	char detail[256];
+	enum reason r;
+
+	r = tls_handshake_reason(ssl, detail, sizeof(detail));
+	metrics_self()->tls_failures[r]++;
+	log_info("tls", "%s: handshake refused: %s (%s)", s->c_ip, reason_token(r), detail);
+	log_request(s, NULL, r, NULL, 0);
+	s->rq = NULL;
+	stream_close(s, r, NULL);
+}
+
+/* ---- the request head ------------------------------------------------------- */
+
+static struct req *
+req_new(struct stream *s)
+{
+	struct req *rq = calloc(1, sizeof(*rq));
+
+	if (rq == NULL)
+		return NULL;
+	rq->magic = REQ_MAGIC;
+	rq->start_wall_ms = wall_ms();
+	rq->start_mono_ms = mono_ms();
+	rq->kdc_ms = -1;
+	rq->reason = REASON_OK;
+	s->rq = rq;
+	return rq;
+}
+
+/* Add one header line to the backend head. */
+static void
+put_header(struct evbuffer *out, const char *buf, const struct http_header *h)
+{
+	evbuffer_add(out, buf + h->name.off, h->name.len);
+	evbuffer_add(out, ": ", 2);
+	evbuffer_add(out, buf + h->value.off, h->value.len);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* Which device headers never reach Exchange (SPEC §4). */
+static int
+drop_request_header(const struct http_header *h)
+{
+	if (h->flags & (HTTP_HF_HOP | HTTP_HF_FRAMING))
+		return 1;
+	switch ((enum http_hdr)h->id) {
+	case HTTP_H_HOST:
+	case HTTP_H_AUTHORIZATION:
+	case HTTP_H_PROXY_AUTHORIZATION:
+	case HTTP_H_X_FORWARDED_FOR:
+	case HTTP_H_X_FORWARDED_PROTO:
+	case HTTP_H_FORWARDED:
+	case HTTP_H_EXPECT:		/* we answer 100-continue ourselves */
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * A complete head is at buf[0..len). Decide, and build the backend head.
+ * Returns 0 to go on to the backend, -1 when the request was refused (the
+ * answer is queued and the stream is closing).
+ */
+static int
+accept_head(struct stream *s, const struct http_msg *m, const char *buf)
+{
+	const struct config *cfg = env->cfg;
+	struct req *rq = s->rq;
+	struct eas_query q;
+	enum eas_error eerr;
+	enum http_error herr;
+	char decoded[STEM_MAX * 3];
+
+	rq->method = m->method;
+	slice_copy(rq->method_s, sizeof(rq->method_s), buf, m->method_s);
+	slice_copy(rq->stem, sizeof(rq->stem), buf, m->path);
+	if (m->path.len == 0)
+		snprintf(rq->stem, sizeof(rq->stem), "/");
+	slice_copy(rq->query, sizeof(rq->query), buf, m->query);
+	slice_copy(rq->host, sizeof(rq->host), buf, m->host);
+	{
+		int i = http_header_find_id(m, HTTP_H_USER_AGENT);
+		if (i >= 0)
+			slice_copy(rq->ua, sizeof(rq->ua), buf, m->headers[i].value);
+	}
+	rq->dev_keep_alive = m->keep_alive && !front_draining(s->w);
+	rq->expect_continue = m->expect_continue;
+
+	/* the path, decoded only to be compared */
+	if (m->form == HTTP_FORM_ASTERISK) {
+		respond_error(s, REASON_PATH_DENIED, NULL);
+		return -1;
+	}
+	if (http_path_check(buf + m->path.off, m->path.len, decoded, sizeof(decoded), &herr) != 0) {
+		respond_error(s, http_error_reason(herr, 0), http_error_token(herr));
+		return -1;
+	}
+	if (!http_path_allowed(decoded, &cfg->server.paths)) {
+		respond_error(s, REASON_PATH_DENIED, NULL);
+		return -1;
+	}
+	if (m->method != HTTP_M_GET && m->method != HTTP_M_POST &&
+	    m->method != HTTP_M_OPTIONS && m->method != HTTP_M_HEAD) {
+		respond_error(s, REASON_METHOD_DENIED, NULL);
+		return -1;
+	}
+
+	/* the EAS query, for the log and for check_user_param */
+	if (eas_query_decode(buf + m->query.off, m->query.len, &q, &eerr) != 0) {
+		respond_error(s, REASON_BAD_REQUEST, eas_error_token(eerr));
+		return -1;
+	}
+	snprintf(rq->eas_cmd, sizeof(rq->eas_cmd), "%s", q.cmd);
+	snprintf(rq->device_id, sizeof(rq->device_id), "%s", q.device_id);
+	snprintf(rq->device_type, sizeof(rq->device_type), "%s", q.device_type);
+
+	if (!s->id_ok) {
+		respond_error(s, REASON_IDENTITY_UNMAPPED, s->id_detail);
+		return -1;
+	}
+	if (cfg->identity.check_user_param && q.has_user && q.form == EAS_FORM_PLAIN &&
+	    !eas_user_matches(q.user, s->principal)) {
+		respond_error(s, REASON_USER_MISMATCH, NULL);
+		return -1;
+	}
+
+	/* body framing */
+	if (http_request_framing(m, &env->req_lim, &rq->reqb, &herr) != 0) {
+		respond_error(s, http_error_reason(herr, 0), http_error_token(herr));
+		return -1;
+	}
+	rq->has_body = rq->reqb.kind != HTTP_BODY_NONE;
+	rq->req_body_done = !rq->has_body;
+
+	/* the backend head: origin-form target, our Host, no device
+	 * credentials, no hop-by-hop headers, our own framing */
+	if ((rq->head_out = evbuffer_new()) == NULL) {
+		respond_error(s, REASON_OUT_OF_MEMORY, "head");
+		return -1;
+	}
+	evbuffer_add(rq->head_out, buf + m->method_s.off, m->method_s.len);
+	evbuffer_add(rq->head_out, " ", 1);
+	if (m->path.len == 0)
+		evbuffer_add(rq->head_out, "/", 1);
+	else
+		evbuffer_add(rq->head_out, buf + m->path.off, m->path.len);
+	if (m->has_query) {
+		evbuffer_add(rq->head_out, "?", 1);
+		evbuffer_add(rq->head_out, buf + m->query.off, m->query.len);
+	}
+	evbuffer_add_printf(rq->head_out, " HTTP/1.1\r\nHost: %s\r\n", cfg->backend.host_header);
+	for (unsigned i = 0; i < m->n_headers; i++)
+		if (!drop_request_header(&m->headers[i]))
+			put_header(rq->head_out, buf, &m->headers[i]);
+	evbuffer_add_printf(rq->head_out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: https\r\n",
+	    s->c_ip);
+	if (rq->reqb.kind == HTTP_BODY_LENGTH)
+		evbuffer_add_printf(rq->head_out, "Content-Length: %llu\r\n",
+		    (unsigned long long)m->content_length);
+	else if (rq->reqb.kind == HTTP_BODY_CHUNKED)
+		evbuffer_add_printf(rq->head_out, "Transfer-Encoding: chunked\r\n");
+	return 0;
+}
+
+/* Parse what the device sent so far; start a request when a head is in. */
+static void
+process_input(struct stream *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->dev);
+	size_t avail = evbuffer_get_length(in), n, consumed = 0;
+	size_t max = env->cfg->server.max_header_size;
+	enum http_result res;
+	const char *buf;
+
+	if (s->state != ST_HEAD || s->rq != NULL)
+		return;
+	if (avail == 0)
+		return;
+	if (!s->head_bytes_seen) {
+		s->head_bytes_seen = 1;
+		arm_timer(s, env->cfg->server.client_header_timeout);
+	}
+	if (s->req_msg == NULL) {
+		if ((s->req_msg = malloc(sizeof(*s->req_msg))) == NULL) {
+			stream_close(s, REASON_OUT_OF_MEMORY, "http_msg");
+			return;
+		}
+		http_msg_init(s->req_msg, 0);
+	}
+	n = avail < max ? avail : max;
+	buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
+	res = http_parse_request(s->req_msg, &env->req_lim, buf, n, &consumed);
+	if (res == HTTP_NEED_MORE) {
+		if (n >= max) {
+			if (req_new(s) == NULL) {
+				stream_close(s, REASON_OUT_OF_MEMORY, "req");
+				return;
+			}
+			respond_error(s, REASON_TOO_LARGE_HEADER, "header_size");
+		}
+		return;
+	}
+	if (req_new(s) == NULL) {
+		stream_close(s, REASON_OUT_OF_MEMORY, "req");
+		return;
+	}
+	s->nreq++;
+	if (res == HTTP_ERROR) {
+		enum http_error e = s->req_msg->error;
+		/* keep what the log can use of a refused head */
+		respond_error(s, http_error_reason(e, 0), http_error_token(e));
+		return;
+	}
+	s->rq->cs_bytes = consumed;
+	if (accept_head(s, s->req_msg, buf) != 0)
+		return;
+	evbuffer_drain(in, consumed);
+	free(s->req_msg);
+	s->req_msg = NULL;
+	s->head_bytes_seen = 0;
+	start_backend(s);
+}
+
+/* ---- backend connection and token ------------------------------------------ */
+
+static void on_token(const struct kcd_answer *ans, void *arg);
+
+static void
+on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct req *rq = s->rq;
+	const unsigned char *cb = NULL;
+	unsigned cb_len = 0;
+
+	assert(rq != NULL && rq->magic == REQ_MAGIC);
+	rq->bw = NULL;
+	if (bc == NULL) {
+		log_info("backend", "%s %s: no backend connection: %s", s->c_ip, s->principal,
+		    detail != NULL ? detail : reason_text(r));
+		respond_error(s, r, NULL);
+		return;
+	}
+	rq->bc = bc;
+	snprintf(rq->backend_name, sizeof(rq->backend_name), "%s", bconn_server_name(bc));
+	if (env->cfg->kerberos.channel_bindings != TRI_OFF)
+		cb = bconn_cb_hash(bc, &cb_len);
+	if (env->cfg->kerberos.channel_bindings == TRI_ON && cb_len == 0) {
+		log_error("stream", "channel_bindings = on but the backend connection to %s "
+		    "is not TLS; set [backend] tls = on or channel_bindings = auto",
+		    rq->backend_name);
+		respond_error(s, REASON_BACKEND_TLS, "no_channel_bindings");
+		return;
+	}
+	s->state = ST_TOKEN;
+	rq->kr = kcd_token_request(front_kcd(s->w), s->principal, env->cfg->backend.spn,
+	    cb_len ? cb : NULL, cb_len, rq->retried ? KCD_F_REFRESH : 0u, on_token, s);
+	if (rq->kr == NULL)
+		respond_error(s, REASON_KDC_UNREACHABLE, NULL);
+}
+
+static void
+start_backend(struct stream *s)
+{
+	struct req *rq = s->rq;
+
+	s->state = ST_BACKEND;
+	/* the device may pipeline; keep its bytes for after this request,
+	 * but keep reading (to see it hang up) unless it floods us */
+	arm_timer(s, env->cfg->server.request_timeout);
+	rq->bw = backend_acquire(env->backend, s->principal, on_backend_ready, s);
+}
+
+static void
+on_token(const struct kcd_answer *ans, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct req *rq = s->rq;
+	struct evbuffer *out;
+	struct bufferevent *be;
+
+	assert(rq != NULL && rq->magic == REQ_MAGIC);
+	rq->kr = NULL;
+	rq->kdc_ms = (int64_t)ans->elapsed_ms;
+	if (!ans->ok) {
+		switch (ans->cls) {
+		case KCD_ERR_USER:
+			log_info("kcd", "%s %s: KDC refused the user: %s: %s", s->c_ip,
+			    s->principal, ans->name, ans->text);
+			respond_error(s, REASON_KDC_USER, ans->name);
+			break;
+		case KCD_ERR_UNREACHABLE:
+			log_warn("kcd", "%s %s: no KDC answer: %s", s->c_ip, s->principal,
+			    ans->text);
+			respond_error(s, REASON_KDC_UNREACHABLE, NULL);
+			break;
+		default:
+			log_error("kcd", "%s %s: KDC refused the proxy: %s: %s", s->c_ip,
+			    s->principal, ans->name, ans->text);
+			respond_error(s, REASON_KDC_PROXY, ans->name);
+			break;
+		}
+		return;
+	}
+	rq->ctx_id = ans->ctx_id;
+	be = bconn_bev(rq->bc);
+	out = bufferevent_get_output(be);
+	evbuffer_add_buffer(out, rq->head_out);
+	evbuffer_add_printf(out, "Authorization: Negotiate %s\r\n\r\n", ans->token);
+	if (!rq->has_body || rq->retried) {
+		/* a retry re-sends the same head: keep no copy once sent */
+	}
+	evbuffer_free(rq->head_out);
+	rq->head_out = NULL;
+
+	bufferevent_setcb(be, on_be_read, on_be_write, on_be_event, s);
+	bufferevent_setwatermark(be, EV_WRITE, PIPE_LOW, 0);
+	bufferevent_enable(be, EV_READ | EV_WRITE);
+	s->state = ST_FORWARD;
+
+	if (rq->has_body && rq->expect_continue)
+		evbuffer_add_printf(bufferevent_get_output(s->dev), "HTTP/1.1 100 Continue\r\n\r\n");
+	if (rq->has_body)
+		pump_request_body(s);
+	/* the response may already be there (a fast backend) */
+	if (s->rq == rq && evbuffer_get_length(bufferevent_get_input(be)) > 0)
+		pump_response(s);
+}
+
+/* ---- request body ------------------------------------------------------------ */
+
+/*
+ * Move request body bytes from the device to the backend, re-encoding
+ * chunks, until the input is empty, the body is done, or the backend's
+ * output is full (then reading the device pauses until on_be_write).
+ */
+static void
+pump_request_body(struct stream *s)
+{
+	struct req *rq = s->rq;
+	struct evbuffer *in = bufferevent_get_input(s->dev);
+	struct evbuffer *out;
+	struct http_body *b = &rq->reqb;
+	char ch[HTTP_CHUNK_HDR_MAX];
+
+	if (rq->req_body_done || rq->bc == NULL || s->state < ST_FORWARD)
+		return;
+	out = bufferevent_get_output(bconn_bev(rq->bc));
+	while (!http_body_done(b)) {
+		size_t avail = evbuffer_get_length(in);
+		uint64_t pending = http_body_data_pending(b);
+
+		if (evbuffer_get_length(out) >= PIPE_HIGH) {
+			bufferevent_disable(s->dev, EV_READ);
+			return;
+		}
+		if (avail == 0)
+			break;
+		if (pending > 0) {
+			size_t n = pending < avail ? (size_t)pending : avail;
+			if (n > PIPE_HIGH)
+				n = PIPE_HIGH;
+			if (b->kind == HTTP_BODY_CHUNKED)
+				evbuffer_add(out, ch, http_chunk_header(ch, n));
+			evbuffer_remove_buffer(in, out, n);
+			if (b->kind == HTTP_BODY_CHUNKED)
+				evbuffer_add(out, HTTP_CHUNK_CRLF, 2);
+			http_body_data_consumed(b, n);
+			rq->cs_bytes += n;
+		} else {
+			struct evbuffer_iovec v;
+			size_t used = 0;
+			enum http_result r;
+
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				break;
+			r = http_body_framing(b, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(in, used);
+			rq->cs_bytes += used;
+			if (r == HTTP_ERROR) {
+				backend_release(rq->bc, 0);
+				rq->bc = NULL;
+				respond_error(s, http_error_reason(b->error, 0),
+				    http_error_token(b->error));
+				return;
+			}
+			if (used == 0 && r == HTTP_NEED_MORE && http_body_data_pending(b) == 0)
+				break;
+		}
+	}
+	bufferevent_enable(s->dev, EV_READ);
+	if (http_body_done(b)) {
+		if (b->kind == HTTP_BODY_CHUNKED)
+			evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+		rq->req_body_done = 1;
+	}
+	arm_timer(s, env->cfg->server.request_timeout);
+}
+
+/* ---- the response -------------------------------------------------------------- */
+
+/* Which backend headers never reach the device (SPEC §4). */
+static int
+drop_response_header(const struct http_header *h)
+{
+	if (h->flags & (HTTP_HF_HOP | HTTP_HF_FRAMING))
+		return 1;
+	switch ((enum http_hdr)h->id) {
+	case HTTP_H_WWW_AUTHENTICATE:	/* mutual-auth token; never for devices */
+	case HTTP_H_PERSISTENT_AUTH:
+	case HTTP_H_PROXY_AUTHENTICATE:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * A 451 X-MS-Location names Exchange's internal host; point it at the host
+ * the device used (SPEC §4). Only the scheme+authority is replaced.
+ */
+static void
+put_ms_location(struct evbuffer *out, struct req *rq, const char *buf, const struct http_header *h)
+{
+	const char *v = buf + h->value.off;
+	size_t len = h->value.len, i = 0;
+	const char *sep = memmem(v, len, "://", 3);
+
+	if (sep == NULL || rq->host[0] == '\0') {
+		put_header(out, buf, h);
+		return;
+	}
+	i = (size_t)(sep - v) + 3;
+	while (i < len && v[i] != '/')
+		i++;
+	evbuffer_add(out, buf + h->name.off, h->name.len);
+	evbuffer_add_printf(out, ": https://%s", rq->host);
+	evbuffer_add(out, v + i, len - i);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* The response head is in: decide and send ours to the device. Returns 0 to
+ * stream the body, 1 when the request was retried, -1 when refused. */
+static int
+accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size_t consumed)
+{
+	struct req *rq = s->rq;
+	struct evbuffer *in = bufferevent_get_input(bconn_bev(rq->bc));
+	struct evbuffer *out = bufferevent_get_output(s->dev);
+	enum http_error herr;
+
+	if (m->status == 401) {
+		/* IIS refused the ticket. Retry once with a fresh credential when
+		 * no body byte was sent; else the device gets 502 (SPEC §4). */
+		if (!rq->retried && !rq->has_body) {
+			log_info("stream", "%s %s: backend %s answered 401; retrying once with a "
+			    "fresh credential", s->c_ip, s->principal, rq->backend_name);
+			rq->retried = 1;
+			evbuffer_drain(in, consumed);
+			backend_release(rq->bc, 0);
+			rq->bc = NULL;
+			return 1;
+		}
+		log_error("stream", "%s %s: backend %s refused the Kerberos ticket (401): check "
+		    "the SPN %s, the Exchange keytab/ASA and Extended Protection", s->c_ip,
+		    s->principal, rq->backend_name, env->cfg->backend.spn);
+		respond_error(s, REASON_BACKEND_AUTH, NULL);
+		return -1;
+	}
+	if (http_response_framing(m, rq->method, NULL, &rq->respb, &herr) != 0) {
+		log_info("stream", "%s: backend %s sent a response we refuse: %s",
+		    s->c_ip, rq->backend_name, http_error_text(herr));
+		respond_error(s, REASON_BACKEND_BAD_RESPONSE, http_error_token(herr));
+		return -1;
+	}
+	rq->status = m->status;
+	if (!m->keep_alive)
+		rq->dev_keep_alive = rq->dev_keep_alive;	/* backend close: device unaffected */
+
+	evbuffer_add_printf(out, "HTTP/1.1 %d ", m->status);
+	evbuffer_add(out, buf + m->reason.off, m->reason.len);
+	evbuffer_add(out, "\r\n", 2);
+	for (unsigned i = 0; i < m->n_headers; i++) {
+		const struct http_header *h = &m->headers[i];
+		if (drop_response_header(h))
+			continue;
+		if (h->id == HTTP_H_X_MS_LOCATION && m->status == 451)
+			put_ms_location(out, rq, buf, h);
+		else
+			put_header(out, buf, h);
+	}
+	switch (rq->respb.kind) {
+	case HTTP_BODY_LENGTH:
+		evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+		    (unsigned long long)m->content_length);
+		break;
+	case HTTP_BODY_CHUNKED:
+		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+		rq->resp_chunk_out = 1;
+		break;
+	case HTTP_BODY_EOF:
+		/* the backend ends the body by closing; the device gets chunks
+		 * so its connection can stay up */
+		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+		rq->resp_chunk_out = 1;
+		break;
+	case HTTP_BODY_NONE:
+		if (m->has_cl)
+			evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+			    (unsigned long long)m->content_length);
+		break;
+	}
+	if (!rq->dev_keep_alive || !rq->req_body_done)
+		evbuffer_add_printf(out, "Connection: close\r\n");
+	if (!rq->req_body_done)
+		rq->dev_keep_alive = 0;	/* cannot find the next request */
+	evbuffer_add(out, "\r\n", 2);
+	rq->resp_head_sent = 1;
+	rq->sc_bytes += consumed;
+	evbuffer_drain(in, consumed);
+	s->state = ST_RESPONSE;
+	return 0;
+}
+
+/* The request is answered: log, release, and go on (keep-alive) or close. */
+static void
+finish_request(struct stream *s, int backend_reusable)
+{
+	struct req *rq = s->rq;
+	int keep = rq->dev_keep_alive && rq->req_body_done && !front_draining(s->w);
+
+	backend_release(rq->bc, backend_reusable && rq->req_body_done);
+	rq->bc = NULL;
+	log_request(s, rq, REASON_OK, NULL, rq->status);
+	req_free(s);
+	if (!keep) {
+		close_after_flush(s);
+		return;
+	}
+	s->state = ST_HEAD;
+	bufferevent_enable(s->dev, EV_READ);
+	arm_timer(s, env->cfg->server.idle_timeout);
+	process_input(s);
+}
+
+/* Move the response from the backend to the device. */
+static void
+pump_response(struct stream *s)
+{
+	struct req *rq = s->rq;
+	struct bufferevent *be;
+	struct evbuffer *in, *out;
+	char ch[HTTP_CHUNK_HDR_MAX];
+
+	if (rq == NULL || rq->bc == NULL)
+		return;
+	be = bconn_bev(rq->bc);
+	in = bufferevent_get_input(be);
+	out = bufferevent_get_output(s->dev);
+
+	while (s->state == ST_FORWARD) {
+		size_t avail = evbuffer_get_length(in), consumed = 0, n;
+		size_t max = env->cfg->server.max_header_size;
+		enum http_result res;
+		const char *buf;
+		int r;
+
+		if (avail == 0)
+			return;
+		if (rq->resp_msg == NULL) {
+			if ((rq->resp_msg = malloc(sizeof(*rq->resp_msg))) == NULL) {
+				respond_error(s, REASON_OUT_OF_MEMORY, "http_msg");
+				return;
+			}
+			http_msg_init(rq->resp_msg, 1);
+		}
+		n = avail < max ? avail : max;
+		buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
+		res = http_parse_response(rq->resp_msg, &env->resp_lim, buf, n, &consumed);
+		if (res == HTTP_NEED_MORE) {
+			if (n >= max)
+				respond_error(s, REASON_BACKEND_BAD_RESPONSE, "header_size");
+			return;
+		}
+		if (res == HTTP_ERROR) {
+			respond_error(s, REASON_BACKEND_BAD_RESPONSE,
+			    http_error_token(rq->resp_msg->error));
+			return;
+		}
+		if (rq->resp_msg->status >= 100 && rq->resp_msg->status < 200) {
+			/* interim answers are ours to give (100-continue); drop */
+			evbuffer_drain(in, consumed);
+			http_msg_init(rq->resp_msg, 1);
+			continue;
+		}
+		r = accept_response_head(s, rq->resp_msg, buf, consumed);
+		if (r < 0)
+			return;
+		free(rq->resp_msg);
+		rq->resp_msg = NULL;
+		if (r == 1) {
+			/* retry: a new connection and a fresh token */
+			start_backend(s);
+			return;
+		}
+		if (rq->parked) {
+			rq->parked = 0;
+			metrics_self()->parked--;
+		}
+	}
+	if (s->state != ST_RESPONSE)
+		return;
+
+	while (!http_body_done(&rq->respb)) {
+		size_t avail = evbuffer_get_length(in);
+		uint64_t pending = http_body_data_pending(&rq->respb);
+
+		if (evbuffer_get_length(out) >= PIPE_HIGH) {
+			bufferevent_disable(be, EV_READ);
+			bufferevent_setwatermark(s->dev, EV_WRITE, PIPE_LOW, 0);
+			return;
+		}
+		if (avail == 0)
+			break;
+		if (pending > 0) {
+			size_t n = pending < avail ? (size_t)pending : avail;
+			if (n > PIPE_HIGH)
+				n = PIPE_HIGH;
+			if (rq->resp_chunk_out)
+				evbuffer_add(out, ch, http_chunk_header(ch, n));
+			evbuffer_remove_buffer(in, out, n);
+			if (rq->resp_chunk_out)
+				evbuffer_add(out, HTTP_CHUNK_CRLF, 2);
+			http_body_data_consumed(&rq->respb, n);
+			rq->sc_bytes += n;
+		} else {
+			struct evbuffer_iovec v;
+			size_t used = 0;
+			enum http_result r;
+
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				break;
+			r = http_body_framing(&rq->respb, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(in, used);
+			if (r == HTTP_ERROR) {
+				backend_report_failure(rq->bc, http_error_text(rq->respb.error));
+				stream_close(s, REASON_BACKEND_BAD_RESPONSE,
+				    http_error_token(rq->respb.error));
+				return;
+			}
+			if (used == 0 && http_body_data_pending(&rq->respb) == 0)
+				break;
+		}
+	}
+	bufferevent_enable(be, EV_READ);
+	if (http_body_done(&rq->respb)) {
+		if (rq->resp_chunk_out)
+			evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+		finish_request(s, rq->respb.kind != HTTP_BODY_EOF &&
+		    evbuffer_get_length(in) == 0);
+		return;
+	}
+	arm_timer(s, env->cfg->server.request_timeout);
+}
+
+/* ---- libevent callbacks ------------------------------------------------------- */
+
+/* Bytes of a next (pipelined) request wait for their turn; stop reading
+ * only when they exceed a head's worth (reading on keeps a hang-up seen). */
+static void
+pipelined_wait(struct stream *s)
+{
+	if (evbuffer_get_length(bufferevent_get_input(s->dev)) >
+	    env->cfg->server.max_header_size)
+		bufferevent_disable(s->dev, EV_READ);
+}
+
+static void
+on_dev_read(struct bufferevent *bev, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	(void)bev;
+	switch (s->state) {
+	case ST_HEAD:
+		process_input(s);
+		break;
+	case ST_FORWARD:
+	case ST_RESPONSE:
+		if (s->rq != NULL && !s->rq->req_body_done) {
+			pump_request_body(s);
+			break;
+		}
+		pipelined_wait(s);
+		break;
+	default:
+		pipelined_wait(s);
+		break;
+	}
+}
+
+static void
+on_dev_write(struct bufferevent *bev, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	(void)bev;
+	if (s->state == ST_CLOSING) {
+		if (evbuffer_get_length(bufferevent_get_output(s->dev)) == 0)
+			stream_close(s, REASON_OK, NULL);
+		return;
+	}
+	if (s->state == ST_RESPONSE && s->rq != NULL)
+		pump_response(s);	/* the device drained: read the backend again */
+}
+
+static void
+on_dev_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	enum reason r;
+
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		handshake_done(s);
+		return;
+	}
+	if (s->state == ST_HANDSHAKE) {
+		handshake_failed(s);
+		return;
+	}
+	if (s->state == ST_CLOSING) {
+		stream_close(s, REASON_OK, NULL);
+		return;
+	}
+	r = (what & BEV_EVENT_EOF) ? REASON_CLIENT_CLOSED : REASON_CLIENT_RESET;
+	if (s->state == ST_HEAD && s->rq == NULL) {
+		stream_close(s, REASON_CLIENT_CLOSED, NULL);
+		return;
+	}
+	stream_close(s, r, NULL);
+}
+
+static void
+on_be_read(struct bufferevent *bev, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	(void)bev;
+	pump_response(s);
+}
+
+static void
+on_be_write(struct bufferevent *bev, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	(void)bev;
+	if (s->rq != NULL && !s->rq->req_body_done) {
+		bufferevent_enable(s->dev, EV_READ);
+		pump_request_body(s);
+	}
+}
+
+static void
+on_be_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct req *rq = s->rq;
+
+	(void)bev;
+	assert(rq != NULL);
+	if ((what & BEV_EVENT_EOF) && s->state == ST_RESPONSE &&
+	    http_body_eof(&rq->respb) == HTTP_DONE) {
+		/* a read-until-close body ended */
+		pump_response(s);
+		if (s->rq == rq) {
+			struct evbuffer *out = bufferevent_get_output(s->dev);
+			if (rq->resp_chunk_out)
+				evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+			finish_request(s, 0);
+		}
+		return;
+	}
+	log_info("stream", "%s %s: backend %s closed the connection mid-request%s",
+	    s->c_ip, s->principal, rq->backend_name,
+	    (what & BEV_EVENT_ERROR) ? " (error)" : "");
+	backend_report_failure(rq->bc, "closed mid-request");
+	respond_error(s, REASON_BACKEND_RESET, NULL);
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	(void)fd;
+	(void)what;
+	switch (s->state) {
+	case ST_HANDSHAKE:
+		stream_close(s, REASON_HEADER_TIMEOUT, "handshake");
+		break;
+	case ST_HEAD:
+		if (s->head_bytes_seen) {
+			if (req_new(s) == NULL) {
+				stream_close(s, REASON_OUT_OF_MEMORY, "req");
+				break;
+			}
+			respond_error(s, REASON_HEADER_TIMEOUT, NULL);
+		} else
+			stream_close(s, REASON_IDLE_TIMEOUT, NULL);
+		break;
+	case ST_CLOSING:
+		stream_close(s, REASON_OK, NULL);
+		break;
+	case ST_FORWARD:
+		if (s->rq != NULL && s->rq->req_body_done && !s->rq->parked) {
+			/* still waiting: count it parked from now on, for as long as
+			 * request_timeout allows (a Ping's heartbeat) */
+		}
+		/* fall through */
+	default:
+		respond_error(s, REASON_REQUEST_TIMEOUT, NULL);
+		break;
+	}
+}
+
+/* ---- the worker's shared environment --------------------------------------------- */
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	access_log_flush();
+}
+
+int
+stream_env_init(struct worker *w, char *err, size_t errlen)
+{
+	const struct config *cfg = front_config(w);
+	struct senv *e;
+
+	if ((e = calloc(1, sizeof(*e))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	e->cfg = cfg;
+	e->base = front_base(w);
+	if ((e->front_ctx = tls_front_ctx_new(cfg, err, errlen)) == NULL)
+		goto fail;
+	if (cfg->backend.tls &&
+	    (e->backend_ctx = tls_backend_ctx_new(cfg, err, errlen)) == NULL)
+		goto fail;
+	if ((e->dns = evdns_base_new(e->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+	    EVDNS_BASE_DISABLE_WHEN_INACTIVE)) == NULL) {
+		/* no resolv.conf in a chroot or a lab: numeric backends still work */
+		e->dns = evdns_base_new(e->base, 0);
+	}
+	if ((e->backend = backend_new(e->base, e->dns, cfg, e->backend_ctx)) == NULL) {
+		snprintf(err, errlen, "cannot set up the backend servers");
+		goto fail;
+	}
+	if (cfg->log.access_log != NULL &&
+	    access_log_open(cfg->log.access_log, cfg->log.access_format, 1, err, errlen) != 0)
+		goto fail;
+	if ((e->flush_ev = event_new(e->base, -1, EV_PERSIST, on_flush, NULL)) == NULL ||
+	    event_add(e->flush_ev, &(struct timeval){ 1, 0 }) != 0) {
+		snprintf(err, errlen, "cannot start the access log timer");
+		goto fail;
+	}
+	LIST_INIT(&e->streams);
+	identity_params_from_config(cfg, &e->idp);
+	e->req_lim.max_header_size = cfg->server.max_header_size;
+	e->req_lim.max_body_size = cfg->server.max_body_size;
+	e->resp_lim.max_header_size = cfg->server.max_header_size;
+	env = e;
+	return 0;
+fail:
+	if (e->flush_ev != NULL)
+		event_free(e->flush_ev);
+	access_log_close();
+	if (e->backend != NULL)
+		backend_free(e->backend);
+	if (e->dns != NULL)
+		evdns_base_free(e->dns, 0);
+	SSL_CTX_free(e->front_ctx);
+	SSL_CTX_free(e->backend_ctx);
+	free(e);
+	return -1;
+}
+
+void
+stream_drain_idle(void)
+{
+	struct stream *s, *next;
+
+	if (env == NULL)
+		return;
+	for (s = LIST_FIRST(&env->streams); s != NULL; s = next) {
+		next = LIST_NEXT(s, link);
+		if (s->state == ST_HEAD && s->rq == NULL && !s->head_bytes_seen)
+			stream_close(s, REASON_SHUTDOWN, "idle");
+	}
+}
+
+void
+stream_shutdown(void)
+{
+	if (env == NULL)
+		return;
+	while (!LIST_EMPTY(&env->streams))
+		stream_close(LIST_FIRST(&env->streams), REASON_SHUTDOWN, NULL);
+	event_free(env->flush_ev);
+	access_log_close();
+	backend_free(env->backend);
+	evdns_base_free(env->dns, 0);
+	SSL_CTX_free(env->front_ctx);
+	SSL_CTX_free(env->backend_ctx);
+	free(env);
+	env = NULL;
 }

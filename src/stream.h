@@ -16,4 +16,20 @@ struct worker;
  * connection was refused at once. */
 int stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen);
 
+#include <stddef.h>
+
+/* Build what every stream of this worker shares — the device and backend
+ * TLS contexts (so it runs while the worker is still root), the access
+ * log, DNS, the backend pools — from the worker's config. Returns 0, or -1
+ * with the cause in err. */
+int stream_env_init(struct worker *w, char *err, size_t errlen);
+
+/* Draining: close keep-alive connections that are between requests; the
+ * others close after their current request. */
+void stream_drain_idle(void);
+
+/* Worker exit: close every stream that is left (reason shutdown, each
+ * logged), then free the shared environment. */
+void stream_shutdown(void);
+
 #endif

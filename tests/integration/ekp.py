@@ -13,9 +13,11 @@ messages, and a stop that always works (by pid).
 
     run(["-t", "-c", p.conf], expected_code=0, expected_msg="configuration OK")
 
-Independent of lab.py (KDC, slapd, Apache): the config names certificate,
-key and keytab files that config.c only checks for readability, so
-placeholder files are written until a test passes real ones in `files`.
+Independent of lab.py (KDC, slapd, Apache): the proxy's TLS material is
+generated for every Proxy with tests/certs.py (a server CA and a proxy
+certificate, a device CA whose certificates tests can issue with
+Proxy.device_cert()); the keytab is a placeholder until a test passes a real
+one in `files` (kcd opens it only when it is asked for a token).
 
 Sanitizer builds: ASAN_OPTIONS/UBSAN_OPTIONS from the environment are kept
 and get a log_path inside the proxy's directory, so reports of every process
@@ -25,6 +27,7 @@ Proxy.stop() checks: a sanitizer report fails the test.
 
 import glob
 import os
+import sys
 import pwd
 import re
 import shutil
@@ -37,6 +40,9 @@ import time
 SRCDIR = os.environ.get("EKP_SRCDIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EKP_BIN = os.environ.get("EKP_BIN") or os.path.join(SRCDIR, "build", "san", "eas-kcd-proxy")
+
+sys.path.insert(0, os.path.join(SRCDIR, "tests"))
+import certs  # noqa: E402  (tests/certs.py)
 
 READY_RE = r"generation (\d+) ready: kcd pid (\d+), (\d+) workers"
 
@@ -174,7 +180,7 @@ DEFAULTS = {
     },
 }
 
-PLACEHOLDERS = ("server.pem", "server.key", "device-ca.pem", "proxy.keytab")
+PLACEHOLDERS = ("proxy.keytab",)
 
 
 class Proxy:
@@ -203,6 +209,7 @@ class Proxy:
         self.known_children = set()
         for name in PLACEHOLDERS:
             self._write(name, f"placeholder {name}: config.c checks readability only\n", 0o600)
+        self._make_tls()
         for name, src in (files or {}).items():
             shutil.copyfile(src, self.path(name))
             os.chmod(self.path(name), 0o600)
@@ -210,6 +217,26 @@ class Proxy:
         self.write_config()
 
     # ---- files ---------------------------------------------------------
+    def _make_tls(self):
+        """server.pem (leaf + chain), server.key, device-ca.pem: real ones."""
+        d = self.path("pki")
+        os.makedirs(d, exist_ok=True)
+        self.server_ca = certs.server_ca(d)
+        self.device_ca = certs.device_ca(d)
+        srv = certs.proxy_server(d, self.server_ca)
+        with open(self.path("server.pem"), "wb") as out:
+            for f in (srv.cert, self.server_ca.cert):
+                with open(f, "rb") as src:
+                    out.write(src.read())
+        shutil.copyfile(srv.key, self.path("server.key"))
+        os.chmod(self.path("server.key"), 0o600)
+        shutil.copyfile(self.device_ca.cert, self.path("device-ca.pem"))
+
+    def device_cert(self, user="alice", **kw):
+        """A device certificate for user@EXAMPLE.TEST issued by this proxy's
+        device CA; returns certs.Issued (cert, key paths)."""
+        return certs.good_user(self.path("pki"), self.device_ca, user=user, **kw)
+
     def path(self, *names):
         return os.path.join(self.dir, *names)
 

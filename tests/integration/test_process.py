@@ -54,9 +54,11 @@ def test_a_killed_worker_is_restarted_with_a_fresh_pid(started_proxy):
     os.kill(old["pid"], signal.SIGKILL)
     p.wait_for_log(rf"error proc: worker 1 \(pid {old['pid']}, generation 1\) "
                        rf"killed by signal 9")
+    # the new worker loads its TLS material as root, then drops privileges
     new = wait_until(lambda: [c for c in p.children()
-                              if c["comm"] == "ekp-worker-1" and c["pid"] != old["pid"]],
-                     15, "a new worker 1")[0]
+                              if c["comm"] == "ekp-worker-1" and c["pid"] != old["pid"]
+                              and c["uid"] == nobody_uid()],
+                     15, "a new worker 1 running as nobody")[0]
     assert new["uid"] == nobody_uid()
     assert not alive(old["pid"])
     # the new worker got its own channel to kcd
