@@ -1599,7 +1599,13 @@ clean_line(struct ctx *c, char *line, size_t n, char *out, size_t outlen)
 		    strlen(val), outlen - 2);
 		return;
 	}
-	snprintf(out, outlen, "%s=%s", key, val);
+	/* fits: checked above; memcpy keeps -Wformat-truncation quiet */
+	{
+		size_t kl = strlen(key), vl = strlen(val);
+		memcpy(out, key, kl);
+		out[kl] = '=';
+		memcpy(out + kl + 1, val, vl + 1);
+	}
 }
 
 /* inih's fgets-style reader: one line of the file per call, cleaned up
