@@ -69,7 +69,7 @@ open_file(const char *path, char *err, size_t errlen)
 	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 
 	if (fd < 0)
-		snprintf(err, errlen, "cannot open error_log %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "cannot open error_log %.160s: %s", path, strerror(errno));
 	return fd;
 }
 
