@@ -305,6 +305,23 @@ authority_allowed(const struct http_limits *lim, const char *a, size_t alen, uns
 
 /* ---- heads --------------------------------------------------------------- */
 
+int
+http_limits_from_config(const struct config *cfg, char *const *hosts, unsigned n_hosts,
+    struct http_limits *lim)
+{
+	struct http_limits l;
+
+	memset(&l, 0, sizeof(l));
+	l.max_header_size = (size_t)cfg->server.max_header_size;
+	l.max_line = HTTP_DEFAULT_MAX_LINE;
+	l.max_headers = HTTP_MAX_HEADERS;
+	l.max_body_size = cfg->server.max_body_size;
+	l.hosts = hosts;
+	l.n_hosts = hosts != NULL ? n_hosts : 0;
+	*lim = l;
+	return 0;
+}
+
 void
 http_msg_init(struct http_msg *m, int is_response)
 {

@@ -185,6 +185,17 @@ struct http_limits {
 	unsigned n_hosts;
 };
 
+/*
+ * Request-side limits from [server]: max_header_size, max_body_size, the
+ * default line and header-count limits, and hosts/n_hosts as given (the
+ * config has no list of the proxy's own names; pass the names the front
+ * answers for, or NULL/0 to refuse every absolute-form target). cfg and
+ * hosts are borrowed. Returns 0. For backend responses use the same limits
+ * with max_body_size = 0 and no hosts.
+ */
+int http_limits_from_config(const struct config *cfg, char *const *hosts, unsigned n_hosts,
+    struct http_limits *lim);
+
 /* A parsed head. Every slice is relative to the buffer given to the
  * parser; fields are valid after HTTP_DONE. */
 struct http_msg {
@@ -295,7 +306,9 @@ int http_request_framing(const struct http_msg *req, const struct http_limits *l
 /* Set up b for a response to a request with method req_method: HEAD, 1xx,
  * 204 and 304 have no body; otherwise chunked, Content-Length or EOF (then
  * resp->keep_alive is cleared). 101 is refused (switching_protocols).
- * limits may be NULL (no body limit). */
+ * A 1xx (100 Continue, 103) is interim: forward it (or swallow it), then
+ * http_msg_init a new response and parse the final one from the bytes
+ * after it. lim may be NULL (no body limit). */
 int http_response_framing(struct http_msg *resp, enum http_method req_method,
     const struct http_limits *lim, struct http_body *b, enum http_error *err);
 /* A body of a known kind, for callers that frame by themselves. */

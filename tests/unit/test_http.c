@@ -1203,6 +1203,28 @@ test_path_end_to_end(void **state)
 	assert_true(http_path_allowed(dec, &paths));
 }
 
+static void
+test_limits_from_config(void **state)
+{
+	struct config *cfg = calloc(1, sizeof(*cfg));
+	struct http_limits l;
+
+	(void)state;
+	assert_non_null(cfg);
+	cfg->server.max_header_size = 16384;
+	cfg->server.max_body_size = 64u << 20;
+	assert_int_equal(http_limits_from_config(cfg, hosts, 2, &l), 0);
+	assert_int_equal(l.max_header_size, 16384);
+	assert_int_equal(l.max_body_size, 64u << 20);
+	assert_int_equal(l.max_line, HTTP_DEFAULT_MAX_LINE);
+	assert_int_equal(l.max_headers, HTTP_MAX_HEADERS);
+	assert_ptr_equal(l.hosts, hosts);
+	assert_int_equal(l.n_hosts, 2);
+	assert_int_equal(http_limits_from_config(cfg, NULL, 5, &l), 0);
+	assert_int_equal(l.n_hosts, 0);
+	free(cfg);
+}
+
 int
 main(void)
 {
@@ -1226,6 +1248,7 @@ main(void)
 		cmocka_unit_test(test_path_check),
 		cmocka_unit_test(test_path_allowed),
 		cmocka_unit_test(test_path_end_to_end),
+		cmocka_unit_test(test_limits_from_config),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
