@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/queue.h>
 
 #include <event2/event.h>
 
@@ -22,7 +23,9 @@
 #include "kcd.h"
 #include "kcd_proto.h"
 #include "log.h"
+#include "metrics.h"
 #include "proc.h"
+#include "s4u.h"
 
 #define KCD_MAGIC	0x4b434431u	/* "KCD1" */
 #define PEER_MAGIC	0x4b504552u	/* "KPER" */
@@ -36,6 +39,17 @@ struct kpeer {
 	unsigned slot;
 	char name[24];			/* "worker 3" */
 	struct ipc_chan *ch;		/* NULL while that worker has none */
+	unsigned epoch;			/* bumped whenever ch changes, so an
+					 * answer for a dead channel is dropped */
+};
+
+/* A token request waiting for s4u.c; the answer goes back to the channel
+ * it came from, if that channel still exists. */
+struct pending {
+	struct kpeer *p;
+	unsigned epoch;
+	uint32_t id;
+	LIST_ENTRY(pending) link;	/* freed at exit if never answered */
 };
 
 struct kcd {
@@ -49,6 +63,8 @@ struct kcd {
 	struct kpeer *peers;		/* indexed by worker slot */
 	struct event *term_ev;
 	struct event *deadline_ev;
+	struct s4u *s4u;		/* the Kerberos core */
+	LIST_HEAD(, pending) pending;
 	int draining;
 	uint64_t deadline_ms;
 };
@@ -72,6 +88,54 @@ reply(struct kpeer *p, uint16_t type, uint32_t id)
 	(void)ipc_send(p->ch, type, id, out.data, out.len, -1);
 }
 
+static void
+answer_error(struct kpeer *p, uint32_t id, enum kcd_err_class cls, const char *name,
+    const char *text)
+{
+	ipc_buf_init(&out);
+	ipc_put_u32(&out, cls);
+	ipc_put_str(&out, name);
+	ipc_put_str(&out, text);
+	reply(p, IPC_TOKEN_ERR, id);
+}
+
+/* s4u.c answered a TOKEN_REQ (on this loop). */
+static void
+on_token(const struct s4u_result *res, void *arg)
+{
+	struct pending *pd = arg;
+	struct kpeer *p = pd->p;
+	struct metrics_slot *m = metrics_self();
+
+	LIST_REMOVE(pd, link);
+	if (res->kdc) {
+		m->kdc_requests++;
+		m->kcd_cache_misses++;
+		metrics_kdc_latency(res->elapsed_ms);
+		if (!res->ok)
+			m->kdc_errors++;
+	} else if (res->ok)
+		m->kcd_cache_hits++;
+	else
+		m->kcd_negative_hits++;
+	if (p->ch == NULL || p->epoch != pd->epoch) {
+		/* that worker's channel went away; its request died with it */
+		if (res->ctx_id != 0)
+			s4u_ctx_release(p->k->s4u, res->ctx_id);
+		free(pd);
+		return;
+	}
+	if (res->ok) {
+		ipc_buf_init(&out);
+		ipc_put_str(&out, res->token);
+		ipc_put_u32(&out, res->ctx_id);
+		ipc_put_u64(&out, res->ticket_end_ms);
+		reply(p, IPC_TOKEN_OK, pd->id);
+	} else
+		answer_error(p, pd->id, res->cls, res->name, res->text ? res->text : "");
+	free(pd);
+}
+
 /* TOKEN_REQ: str principal, str spn, bytes cb, u32 flags (kcd_proto.h). */
 static int
 h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
@@ -80,6 +144,8 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	const uint8_t *cb;
 	size_t cb_len;
 	uint32_t flags;
+	struct pending *pd;
+	struct s4u_error serr;
 
 	ipc_rd_init(&rd, msg->data, msg->len);
 	ipc_get_str(&rd, principal, sizeof(principal));
@@ -95,22 +161,20 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 		    cb_len, KCD_CB_MAX);
 		return -1;
 	}
-	(void)cb;
-	(void)flags;
-	/*
-	 * Not answered for real yet: the Kerberos core (s4u.c: keytab,
-	 * S4U2Self + S4U2Proxy, credential cache, thread pool) plugs in here
-	 * and answers TOKEN_OK or TOKEN_ERR asynchronously with msg->id.
-	 * Until then every request is refused as a temporary condition, so
-	 * the device gets 503 + Retry-After and nothing pretends to work.
-	 */
-	log_debug("kcd", "token_req %u from %s for %s to %s: kcd not ready", msg->id, p->name,
-	    principal, spn);
-	ipc_buf_init(&out);
-	ipc_put_u32(&out, KCD_ERR_UNREACHABLE);
-	ipc_put_str(&out, "kcd_not_ready");
-	ipc_put_str(&out, "kcd has no Kerberos core in this build (s4u.c)");
-	reply(p, IPC_TOKEN_ERR, msg->id);
+	if ((pd = malloc(sizeof(*pd))) == NULL) {
+		answer_error(p, msg->id, KCD_ERR_INTERNAL, "out_of_memory", "kcd is out of memory");
+		return 0;
+	}
+	pd->p = p;
+	pd->epoch = p->epoch;
+	pd->id = msg->id;
+	LIST_INSERT_HEAD(&p->k->pending, pd, link);
+	if (s4u_token_request(p->k->s4u, principal, spn, cb_len ? cb : NULL, cb_len, flags,
+	    on_token, pd, &serr) != 0) {
+		LIST_REMOVE(pd, link);
+		free(pd);
+		answer_error(p, msg->id, serr.cls, serr.name, serr.text);
+	}
 	return 0;
 }
 
@@ -120,6 +184,7 @@ h_mutual_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyle
 {
 	struct ipc_rd rd;
 	uint32_t ctx;
+	struct s4u_error serr;
 
 	ipc_rd_init(&rd, msg->data, msg->len);
 	ctx = ipc_get_u32(&rd);
@@ -128,11 +193,14 @@ h_mutual_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyle
 		snprintf(why, whylen, "malformed mutual_req (%zu bytes)", msg->len);
 		return -1;
 	}
-	/* the S4U work keeps contexts and verifies the reply here */
-	log_debug("kcd", "mutual_req %u from %s for context %u: kcd not ready", msg->id, p->name, ctx);
+	if (s4u_verify_mutual(p->k->s4u, ctx, token, &serr) == 0) {
+		ipc_buf_init(&out);
+		reply(p, IPC_MUTUAL_OK, msg->id);
+		return 0;
+	}
 	ipc_buf_init(&out);
-	ipc_put_str(&out, "kcd_not_ready");
-	ipc_put_str(&out, "kcd has no Kerberos core in this build (s4u.c)");
+	ipc_put_str(&out, serr.name);
+	ipc_put_str(&out, serr.text);
 	reply(p, IPC_MUTUAL_ERR, msg->id);
 	return 0;
 }
@@ -150,8 +218,7 @@ h_ctx_release(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyl
 		snprintf(why, whylen, "malformed ctx_release (%zu bytes)", msg->len);
 		return -1;
 	}
-	/* no contexts are kept yet (s4u.c) */
-	log_debug("kcd", "ctx_release of context %u from %s", ctx, p->name);
+	s4u_ctx_release(p->k->s4u, ctx);
 	return 0;
 }
 
@@ -224,6 +291,7 @@ peer_drop(struct kpeer *p, const char *why, int is_fault)
 		log_info("kcd", "channel of %s closed: %s", p->name, why);
 	ipc_chan_free(p->ch);
 	p->ch = NULL;
+	p->epoch++;
 	if (k->draining && peers_open(k) == 0) {
 		log_info("kcd", "draining: no worker channel left; exiting");
 		event_base_loopexit(k->base, NULL);
@@ -332,6 +400,7 @@ add_worker_channel(struct kcd *k, uint32_t slot, int fd)
 		ipc_chan_free(p->ch);
 		p->ch = NULL;
 	}
+	p->epoch++;
 	if ((p->ch = ipc_chan_new(k->base, fd, p->name, on_peer_msg, on_peer_close, p)) == NULL)
 		log_error("kcd", "cannot set up the channel of %s", p->name);
 	else
@@ -406,6 +475,7 @@ kcd_main(const struct kcd_args *a)
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		goto cleanup;
 	k->magic = KCD_MAGIC;
+	LIST_INIT(&k->pending);
 	k->cfg = a->cfg;
 	k->generation = a->generation;
 	k->parent = a->parent;
@@ -430,11 +500,32 @@ kcd_main(const struct kcd_args *a)
 		goto cleanup;
 	}
 	/*
-	 * The Kerberos core loads here, before READY: keytab check, krb5
-	 * context, thread pool (s4u.c). kcd keeps the user it was started as
-	 * (root, or whoever can read the keytab) and never listens on the
-	 * network.
+	 * The Kerberos core, before READY: krb5 configuration, thread pool
+	 * (s4u.c; the keytab is read by the first request). kcd keeps the
+	 * user it was started as (root, or whoever can read the keytab) and
+	 * never listens on the network.
 	 */
+	{
+		const struct config *c = k->cfg;
+		struct s4u_params sp = { 0 };
+		char err[512];
+
+		if (s4u_env_init(c->kerberos.krb5_conf, err, sizeof(err)) != 0) {
+			log_error("kcd", "%s", err);
+			goto cleanup;
+		}
+		sp.keytab = c->kerberos.keytab;
+		sp.principal = c->kerberos.principal;
+		sp.credential_ttl_ms = c->kerberos.credential_ttl;
+		sp.negative_ttl_ms = c->kerberos.negative_ttl;
+		sp.kdc_timeout_ms = c->kerberos.kdc_timeout;
+		sp.kdc_concurrency = c->kerberos.kdc_concurrency;
+		sp.ctx_ttl_ms = c->server.request_timeout + 60000u;
+		if ((k->s4u = s4u_new(k->base, &sp, err, sizeof(err))) == NULL) {
+			log_error("kcd", "cannot start the Kerberos core: %s", err);
+			goto cleanup;
+		}
+	}
 	if (ipc_send(k->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
 		log_error("kcd", "cannot report ready to the parent");
 	log_info("kcd", "generation %u ready for %u workers", k->generation, k->n_peers);
@@ -445,6 +536,13 @@ cleanup:
 		close(ctl_fd);
 	if (k == NULL)
 		return rc;
+	if (k->s4u != NULL)
+		s4u_free(k->s4u);	/* unanswered callbacks are not called */
+	while (!LIST_EMPTY(&k->pending)) {
+		struct pending *pd = LIST_FIRST(&k->pending);
+		LIST_REMOVE(pd, link);
+		free(pd);
+	}
 	for (unsigned i = 0; k->peers != NULL && i < k->n_peers; i++)
 		if (k->peers[i].ch != NULL)
 			ipc_chan_free(k->peers[i].ch);
