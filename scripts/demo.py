@@ -23,6 +23,7 @@ and a failure names what failed with the last lines of the error log.
 """
 
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -183,6 +184,13 @@ access_format = w3c
         for k in ("KRB5_CONFIG", "KRB5CCNAME", "KRB5_KTNAME",
                   "KRB5_CLIENT_KTNAME", "KRB5_KDC_PROFILE"):
             env.pop(k, None)
+        # a sanitizer build reports into files here, also from children
+        # whose stderr is not ours (checked by sanitizer_report())
+        for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            opts = [o for o in env.get(var, "").split(":")
+                    if o and not o.startswith("log_path=")]
+            opts.append("log_path=" + self.path("san"))
+            env[var] = ":".join(opts)
         return env
 
     def check_config(self):
@@ -272,6 +280,10 @@ access_format = w3c
         return problems
 
     def sanitizer_report(self):
+        for path in sorted(glob.glob(self.path("san.*"))):
+            lines = tail(path, 30)
+            if lines:
+                return path, lines
         for path in (self.console, self.error_log):
             lines = tail(path, 100000)
             for i, ln in enumerate(lines):
@@ -552,14 +564,22 @@ def show_where(proxy):
     say(f"  config      {proxy.conf}")
     say(f"  error log   {proxy.error_log}")
     say(f"  access log  {proxy.access_log}")
-    lines = [ln for ln in tail(proxy.access_log, 50)
-             if ln and not ln.startswith("#")]
+    def request_lines():
+        return [ln for ln in tail(proxy.access_log, 50)
+                if ln and not ln.startswith("#")]
+
+    # workers write their access-log lines in batches (about every second):
+    # wait a little for the five requests above
+    end = time.monotonic() + 3.0
+    lines = request_lines()
+    while len(lines) < 5 and time.monotonic() < end:
+        time.sleep(0.1)
+        lines = request_lines()
     if lines:
         for ln in lines[-5:]:
             say("    " + ln)
     elif os.path.exists(proxy.access_log):
-        say("    (no request lines yet: the file holds only its header, or "
-            "the workers buffer lines and have not flushed them)")
+        say("    (no request lines after 3s: the file holds only its header)")
     else:
         say("    (not written: the proxy has not opened its access log)")
     url = f"http://127.0.0.1:{proxy.admin_port}/metrics"
@@ -597,7 +617,7 @@ def try_it_yourself(proxy):
     say("Try it yourself (as alice's phone):")
     say(f"  curl --cacert {pki}/server-ca.pem \\\n"
         f"       --cert {proxy.alice.cert} --key {proxy.alice.key} \\\n"
-        f"       --resolve {PROXY_HOST}:{proxy.port}:127.0.0.1 -X OPTIONS -i \\\n"
+        f"       --resolve {PROXY_HOST}:{proxy.port}:127.0.0.1 -X OPTIONS -si \\\n"
         f"       https://{PROXY_HOST}:{proxy.port}{EAS_PATH}")
 
 
