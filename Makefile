@@ -4,6 +4,7 @@
 #   make check      bootstrap if needed, sanitizer build, unit + integration tests
 #   make demo       local lab + proxy + a device's requests
 #   make fuzz       libFuzzer targets (clang)
+#   make bench      load generator + side-by-side runs against nginx
 #   make clean
 #
 # BUILD=dir puts every output under another directory (parallel work trees).
@@ -110,6 +111,21 @@ fuzz: bootstrap
 			$(FUZZ_CFLAGS) -o $(BUILD)/fuzz/$$n $$f $(LIB_SRCS) $(PKG_LIBS) || exit 1; \
 	done
 	@echo "fuzz targets in $(BUILD)/fuzz; run e.g. $(BUILD)/fuzz/fuzz_http -max_total_time=60 tests/fuzz/corpus/http"
+
+# ---- benchmarks (docs/performance.md; not part of make check) ------------
+# build/eas-loadgen: the device-fleet load generator, release flags. The
+# sanitizer copy for the smoke test is tests/tools/eas_loadgen.c, which
+# includes the same source.
+BENCH_SRCS := $(wildcard tests/bench/*.c)
+
+$(BUILD)/eas-loadgen: $(BENCH_SRCS) | $(BUILD)/obj
+	$(CC) $(BASE_CFLAGS) $(OPT_CFLAGS) $(CFLAGS) -o $@ $(BENCH_SRCS) \
+		$(PKG_LIBS) $(LDFLAGS_HARDEN) $(LDFLAGS)
+
+$(SAN)/tools/eas_loadgen: $(BENCH_SRCS)
+
+bench: bootstrap all $(BUILD)/eas-loadgen
+	$(PYTHON) tests/bench/run.py --build $(BUILD)
 
 # ---- demo ----------------------------------------------------------------
 demo: bootstrap all
