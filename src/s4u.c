@@ -393,6 +393,15 @@ struct s4u {
 
 	pthread_mutex_t pmu;
 	struct proxy_cred *pcur;	/* under pmu */
+	/* Acquisitions are numbered; a thread that arrives while one is in
+	 * progress waits for it on pmu and, when it found no KDC, shares its
+	 * answer instead of waiting out libkrb5's retries once more. Threads
+	 * arriving later try again: UNREACHABLE is never remembered. */
+	_Atomic unsigned pattempt;	/* number of the latest acquisition */
+	_Atomic int pbusy;		/* one is in progress */
+	unsigned pfail_attempt;		/* under pmu: the last one that found no KDC */
+	char pfail_name[KCD_NAME_MAX];
+	char pfail_text[KCD_TEXT_MAX];
 	_Atomic uint64_t fwd_seen;	/* mono ms of the last proof of protocol transition */
 
 	struct s4u_req *reqs;		/* every live request */
@@ -575,8 +584,11 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 	struct proxy_cred *pc = NULL, *old = NULL, *ret = NULL;
 	OM_uint32 major, minor, lifetime = 0;
 	uint64_t now;
+	unsigned waited = 0, attempt;
 	char what[1024];
 
+	if (atomic_load(&s->pbusy))
+		waited = atomic_load(&s->pattempt);
 	pthread_mutex_lock(&s->pmu);
 	now = mono_ms();
 	if (s->pcur != NULL && s->pcur->end > now + S4U_PROXY_MARGIN_MS) {
@@ -598,6 +610,13 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 		}
 	}
 
+	if (waited != 0 && s->pfail_attempt == waited) {
+		req_fail_text(r, KCD_ERR_UNREACHABLE, s->pfail_name, "%s (the answer of the "
+		    "acquisition this request waited for)", s->pfail_text);
+		goto cleanup;
+	}
+	attempt = atomic_fetch_add(&s->pattempt, 1) + 1;
+	atomic_store(&s->pbusy, 1);
 	if ((pc = calloc(1, sizeof(*pc))) == NULL) {
 		req_fail_text(r, KCD_ERR_INTERNAL, "NOMEM", "out of memory for the proxy credential");
 		goto cleanup;
@@ -622,8 +641,14 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 	    &store, &pc->cred, NULL, &lifetime);
 	if (GSS_ERROR(major)) {
 		req_fail(r, S4U_STEP_PROXY_CRED, what, major, minor);
+		if (r->cls == KCD_ERR_UNREACHABLE) {
+			s->pfail_attempt = attempt;
+			memcpy(s->pfail_name, r->name, sizeof(s->pfail_name));
+			memcpy(s->pfail_text, r->text, sizeof(s->pfail_text));
+		}
 		goto cleanup;
 	}
+
 	r->did_acquire = 1;
 	pc->end = lifetime == GSS_C_INDEFINITE ? UINT64_MAX : now + (uint64_t)lifetime * 1000;
 	pc->refs = 2;			/* s->pcur's and ours */
@@ -635,6 +660,7 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 		old = NULL;		/* still in use: its last user frees it */
 
 cleanup:
+	atomic_store(&s->pbusy, 0);
 	pthread_mutex_unlock(&s->pmu);
 	if (name != GSS_C_NO_NAME)
 		gss_release_name(&minor, &name);

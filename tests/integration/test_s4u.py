@@ -382,3 +382,34 @@ def test_channel_bindings_checked_by_an_extended_protection_backend(
         if s is not None:
             s.close()
         world.stop()
+
+
+# ------------------------------------------------- the proxy's credential ----
+
+@pytest.mark.parametrize("lifetime,acquisitions", [("10h", 1), ("4m", 2)])
+def test_proxy_credential_is_acquired_again_near_its_end(lab, tmp_path,
+                                                         lifetime,
+                                                         acquisitions):
+    # kcd renews the proxy's TGT when less than 5 minutes of it are left:
+    # with 4-minute tickets every new user's S4U2Self starts with a fresh
+    # AS exchange; with 10-hour tickets one serves them all. (Also checks
+    # that --krb5-conf, i.e. [kerberos] krb5_conf, is honoured.)
+    text = open(lab.krb5_conf).read()
+    assert "ticket_lifetime = 10h" in text
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(text.replace("ticket_lifetime = 10h",
+                                 "ticket_lifetime = " + lifetime))
+    before = lab.count_kdc_requests("AS", PROXY, status="ISSUE")
+    s = Served(lab, extra=["--krb5-conf", str(conf)])
+    try:
+        for user in ("alice", "bob"):
+            kind, _, tok = parse(s.token(user))
+            assert kind == "token"
+            status, body, _ = backend_get(lab, tok)
+            assert status == 200, body
+            assert json.loads(body)["remote_user"] == principal(user)
+        assert s.stats()["proxy_acquired"] == acquisitions
+    finally:
+        s.close()
+    assert lab.count_kdc_requests("AS", PROXY, status="ISSUE") == \
+        before + acquisitions
