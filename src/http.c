@@ -755,12 +755,7 @@ parse_head(struct http_msg *m, const struct http_limits *lim, const char *buf,
 			fail(m, HTTP_ERR_BARE_LF);
 			return HTTP_ERROR;
 		}
-		clen = end - ls - 2;
-		if (clen > max_line) {
-			fail(m, m->phase == PH_START ? HTTP_ERR_REQUEST_LINE_TOO_LONG
-			    : HTTP_ERR_HEADER_LINE_TOO_LONG);
-			return HTTP_ERROR;
-		}
+		clen = end - ls - 2;		/* <= max_line by the test above */
 		m->pos = m->line_start = (uint32_t)end;
 		if (m->phase == PH_START)
 			r = m->is_response ? status_line(m, buf, ls, clen)

@@ -348,6 +348,18 @@ test_base64_built(void **state)
 	assert_string_equal(q.device_id, "0123456789ABCDEF0011223344556677");
 	assert_string_equal(q.device_type, "");
 
+	/* a long binary DeviceId: hex, cut with "..." */
+	{
+		unsigned char lg[40];
+		memset(lg, 0xab, sizeof(lg));
+		head(&b, 141, 0, 0, (const char *)lg, sizeof(lg), NULL, "t");
+		n = b64(&b, txt, sizeof(txt), 1);
+		assert_int_equal(decode(txt, n, &q, &e), 0);
+		assert_int_equal(strlen(q.device_id), EAS_LOG_MAX);
+		assert_memory_equal(q.device_id, "ABABAB", 6);
+		assert_string_equal(q.device_id + EAS_LOG_MAX - 3, "...");
+	}
+
 	/* every command code of the table, and unknown ones */
 	for (unsigned code = 0; code < 256; code++) {
 		head(&b, 141, code, 0, S("d"), NULL, "t");

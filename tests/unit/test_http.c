@@ -192,6 +192,12 @@ static const struct refusal refusals[] = {
 	BAD("Host with empty port", "GET / HTTP/1.1\r\nHost: a:\r\n\r\n", "bad_host"),
 	BAD("Host with a slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "bad_host"),
 	BAD("Host with broken IPv6", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", "bad_host"),
+	BAD("Host with a non-hex IPv6", "GET / HTTP/1.1\r\nHost: [::g]\r\n\r\n", "bad_host"),
+	BAD("Host with empty brackets", "GET / HTTP/1.1\r\nHost: []\r\n\r\n", "bad_host"),
+	BAD("Host with junk after IPv6", "GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", "bad_host"),
+	BAD("Host with a letter in the port", "GET / HTTP/1.1\r\nHost: a:1x\r\n\r\n", "bad_host"),
+	BAD("Host with a 6-digit port", "GET / HTTP/1.1\r\nHost: a:000443\r\n\r\n", "bad_host"),
+	BAD("Host that is only a port", "GET / HTTP/1.1\r\nHost: :443\r\n\r\n", "bad_host"),
 
 	/* request line */
 	BAD("method with a parenthesis", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", "method"),
@@ -671,6 +677,8 @@ test_response_heads(void **state)
 		{ "obs-fold", S("HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n"), "obs_fold" },
 		{ "bare LF", S("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n"), "bare_lf" },
 		{ "NUL", S("HTTP/1.1 200 OK\r\nX-A: \0\r\n\r\n"), "nul" },
+		{ "NUL in the status line", S("HTTP/1.1 200 O\0K\r\n\r\n"), "nul" },
+		{ "bare CR in the status line", S("HTTP/1.1 200 O\rK\r\n\r\n"), "bare_cr" },
 		{ "empty line first", S("\r\nHTTP/1.1 200 OK\r\n\r\n"), "version" },
 	};
 	struct http_limits l = limits();
@@ -752,6 +760,24 @@ test_response_framing(void **state)
 	    HTTP_DONE);
 	assert_int_equal(http_response_framing(&m, HTTP_M_GET, NULL, &b, &e), -1);
 	assert_string_equal(http_error_token(e), "switching_protocols");
+
+	/* the backend body limit, when one is set */
+	{
+		struct http_limits l;
+		memset(&l, 0, sizeof(l));
+		l.max_body_size = 4;
+		assert_int_equal(parse_whole(1, NULL, S("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), &m, &c),
+		    HTTP_DONE);
+		assert_int_equal(http_response_framing(&m, HTTP_M_GET, &l, &b, &e), -1);
+		assert_string_equal(http_error_token(e), "body_too_large");
+		assert_int_equal(parse_whole(1, NULL, S("HTTP/1.1 200 OK\r\n\r\n"), &m, &c), HTTP_DONE);
+		assert_int_equal(http_response_framing(&m, HTTP_M_GET, &l, &b, &e), 0);
+		http_body_data_consumed(&b, 4);
+		assert_int_equal(b.error, HTTP_ERR_NONE);
+		http_body_data_consumed(&b, 1);
+		assert_string_equal(http_error_token(b.error), "body_too_large");
+		assert_int_equal(http_body_eof(&b), HTTP_ERROR);
+	}
 
 	/* a read-until-close body ends at EOF, fine */
 	assert_int_equal(parse_whole(1, NULL, S("HTTP/1.1 200 OK\r\n\r\n"), &m, &c), HTTP_DONE);
@@ -1127,6 +1153,9 @@ test_path_check(void **state)
 		}
 	}
 	/* the decoded path must fit */
+	assert_int_equal(http_path_check(S("/"), out, 1, &e), -1);
+	assert_int_equal(e, HTTP_ERR_PATH_TOO_LONG);
+	assert_int_equal(out[0], '\0');
 	assert_int_equal(http_path_check(S("/abcdefgh"), out, 9, &e), -1);
 	assert_int_equal(e, HTTP_ERR_PATH_TOO_LONG);
 	assert_int_equal(http_path_check(S("/abcdefgh"), out, 10, &e), 0);
@@ -1168,6 +1197,17 @@ test_path_allowed(void **state)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
 		if (http_path_allowed(cases[i].path, &paths) != cases[i].allowed)
 			fail_msg("path %s: expected allowed=%d", cases[i].path, cases[i].allowed);
+	/* an entry that is not a path is ignored, not a wildcard */
+	{
+		static char *odd[] = { "Microsoft-Server-ActiveSync", "/owa" };
+		struct config_list ol;
+		memset(&ol, 0, sizeof(ol));
+		ol.n = 2;
+		ol.v[0] = odd[0];
+		ol.v[1] = odd[1];
+		assert_false(http_path_allowed("/Microsoft-Server-ActiveSync", &ol));
+		assert_true(http_path_allowed("/owa/x", &ol));
+	}
 	memset(&rootl, 0, sizeof(rootl));
 	rootl.n = 1;
 	rootl.v[0] = root[0];
@@ -1201,6 +1241,38 @@ test_path_end_to_end(void **state)
 	assert_int_equal(parse_whole(0, &l, S(r2), &m, &c), HTTP_DONE);
 	assert_int_equal(http_path_check(r2 + m.path.off, m.path.len, dec, sizeof(dec), &e), 0);
 	assert_true(http_path_allowed(dec, &paths));
+}
+
+/* absolute-form without a host list, or with unusable entries */
+static void
+test_absolute_form_host_lists(void **state)
+{
+	static char *odd[] = { "bad host", "", "MAIL.EXAMPLE.TEST:443" };
+	static const char req[] = "GET https://mail.example.test/x HTTP/1.1\r\nHost: mail.example.test\r\n\r\n";
+	struct http_limits l = limits();
+	struct http_msg m;
+	size_t c;
+
+	(void)state;
+	assert_int_equal(parse_whole(0, NULL, S(req), &m, &c), HTTP_ERROR);
+	assert_string_equal(http_error_token(m.error), "absolute_host");
+	l.hosts = NULL;
+	assert_int_equal(parse_whole(0, &l, S(req), &m, &c), HTTP_ERROR);
+	assert_string_equal(http_error_token(m.error), "absolute_host");
+	l.hosts = odd;
+	l.n_hosts = 2;
+	assert_int_equal(parse_whole(0, &l, S(req), &m, &c), HTTP_ERROR);
+	l.n_hosts = 3;
+	assert_int_equal(parse_whole(0, &l, S(req), &m, &c), HTTP_DONE);
+	/* http:// defaults to port 80, which the entry does not name */
+	assert_int_equal(parse_whole(0, &l, S("GET http://mail.example.test/x HTTP/1.1\r\nHost: mail.example.test\r\n\r\n"),
+	    &m, &c), HTTP_ERROR);
+	assert_int_equal(parse_whole(0, &l, S("GET http://mail.example.test:443/x HTTP/1.1\r\nHost: mail.example.test\r\n\r\n"),
+	    &m, &c), HTTP_DONE);
+	/* and the ports of authority and Host must agree when both name one */
+	assert_int_equal(parse_whole(0, &l, S("GET http://mail.example.test:443/x HTTP/1.1\r\nHost: mail.example.test:80\r\n\r\n"),
+	    &m, &c), HTTP_ERROR);
+	assert_string_equal(http_error_token(m.error), "host_mismatch");
 }
 
 static void
@@ -1248,6 +1320,7 @@ main(void)
 		cmocka_unit_test(test_path_check),
 		cmocka_unit_test(test_path_allowed),
 		cmocka_unit_test(test_path_end_to_end),
+		cmocka_unit_test(test_absolute_form_host_lists),
 		cmocka_unit_test(test_limits_from_config),
 	};
 
