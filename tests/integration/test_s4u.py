@@ -328,7 +328,14 @@ def test_keytab_without_the_principal_is_a_proxy_refusal(lab):
 
 
 def test_kdc_down_is_unreachable_and_never_cached(lab, served):
+    assert parse(served.token("alice"))[0] == "token"
     with lab.kdc_down():
+        # a user whose credential (and service ticket) is cached goes on
+        kind, _, tok = parse(served.token("alice"))
+        assert kind == "token"
+        status, body, _ = backend_get(lab, tok)
+        assert status == 200, body
+        assert json.loads(body)["remote_user"] == "alice@" + REALM
         kind, cls, name, text = parse(served.token("bob"))
         assert (cls, name) == ("UNREACHABLE", "KDC_UNREACH"), text
         again = parse(served.token("bob"))
