@@ -416,7 +416,7 @@ struct s4u {
 	struct s4u_stats st;
 };
 
-enum req_kind { K_LEAD, K_INIT };
+enum req_kind { K_NONE, K_LEAD, K_INIT };
 
 struct s4u_req {
 	unsigned magic;
@@ -428,6 +428,7 @@ struct s4u_req {
 	enum req_kind kind;
 	int in_flight;			/* in the pool or waiting in credcache */
 	int waiting;			/* queued behind another request's exchange */
+	int job_ran;			/* its pool job came back */
 	int answered;			/* fn called (or the timeout answered) */
 	int immediate;			/* ev delivers the stored answer */
 	uint32_t flags;
@@ -1068,6 +1069,7 @@ deliver(struct s4u_req *r)
 	memset(&res, 0, sizeof(res));
 	res.ok = r->ok;
 	res.kdc = r->kdc;
+	res.exchange = r->kind == K_LEAD && r->job_ran;
 	res.elapsed_ms = mono_ms() - r->t0;
 	if (r->ok) {
 		if (r->ctx != GSS_C_NO_CONTEXT) {
@@ -1133,6 +1135,7 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	    "the KDC exchange is still running (slow or unreachable KDC)");
 	res.text = r->text;
 	res.kdc = 1;
+	res.exchange = r->kind == K_LEAD;
 	res.elapsed_ms = mono_ms() - r->t0;
 	r->fn(&res, r->arg);
 	if (!r->in_flight)
@@ -1230,6 +1233,7 @@ job_done(struct pool_job *job)
 	if (r->magic != REQ_MAGIC || s->magic != S4U_MAGIC)
 		abort();
 	r->in_flight = 0;
+	r->job_ran = 1;
 	if (r->kind == K_LEAD) {
 		lead_done(s, r);
 		return;

@@ -77,6 +77,8 @@ struct s4u_result {
 	const char *text;		/* GSS/krb5 detail, principal, hint; logs only */
 	uint64_t elapsed_ms;
 	int kdc;			/* 1: this request waited for a KDC exchange */
+	int exchange;			/* 1: ...and ran it itself (the single-flight
+					 * leader): count KDC requests on this */
 };
 
 typedef void s4u_done_fn(const struct s4u_result *res, void *arg);

@@ -165,7 +165,7 @@ struct answers {
 	int in_call;			/* inside s4u_token_request */
 	int called_in_call;
 	struct {
-		int ok;
+		int ok, kdc, exchange;
 		enum kcd_err_class cls;
 		char name[KCD_NAME_MAX];
 		char text[KCD_TEXT_MAX];
@@ -181,6 +181,8 @@ on_answer(const struct s4u_result *res, void *arg)
 		ans->called_in_call = 1;
 	if (ans->n < 16) {
 		ans->a[ans->n].ok = res->ok;
+		ans->a[ans->n].kdc = res->kdc;
+		ans->a[ans->n].exchange = res->exchange;
 		ans->a[ans->n].cls = res->cls;
 		snprintf(ans->a[ans->n].name, KCD_NAME_MAX, "%s", res->ok ? "" : res->name);
 		snprintf(ans->a[ans->n].text, KCD_TEXT_MAX, "%s", res->ok ? "" : res->text);
@@ -367,6 +369,8 @@ test_missing_keytab_is_a_cached_proxy_refusal(void **state)
 	assert_false(ans.called_in_call);
 	assert_string_equal(ans.a[1].name, ans.a[0].name);
 	assert_non_null(strstr(ans.a[1].text, "cached refusal"));
+	assert_true(ans.a[0].kdc && ans.a[0].exchange);
+	assert_false(ans.a[1].kdc || ans.a[1].exchange);
 	s4u_stats(w.s, &st);
 	assert_int_equal(st.negative_hits, 1);
 	assert_int_equal(st.errors_proxy, 2);
@@ -389,7 +393,11 @@ test_unreachable_kdc_is_never_cached(void **state)
 	for (unsigned i = 0; i < 2; i++) {
 		assert_int_equal(ans.a[i].cls, KCD_ERR_UNREACHABLE);
 		assert_string_equal(ans.a[i].name, "KDC_UNREACH");
+		assert_true(ans.a[i].kdc);	/* both waited for the KDC */
 	}
+	/* the leader ran the exchange; the waiter shared it */
+	assert_true(ans.a[0].exchange);
+	assert_false(ans.a[1].exchange);
 	ask(&w, "bob@EXAMPLE.TEST", &ans);	/* tries the KDC again */
 	run_until(&w, &ans, 3);
 	assert_string_equal(ans.a[2].name, "KDC_UNREACH");
