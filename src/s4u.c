@@ -674,21 +674,24 @@ cleanup:
 
 /* ---- pool work ----------------------------------------------------------------------- */
 
-/* Was the S4U2Self ticket in imp forwardable? 1, 0, or -1 unknown. */
+/* Was the S4U2Self ticket in imp forwardable? 1, 0, or -1 unknown. The
+ * impersonated credential's ccache holds that ticket (client = the user,
+ * server = the proxy, under whatever name the KDC canonicalised it to) and
+ * a copy of the proxy's TGT (client = the proxy). */
 static int
-evidence_forwardable(const struct s4u *s, gss_cred_id_t imp, const char *user)
+evidence_forwardable(gss_cred_id_t imp, const char *user)
 {
 	krb5_context kc = NULL;
 	krb5_ccache cc = NULL;
 	krb5_cc_cursor cur;
 	krb5_creds c;
-	krb5_principal up = NULL, pp = NULL;
+	krb5_principal up = NULL;
 	OM_uint32 major, minor;
 	int ret = -1;
 
 	if (krb5_init_context(&kc) != 0)
 		return -1;
-	if (krb5_parse_name(kc, user, &up) != 0 || krb5_parse_name(kc, s->principal, &pp) != 0 ||
+	if (krb5_parse_name(kc, user, &up) != 0 ||
 	    krb5_cc_new_unique(kc, "MEMORY", NULL, &cc) != 0)
 		goto cleanup;
 	major = gss_krb5_copy_ccache(&minor, imp, cc);
@@ -697,7 +700,8 @@ evidence_forwardable(const struct s4u *s, gss_cred_id_t imp, const char *user)
 	while (krb5_cc_next_cred(kc, cc, &cur, &c) == 0) {
 		if (!krb5_is_config_principal(kc, c.server) &&
 		    krb5_principal_compare(kc, c.client, up) &&
-		    krb5_principal_compare(kc, c.server, pp))
+		    !(c.server->length == 2 && c.server->data[0].length == KRB5_TGS_NAME_SIZE &&
+		    memcmp(c.server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0))
 			ret = (c.ticket_flags & TKT_FLG_FORWARDABLE) ? 1 : 0;
 		krb5_free_cred_contents(kc, &c);
 	}
@@ -707,7 +711,6 @@ cleanup:
 	if (cc != NULL)
 		krb5_cc_destroy(kc, cc);
 	krb5_free_principal(kc, up);
-	krb5_free_principal(kc, pp);
 	krb5_free_context(kc);
 	return ret;
 }
@@ -764,7 +767,7 @@ init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step
 		if ((long)(int32_t)minor == KRB5KDC_ERR_BADOPTION) {
 			/* S4U2Proxy refused; the code does not say whose fault */
 			struct s4u_class c;
-			s4u_classify_badoption(evidence_forwardable(s, cred, r->principal),
+			s4u_classify_badoption(evidence_forwardable(cred, r->principal),
 			    proxy_seen_ok(s), &c);
 			r->ok = 0;
 			r->cls = c.cls;
