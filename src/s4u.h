@@ -101,8 +101,10 @@ int s4u_env_init(const char *krb5_conf, char *err, size_t errlen);
  * credential is acquired by the first request). */
 struct s4u *s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t errlen);
 
-/* Waits for exchanges in progress to finish, then releases everything.
- * Callbacks of unanswered requests are not called. */
+/* Waits for exchanges in progress to finish (with a KDC that never
+ * answers, that is libkrb5's whole retry schedule: about 30 s per KDC),
+ * then releases everything. Callbacks of unanswered requests are not
+ * called. Never call it from an s4u callback. */
 void s4u_free(struct s4u *s);
 
 /* Ask for a token for principal ("user@REALM") to spn ("HTTP@host"); cb is
