@@ -13,7 +13,9 @@
  *   REASON_CERT_OCSP     ocsp = required and no good answer (unknown,
  *                        unreachable, timeout, bad signature, stale): close
  * Resumed connections are checked too (the result is cached, so it is
- * cheap); the issuer of a resumed connection comes from client_ca.
+ * cheap); the issuer of a resumed connection comes from client_ca. A
+ * connection is checked once: a long-lived one (parked Pings) keeps going
+ * when its certificate is revoked later, until it closes.
  *
  * How: one HTTP/1.0 POST (RFC 6960 appendix A) to [tls] ocsp_responder, or
  * to the certificate's AIA OCSP URL when that is empty; http:// only (an

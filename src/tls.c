@@ -252,10 +252,11 @@ verify_common(int ok, X509_STORE_CTX *xs, int strict_eku)
 	if (ok) {
 		/* OpenSSL's ssl_client purpose accepts a leaf without any EKU;
 		 * require_client_auth_eku asks for clientAuth to be listed. */
-		if (strict_eku && depth == 0 && cert != NULL && !has_client_auth_eku(cert)) {
+		if (strict_eku && ssl != NULL && X509_STORE_CTX_get0_parent_ctx(xs) == NULL &&
+		    depth == 0 && cert != NULL && !has_client_auth_eku(cert)) {
+			/* the device's own certificate, not a CRL issuer's path */
 			X509_STORE_CTX_set_error(xs, X509_V_ERR_INVALID_PURPOSE);
-			if (ssl != NULL)
-				record_verify(ssl, X509_V_ERR_INVALID_PURPOSE, 0, cert);
+			record_verify(ssl, X509_V_ERR_INVALID_PURPOSE, 0, cert);
 			return 0;
 		}
 		return 1;

@@ -620,6 +620,27 @@ free_with_a_request_in_flight(void **state)
 }
 
 static void
+responder_by_host_name(void **state)
+{
+	char url[64];
+	struct t *t;
+
+	(void)state;
+	/* resolved asynchronously (evdns, /etc/hosts), never with a blocking
+	 * getaddrinfo on the event loop */
+	snprintf(url, sizeof(url), "http://localhost:%u/ocsp", g.port);
+	t = t_new(OCSP_REQUIRED, url, 5000);
+	t->responder = responder_start(M_OCSP);
+	expect(t, g.good, REASON_OK, "good");
+	t_free(t);
+	/* a name that does not resolve (or whose lookup times out where a
+	 * name server is configured but unreachable) */
+	t = t_new(OCSP_REQUIRED, "http://no-such-host.invalid/", 1000);
+	expect(t, g.good, REASON_CERT_OCSP, "http://no-such-host.invalid/: ");
+	t_free(t);
+}
+
+static void
 off_https_and_missing_issuer(void **state)
 {
 	struct t *t = t_new(OCSP_OFF, g.url, 5000);
@@ -655,6 +676,7 @@ main(void)
 		cmocka_unit_test(concurrent_checks_share_one_request),
 		cmocka_unit_test(cancelled_check_never_calls_back_but_fills_the_cache),
 		cmocka_unit_test(free_with_a_request_in_flight),
+		cmocka_unit_test(responder_by_host_name),
 		cmocka_unit_test(off_https_and_missing_issuer),
 	};
 
