@@ -622,7 +622,10 @@ accept_head(struct stream *s, const struct http_msg *m, const char *buf)
 		respond_error(s, REASON_IDENTITY_UNMAPPED, s->id_detail);
 		return -1;
 	}
-	if (cfg->identity.check_user_param && q.has_user && q.form == EAS_FORM_PLAIN &&
+	/* SPEC §4 names the plain User=; the base64 form carries User too
+	 * (tag 8), and checking only one form would let a device switch
+	 * forms to name someone else */
+	if (cfg->identity.check_user_param && q.has_user &&
 	    !eas_user_matches(q.user, s->principal)) {
 		respond_error(s, REASON_USER_MISMATCH, NULL);
 		return -1;
