@@ -56,7 +56,22 @@
  * Backend side: TLS client, min TLS 1.2, verify against [backend] ca (file
  * or directory) or the system store when empty, host name checked per
  * connection (tls_backend_ssl_new), ALPN http/1.1 offered, sessions reused
- * per host name.
+ * per host name (a resumed session still has the server's certificate, so
+ * the channel-binding hash is the same). SSL_OP_IGNORE_UNEXPECTED_EOF here
+ * too: a server that drops TCP without close_notify reads as EOF, so HTTP
+ * framing (Content-Length, last chunk) must decide whether an answer was
+ * complete.
+ *
+ * Use from stream.c (bufferevent_openssl):
+ *   ssl = SSL_new(front_ctx);
+ *   bev = bufferevent_openssl_socket_new(base, fd, ssl,
+ *           BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+ *   BEV_EVENT_CONNECTED: cert = tls_peer_cert(ssl) (never NULL here: the
+ *     context requires a verified certificate), identity_map(cert, ...),
+ *     then ocsp_check_ssl() (ocsp.h) unless [tls] ocsp = off;
+ *   BEV_EVENT_ERROR / _EOF before CONNECTED: r = tls_handshake_reason(ssl,
+ *     detail, sizeof(detail)); count metrics tls_failures[r], log detail at
+ *     info (peer-caused), close with r.
  */
 #ifndef EKP_TLS_H
 #define EKP_TLS_H
