@@ -242,6 +242,10 @@ make_keytab(const char *path)
 	krb5_free_context(kc);
 }
 
+/* The world of the running test; the teardown removes it even when an
+ * assertion ended the test early. */
+static struct world *current;
+
 static void
 world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint64_t timeout_ms)
 {
@@ -254,8 +258,10 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 	int port;
 
 	memset(w, 0, sizeof(*w));
+	w->udp = w->tcp = -1;
 	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u.XXXXXX");
 	assert_non_null(mkdtemp(w->dir));
+	current = w;
 	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
 	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
 	port = kdc_port(w, blackhole);
@@ -280,16 +286,28 @@ world_down(struct world *w)
 {
 	char path[160];
 
+	current = NULL;
 	if (w->udp >= 0)
 		close(w->udp);
 	if (w->tcp >= 0)
 		close(w->tcp);
-	s4u_free(w->s);
-	event_base_free(w->base);
+	if (w->s != NULL)
+		s4u_free(w->s);
+	if (w->base != NULL)
+		event_base_free(w->base);
 	snprintf(path, sizeof(path), "%s/proxy.keytab", w->dir);
 	unlink(path);
 	unlink(w->krb5_conf);
 	rmdir(w->dir);
+}
+
+static int
+teardown(void **state)
+{
+	(void)state;
+	if (current != NULL)
+		world_down(current);
+	return 0;
 }
 
 static void
@@ -316,7 +334,7 @@ test_invalid_requests_are_refused_synchronously(void **state)
 		"alice", "@EXAMPLE.TEST", "alice@", "a/b@EXAMPLE.TEST", "a\\@b@EXAMPLE.TEST",
 		"al ice@EXAMPLE.TEST", "a@b@EXAMPLE.TEST", "alice\n@EXAMPLE.TEST", "",
 	};
-	struct world w;
+	static struct world w;	/* outlives an early end (teardown) */
 	struct answers ans;
 	struct s4u_error err;
 	char longname[KCD_PRINCIPAL_MAX + 8];
@@ -349,7 +367,7 @@ test_invalid_requests_are_refused_synchronously(void **state)
 static void
 test_missing_keytab_is_a_cached_proxy_refusal(void **state)
 {
-	struct world w;
+	static struct world w;	/* outlives an early end (teardown) */
 	struct answers ans;
 	struct s4u_stats st;
 
@@ -380,7 +398,7 @@ test_missing_keytab_is_a_cached_proxy_refusal(void **state)
 static void
 test_unreachable_kdc_is_never_cached(void **state)
 {
-	struct world w;
+	static struct world w;	/* outlives an early end (teardown) */
 	struct answers ans;
 	struct s4u_stats st;
 
@@ -411,7 +429,7 @@ test_unreachable_kdc_is_never_cached(void **state)
 static void
 test_silent_kdc_times_out_on_the_loop(void **state)
 {
-	struct world w;
+	static struct world w;	/* outlives an early end (teardown) */
 	struct answers ans;
 	struct s4u_stats st;
 
@@ -453,10 +471,10 @@ main(void)
 		cmocka_unit_test(test_unreachable_at_every_step),
 		cmocka_unit_test(test_unknown_codes_get_stable_names),
 		cmocka_unit_test(test_badoption_is_told_apart_by_the_evidence_ticket),
-		cmocka_unit_test(test_invalid_requests_are_refused_synchronously),
-		cmocka_unit_test(test_missing_keytab_is_a_cached_proxy_refusal),
-		cmocka_unit_test(test_unreachable_kdc_is_never_cached),
-		cmocka_unit_test(test_silent_kdc_times_out_on_the_loop),
+		cmocka_unit_test_teardown(test_invalid_requests_are_refused_synchronously, teardown),
+		cmocka_unit_test_teardown(test_missing_keytab_is_a_cached_proxy_refusal, teardown),
+		cmocka_unit_test_teardown(test_unreachable_kdc_is_never_cached, teardown),
+		cmocka_unit_test_teardown(test_silent_kdc_times_out_on_the_loop, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
