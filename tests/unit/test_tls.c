@@ -31,6 +31,7 @@
 
 #include "certgen.h"
 #include "config.h"
+#include "identity.h"
 #include "reason.h"
 #include "tls.h"
 
@@ -85,7 +86,8 @@ group_setup(void **state)
 	    .serial = serial_, __VA_ARGS__ })
 	LEAF(server, "proxy.example.test", 2, -DAY, 365 * DAY, "serverAuth", g.ca, g.ca_key,
 	    .san = "DNS:proxy.example.test");
-	LEAF(good, "alice", 10, -DAY, 365 * DAY, "clientAuth", g.ca, g.ca_key);
+	LEAF(good, "alice", 10, -DAY, 365 * DAY, "clientAuth", g.ca, g.ca_key,
+	    .san = "otherName:1.3.6.1.4.1.311.20.2.3;UTF8:alice@example.test");
 	LEAF(expired, "bob-expired", 11, -30 * DAY, -DAY, "clientAuth", g.ca, g.ca_key);
 	LEAF(notyet, "carol-future", 12, DAY, 365 * DAY, "clientAuth", g.ca, g.ca_key);
 	LEAF(noeku, "dave-noeku", 13, -DAY, 365 * DAY, NULL, g.ca, g.ca_key);
@@ -717,6 +719,14 @@ resume(SSL_CTX *first, SSL_CTX *second, int max_version)
 	assert_non_null(issuer);
 	assert_int_equal(X509_cmp(issuer, g.ca), 0);
 	X509_free(issuer);
+	/* ... and so is the identity it maps to */
+	{
+		struct identity_params p = { .source = ID_SRC_SAN_UPN, .realm = "EXAMPLE.TEST" };
+		struct identity_result res;
+
+		assert_int_equal(identity_map(tls_peer_cert(k.s), &p, &res), 0);
+		assert_string_equal(res.principal, "alice@EXAMPLE.TEST");
+	}
 	conn_free(&k);
 	SSL_SESSION_free(sess);
 	return reused;
