@@ -1389,6 +1389,10 @@ static const struct key keys[] = {
 	{ SEC_LDAP, "cache_ttl", &KIND_DURATION, L(cache_ttl), 0, "5m", 0, 0, 0, NULL, NULL },
 	{ SEC_LDAP, "on_failure", &KIND_ENUM, L(on_failure), 0, "deny", 0, 0, 0,
 	  E_ON_FAILURE, NULL },
+	{ SEC_LDAP, "ca", &KIND_FILE, L(ca), 0, "", 0, 0, 0, NULL, NULL },
+	{ SEC_LDAP, "timeout", &KIND_DURATION, L(timeout), 0, "5s", 0, 0, 0, NULL, NULL },
+	{ SEC_LDAP, "allow_weak_mapping", &KIND_BOOL, L(allow_weak_mapping), 0, "no", 0, 0, 0,
+	  NULL, NULL },
 
 	{ SEC_LOG, "error_log", &KIND_ERROR_LOG, G(error_log), 0, "stderr", 0, 0, 0, NULL, NULL },
 	{ SEC_LOG, "level", &KIND_ENUM, G(level), 0, "info", 0, 0, 0, E_LEVEL, NULL },
@@ -1965,6 +1969,7 @@ config_validate(struct ctx *c)
 			ERR(c, line_of(c, SEC_LDAP, "user_filter"), "user_filter must "
 			    "contain %%u (the user); e.g. user_filter = "
 			    "(userPrincipalName=%%u)");
+		require_positive(c, SEC_LDAP, "timeout", cfg->ldap.timeout, "5s");
 		if (cfg->ldap.bind == LDAP_BIND_SIMPLE) {
 			unsigned bl = line_of(c, SEC_LDAP, "bind");
 

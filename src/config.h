@@ -138,6 +138,9 @@ struct config {
 		enum strong_mapping strong_mapping;
 		uint64_t cache_ttl;
 		enum on_failure on_failure;
+		char *ca;			/* NULL = system store (ldaps, StartTLS) */
+		uint64_t timeout;		/* connect, each operation, whole lookup */
+		int allow_weak_mapping;		/* altSecurityIdentities <I><S>, <S>, <RFC822> */
 	} ldap;
 
 	struct {
