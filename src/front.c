@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proc.h"
+#include "admin.h"
 #include "stream.h"
 
 #define WORKER_MAGIC	0x574b5231u	/* "WKR1" */
@@ -52,6 +53,7 @@ struct worker {
 	struct event *resume_ev;	/* accepts paused after EMFILE */
 	struct event *term_ev;		/* SIGTERM (also the parent-death signal) */
 	struct event *deadline_ev;	/* drain deadline */
+	struct admin *admin;		/* /metrics /healthz /readyz; NULL none */
 	unsigned conns;
 	int draining;
 	uint64_t deadline_ms;
@@ -245,6 +247,8 @@ start_drain(struct worker *w, uint64_t deadline_ms, const char *why)
 	w->deadline_ms = deadline_ms;
 	listeners_stop(w, 1);
 	evtimer_del(w->resume_ev);
+	admin_free(w->admin);		/* the next generation answers it */
+	w->admin = NULL;
 	stream_drain_idle();
 	if (w->conns == 0) {
 		event_base_loopexit(w->base, NULL);
@@ -334,7 +338,7 @@ worker_main(const struct front_args *a)
 {
 	struct worker *w = NULL;
 	char err[512];
-	int rc = 1, kcd_fd = a->kcd_fd, ctl_fd = a->ctl_fd;
+	int rc = 1, kcd_fd = a->kcd_fd, ctl_fd = a->ctl_fd, admin_fd = a->admin_fd;
 	unsigned i;
 
 	/* every descriptor in a is ours from here: owned by w or closed below */
@@ -392,6 +396,13 @@ worker_main(const struct front_args *a)
 	}
 
 	listeners_start(w);
+	if (admin_fd >= 0) {
+		int fd = admin_fd;
+
+		admin_fd = -1;
+		if ((w->admin = admin_new(w->base, fd)) == NULL)	/* takes fd */
+			log_error("front", "worker %u: cannot serve admin_listen", w->slot);
+	}
 	if (ipc_send(w->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
 		log_error("front", "worker %u: cannot report ready to the parent", w->slot);
 	log_info("front", "worker %u (generation %u) accepting on %u sockets as uid %ld",
@@ -406,6 +417,8 @@ cleanup:
 	if (w == NULL) {
 		for (i = 0; i < a->n_listen; i++)
 			close(a->listen_fd[i]);
+		if (admin_fd >= 0)
+			close(admin_fd);
 		return rc;
 	}
 	for (i = 0; i < w->n_listen; i++) {
@@ -414,6 +427,9 @@ cleanup:
 		if (w->ls[i].fd >= 0)
 			close(w->ls[i].fd);
 	}
+	admin_free(w->admin);
+	if (admin_fd >= 0)
+		close(admin_fd);
 	stream_shutdown();
 	kcd_client_free(w->kcd);
 	if (w->ctl != NULL)

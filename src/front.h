@@ -30,6 +30,7 @@ struct front_args {
 	int kcd_fd;			/* channel to kcd; -1 until IPC_KCD_CHANNEL */
 	unsigned n_listen;
 	int listen_fd[CONFIG_MAX_LISTEN];	/* cfg->server.listen[i], bound and listening */
+	int admin_fd;			/* admin_listen, bound and listening; -1 none */
 };
 
 /* The worker process' main; returns its exit status. */

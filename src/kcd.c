@@ -525,6 +525,7 @@ kcd_main(const struct kcd_args *a)
 			log_error("kcd", "cannot start the Kerberos core: %s", err);
 			goto cleanup;
 		}
+		metrics_self()->kcd_ready = 1;	/* for /readyz */
 	}
 	if (ipc_send(k->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
 		log_error("kcd", "cannot report ready to the parent");
@@ -536,6 +537,7 @@ cleanup:
 		close(ctl_fd);
 	if (k == NULL)
 		return rc;
+	metrics_self()->kcd_ready = 0;
 	if (k->s4u != NULL)
 		s4u_free(k->s4u);	/* unanswered callbacks are not called */
 	while (!LIST_EMPTY(&k->pending)) {

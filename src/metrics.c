@@ -10,6 +10,7 @@
 
 static struct metrics_slot dummy;
 static struct metrics_slot *self = &dummy;
+static const struct metrics_shm *attached;
 
 static const uint64_t kdc_bounds[METRICS_KDC_BUCKETS - 1] = {
 	1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000,
@@ -80,8 +81,44 @@ metrics_slot_release(struct metrics_shm *m, int i)
 void
 metrics_attach(struct metrics_shm *m, int slot)
 {
-	if (m != NULL && slot >= 0 && (unsigned)slot < m->nslots)
+	if (m != NULL && slot >= 0 && (unsigned)slot < m->nslots) {
 		self = &m->slot[slot];
+		attached = m;
+	}
+}
+
+const struct metrics_shm *
+metrics_shm_self(void)
+{
+	return attached;
+}
+
+int
+metrics_ready(const struct metrics_shm *m, char *why, size_t len)
+{
+	int kcd = 0, up = 0, workers = 0;
+
+	for (unsigned i = 0; i < m->nslots; i++) {
+		const struct metrics_slot *s = &m->slot[i];
+		if (s->kind == SLOT_KCD && s->kcd_ready)
+			kcd = 1;
+		if (s->kind == SLOT_WORKER) {
+			workers++;
+			if (s->backend_servers_up > 0)
+				up = 1;
+		}
+	}
+	if (!kcd)
+		snprintf(why, len, "kcd is not running");
+	else if (workers == 0)
+		snprintf(why, len, "no worker is running");
+	else if (!up)
+		snprintf(why, len, "no backend server is up");
+	else {
+		snprintf(why, len, "ready");
+		return 1;
+	}
+	return 0;
 }
 
 struct metrics_slot *

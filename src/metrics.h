@@ -41,6 +41,9 @@ struct metrics_slot {
 	uint64_t kdc_ms_bucket[METRICS_KDC_BUCKETS];
 	uint64_t kdc_ms_sum, kdc_ms_count;
 	uint64_t ldap_lookups, ldap_errors;
+	/* for /readyz */
+	int64_t backend_servers_up;		/* worker: servers its backend sees up */
+	int64_t kcd_ready;			/* kcd: 1 once its Kerberos core runs */
 };
 
 struct metrics_shm {
@@ -56,6 +59,13 @@ struct metrics_shm *metrics_shm_create(void);
 int metrics_slot_alloc(struct metrics_shm *m, enum metrics_slot_kind kind);
 /* Parent: the child of slot i exited; fold counters, free the slot. */
 void metrics_slot_release(struct metrics_shm *m, int i);
+
+/* The region this process attached to (NULL when not attached). */
+const struct metrics_shm *metrics_shm_self(void);
+
+/* /readyz: 1 when a kcd is up and some worker sees a backend server up;
+ * else 0 with the missing part in why. */
+int metrics_ready(const struct metrics_shm *m, char *why, size_t len);
 
 /* Child: this process' slot (set once after fork). */
 void metrics_attach(struct metrics_shm *m, int slot);

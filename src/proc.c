@@ -586,6 +586,8 @@ child_run(struct child *c, int ctl_fd, int kcd_fd, int mslot)
 			fa.listen_fd[i] = g->listen_fd[i];
 			g->listen_fd[i] = -1;
 		}
+		fa.admin_fd = g->admin_fd;	/* every worker answers /metrics */
+		g->admin_fd = -1;
 		snprintf(title, sizeof(title), "ekp-worker-%u", c->slot);
 		forget_parent();
 		child_signals();

@@ -443,7 +443,6 @@ stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 
 	LIST_INSERT_HEAD(&env->streams, s, link);
 	front_conn_opened(w);
-	metrics_self()->conns_accepted++;
 
 	if ((ssl = SSL_new(env->front_ctx)) == NULL ||
 	    (s->timer = evtimer_new(env->base, on_timer, s)) == NULL) {
@@ -1341,6 +1340,12 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	access_log_flush();
+	if (env != NULL) {
+		struct backend_stats st;
+
+		backend_stats(env->backend, &st);
+		metrics_self()->backend_servers_up = st.servers_up;
+	}
 }
 
 int
@@ -1369,6 +1374,7 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot set up the backend servers");
 		goto fail;
 	}
+	metrics_self()->backend_servers_up = cfg->backend.n_servers;	/* up until shown down */
 	if (cfg->log.access_log != NULL &&
 	    access_log_open(cfg->log.access_log, cfg->log.access_format, 1, err, errlen) != 0)
 		goto fail;
