@@ -54,6 +54,7 @@ struct worker {
 	struct event *term_ev;		/* SIGTERM (also the parent-death signal) */
 	struct event *deadline_ev;	/* drain deadline */
 	struct admin *admin;		/* /metrics /healthz /readyz; NULL none */
+	unsigned char ticket_keys[FRONT_TICKET_KEYS_LEN];
 	unsigned conns;
 	int draining;
 	uint64_t deadline_ms;
@@ -78,6 +79,13 @@ front_kcd(struct worker *w)
 {
 	assert(w->magic == WORKER_MAGIC);
 	return w->kcd;
+}
+
+const unsigned char *
+front_ticket_keys(const struct worker *w)
+{
+	assert(w->magic == WORKER_MAGIC);
+	return w->ticket_keys;
 }
 
 unsigned
@@ -347,6 +355,7 @@ worker_main(const struct front_args *a)
 	w->magic = WORKER_MAGIC;
 	w->cfg = a->cfg;
 	w->slot = a->slot;
+	memcpy(w->ticket_keys, a->ticket_keys, sizeof(w->ticket_keys));
 	w->generation = a->generation;
 	w->parent = a->parent;
 	w->n_listen = a->n_listen;
@@ -442,6 +451,7 @@ cleanup:
 		event_free(w->term_ev);
 	if (w->base != NULL)
 		event_base_free(w->base);
+	explicit_bzero(w->ticket_keys, sizeof(w->ticket_keys));
 	w->magic = 0;
 	free(w);
 	return rc;

@@ -15,6 +15,9 @@
 
 #include "config.h"
 
+/* TLS_TICKET_KEYS_LEN (tls.h), repeated to keep OpenSSL out of this header */
+#define FRONT_TICKET_KEYS_LEN	80
+
 struct event_base;
 struct kcd_client;
 struct worker;
@@ -31,6 +34,7 @@ struct front_args {
 	unsigned n_listen;
 	int listen_fd[CONFIG_MAX_LISTEN];	/* cfg->server.listen[i], bound and listening */
 	int admin_fd;			/* admin_listen, bound and listening; -1 none */
+	unsigned char ticket_keys[FRONT_TICKET_KEYS_LEN];	/* shared by the generation */
 };
 
 /* The worker process' main; returns its exit status. */
@@ -47,6 +51,8 @@ const struct config *front_config(const struct worker *w);
 /* The asynchronous kcd stubs (kcd_client.h); never NULL. */
 struct kcd_client *front_kcd(struct worker *w);
 unsigned front_slot(const struct worker *w);
+/* The generation's TLS ticket keys (FRONT_TICKET_KEYS_LEN bytes). */
+const unsigned char *front_ticket_keys(const struct worker *w);
 /* 1 once the worker is draining: finish the current request, keep nothing
  * alive, accept no new request on a keep-alive connection. */
 int front_draining(const struct worker *w);

@@ -29,6 +29,8 @@
 
 #include <event2/event.h>
 
+#include <openssl/rand.h>
+
 #include "config.h"
 #include "front.h"
 #include "ipc.h"
@@ -86,6 +88,9 @@ struct gen {
 	struct child *workers;
 	struct event *kill_ev;		/* SIGKILL stragglers after the drain deadline */
 	struct gen *next;		/* older */
+	/* TLS session ticket keys shared by this generation's workers, so a
+	 * device resumes on whichever worker accepts it; new per generation */
+	unsigned char ticket_keys[FRONT_TICKET_KEYS_LEN];
 };
 
 static struct {
@@ -351,6 +356,11 @@ gen_new(struct config *cfg)
 		free(g);
 		return NULL;
 	}
+	if (RAND_bytes(g->ticket_keys, sizeof(g->ticket_keys)) != 1) {
+		free(g->workers);
+		free(g);
+		return NULL;
+	}
 	g->cfg = cfg;		/* owned from here on */
 	child_init(&g->kcd, g, CHILD_KCD, 0);
 	for (unsigned i = 0; i < g->n_workers; i++)
@@ -364,6 +374,7 @@ gen_new(struct config *cfg)
 static void
 gen_free(struct gen *g)
 {
+	OPENSSL_cleanse(g->ticket_keys, sizeof(g->ticket_keys));
 	if (g == NULL)
 		return;
 	assert(g->magic == GEN_MAGIC);
@@ -588,6 +599,7 @@ child_run(struct child *c, int ctl_fd, int kcd_fd, int mslot)
 		}
 		fa.admin_fd = g->admin_fd;	/* every worker answers /metrics */
 		g->admin_fd = -1;
+		memcpy(fa.ticket_keys, g->ticket_keys, sizeof(fa.ticket_keys));
 		snprintf(title, sizeof(title), "ekp-worker-%u", c->slot);
 		forget_parent();
 		child_signals();

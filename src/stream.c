@@ -1362,6 +1362,11 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 	e->base = front_base(w);
 	if ((e->front_ctx = tls_front_ctx_new(cfg, err, errlen)) == NULL)
 		goto fail;
+	_Static_assert(FRONT_TICKET_KEYS_LEN == TLS_TICKET_KEYS_LEN, "ticket key length");
+	if (tls_set_ticket_keys(e->front_ctx, front_ticket_keys(w), TLS_TICKET_KEYS_LEN) != 0) {
+		snprintf(err, errlen, "cannot install the generation's TLS ticket keys");
+		goto fail;
+	}
 	if (cfg->backend.tls &&
 	    (e->backend_ctx = tls_backend_ctx_new(cfg, err, errlen)) == NULL)
 		goto fail;
