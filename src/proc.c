@@ -374,10 +374,10 @@ gen_new(struct config *cfg)
 static void
 gen_free(struct gen *g)
 {
-	OPENSSL_cleanse(g->ticket_keys, sizeof(g->ticket_keys));
 	if (g == NULL)
 		return;
 	assert(g->magic == GEN_MAGIC);
+	OPENSSL_cleanse(g->ticket_keys, sizeof(g->ticket_keys));
 	for (unsigned i = 0; i < gen_nchildren(g); i++) {
 		struct child *c = gen_child(g, i);
 		if (c->ctl != NULL)

@@ -6,6 +6,8 @@
  *
  *   HANDSHAKE   TLS with a required client certificate (tls.c); a refused
  *               handshake closes with its cert_* reason.
+ *   OCSP        with [tls] ocsp = on|required: the certificate's status is
+ *               asked (ocsp.c, asynchronous, cached) before any request.
  *   HEAD        reading a request head (http.c); idle_timeout until the
  *               first byte, client_header_timeout after it.
  *   BACKEND     waiting for a backend connection private to the user
@@ -62,6 +64,7 @@
 #include "kcd_client.h"
 #include "log.h"
 #include "metrics.h"
+#include "ocsp.h"
 #include "reason.h"
 #include "stream.h"
 #include "tls.h"
@@ -87,6 +90,7 @@
 
 enum st {
 	ST_HANDSHAKE,
+	ST_OCSP,		/* [tls] ocsp: the device certificate's status */
 	ST_HEAD,
 	ST_BACKEND,
 	ST_TOKEN,
@@ -103,6 +107,7 @@ struct senv {
 	SSL_CTX *backend_ctx;		/* NULL when [backend] tls = off */
 	struct evdns_base *dns;
 	struct backend *backend;
+	struct ocsp *ocsp;		/* NULL when [tls] ocsp = off */
 	struct identity_params idp;
 	struct http_limits req_lim;
 	struct http_limits resp_lim;
@@ -167,6 +172,7 @@ struct stream {
 	char principal[IDENTITY_PRINCIPAL_MAX];
 	char id_detail[DETAIL_MAX];
 	struct http_msg *req_msg;	/* only while a request head is parsed */
+	struct ocsp_query *oq;		/* OCSP check in flight */
 	int head_bytes_seen;		/* a byte of the next head arrived */
 	unsigned nreq;
 	struct req *rq;
@@ -184,6 +190,7 @@ static void on_be_read(struct bufferevent *bev, void *arg);
 static void on_be_write(struct bufferevent *bev, void *arg);
 static void on_be_event(struct bufferevent *bev, short what, void *arg);
 static void start_backend(struct stream *s);
+static void on_ocsp(enum reason r, const char *detail, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -338,6 +345,8 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 	else
 		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
 	free(s->req_msg);
+	if (s->oq != NULL)
+		ocsp_cancel(s->oq);
 	if (s->timer != NULL)
 		event_free(s->timer);
 	if (s->dev != NULL)
@@ -493,7 +502,39 @@ handshake_done(struct stream *s)
 	}
 	free(res);
 	arm_timer(s, env->cfg->server.client_header_timeout);
+	if (env->ocsp != NULL) {
+		struct ocsp_query *q;
+
+		s->state = ST_OCSP;
+		/* the callback may run (and close s) before this returns; then
+		 * q is NULL and s must not be touched */
+		q = ocsp_check_ssl(env->ocsp, ssl, on_ocsp, s);
+		if (q != NULL)
+			s->oq = q;
+		return;
+	}
 	process_input(s);
+}
+
+/* The device certificate's OCSP status is known (ocsp.c decided what
+ * "unknown" and "unreachable" mean under on/required). */
+static void
+on_ocsp(enum reason r, const char *detail, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	s->oq = NULL;
+	if (r == REASON_OK) {
+		log_debug("ocsp", "%s: %s", s->c_ip, detail);
+		s->state = ST_HEAD;
+		process_input(s);
+		return;
+	}
+	metrics_self()->tls_failures[r]++;
+	log_info("ocsp", "%s %s: certificate refused: %s (%s)", s->c_ip,
+	    s->id_ok ? s->principal : "-", reason_token(r), detail);
+	log_request(s, NULL, r, NULL, 0);
+	stream_close(s, r, NULL);
 }
 
 static void
@@ -1306,6 +1347,9 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	case ST_HANDSHAKE:
 		stream_close(s, REASON_HEADER_TIMEOUT, "handshake");
 		break;
+	case ST_OCSP:
+		stream_close(s, REASON_HEADER_TIMEOUT, "ocsp");
+		break;
 	case ST_HEAD:
 		if (s->head_bytes_seen) {
 			if (req_new(s) == NULL) {
@@ -1389,6 +1433,9 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 		goto fail;
 	}
 	LIST_INIT(&e->streams);
+	if (cfg->tls.ocsp != OCSP_OFF &&
+	    (e->ocsp = ocsp_new(e->base, e->dns, cfg, e->front_ctx, err, errlen)) == NULL)
+		goto fail;
 	identity_params_from_config(cfg, &e->idp);
 	e->req_lim.max_header_size = cfg->server.max_header_size;
 	e->req_lim.max_body_size = cfg->server.max_body_size;
@@ -1396,6 +1443,8 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 	env = e;
 	return 0;
 fail:
+	if (e->ocsp != NULL)
+		ocsp_free(e->ocsp);
 	if (e->flush_ev != NULL)
 		event_free(e->flush_ev);
 	access_log_close();
@@ -1432,6 +1481,8 @@ stream_shutdown(void)
 		stream_close(LIST_FIRST(&env->streams), REASON_SHUTDOWN, NULL);
 	event_free(env->flush_ev);
 	access_log_close();
+	if (env->ocsp != NULL)
+		ocsp_free(env->ocsp);
 	backend_free(env->backend);
 	evdns_base_free(env->dns, 0);
 	SSL_CTX_free(env->front_ctx);
