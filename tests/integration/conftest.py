@@ -43,3 +43,8 @@ def make_proxy():
 @pytest.fixture
 def started_proxy(make_proxy):
     return make_proxy(workers=2).start()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a long real-time test, skipped unless EKP_SLOW=1")

@@ -26,6 +26,7 @@ Proxy.stop() checks: a sanitizer report fails the test.
 """
 
 import glob
+import json
 import os
 import sys
 import pwd
@@ -192,8 +193,11 @@ class Proxy:
     otherwise; stdout/stderr of the daemon go to DIR/console.log.
     """
 
-    def __init__(self, workers=2, settings=None, files=None, keep=False):
+    def __init__(self, workers=2, settings=None, files=None, keep=False,
+                 binary=None):
         self.dir = tempfile.mkdtemp(prefix="ekp-")
+        # another build of the daemon (e.g. the release one) for this proxy
+        self.binary = binary
         # workers run as `nobody`; they read nothing from here after the drop
         os.chmod(self.dir, 0o711)
         self.keep = keep
@@ -312,7 +316,7 @@ class Proxy:
         if self.proc is not None:
             raise ProxyError("proxy already started")
         self._console_fh = open(self.console, "ab")
-        self.proc = subprocess.Popen([binary(), "-c", self.conf] + list(args),
+        self.proc = subprocess.Popen([self.binary or binary(), "-c", self.conf] + list(args),
                                      stdin=subprocess.DEVNULL, stdout=self._console_fh,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      cwd=self.dir)
@@ -480,6 +484,46 @@ class Proxy:
         finally:
             if not self.keep:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def lab_settings(lab):
+    """Settings that put a Proxy in front of a started lab.Lab: the proxy's
+    keytab and the lab's krb5.conf for kcd, Apache (HTTPS, verified against
+    the lab's server CA) as the one backend server."""
+    return {
+        "kerberos": {"keytab": lab.keytab(lab.PROXY),
+                     "principal": lab.PROXY + "@" + lab.realm,
+                     "krb5_conf": lab.krb5_conf},
+        "backend": {"servers": f"{lab.BACKEND_HOST}:{lab.backend_port}",
+                    "connect_to": f"127.0.0.1:{lab.backend_port}",
+                    "ca": lab.backend_ca,
+                    "spn": lab.EXCHANGE},
+    }
+
+
+def lab_proxy(lab, workers=1, settings=None, access_format="json", **kw):
+    """A Proxy (not started) in front of lab (see lab_settings), with its
+    access log at p.access_log (JSON lines by default; read them with
+    access_records(p)). settings are merged over the lab's. Other keyword
+    arguments go to Proxy()."""
+    merged = lab_settings(lab)
+    for sec, kv in (settings or {}).items():
+        merged.setdefault(sec, {}).update(kv)
+    p = Proxy(workers=workers, settings=merged, **kw)
+    p.access_log = p.path("access.log")
+    p.write_config(settings={"log": {"access_log": p.access_log,
+                                     "access_format": access_format}})
+    return p
+
+
+def access_records(p):
+    """The JSON access-log records of p so far (a list of dicts). Workers
+    write their lines about once a second: wait for what you expect."""
+    try:
+        with open(p.access_log) as f:
+            return [json.loads(ln) for ln in f if ln.startswith("{")]
+    except FileNotFoundError:
+        return []
 
 
 def nobody_uid():
