@@ -191,7 +191,8 @@ on_answer(const struct s4u_result *res, void *arg)
 }
 
 /* A KDC address: closed (connections refused) or a black hole (UDP bound
- * and never read, TCP listening and never accepting). */
+ * and never read, TCP listening and never accepting). The port must be free
+ * for both UDP and TCP: another process may hold the TCP one, so retry. */
 static int
 kdc_port(struct world *w, int blackhole)
 {
@@ -199,25 +200,34 @@ kdc_port(struct world *w, int blackhole)
 	socklen_t len = sizeof(sa);
 	int one = 1;
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	w->udp = socket(AF_INET, SOCK_DGRAM, 0);
-	assert_true(w->udp >= 0);
-	assert_int_equal(bind(w->udp, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(getsockname(w->udp, (struct sockaddr *)&sa, &len), 0);
-	w->tcp = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(w->tcp >= 0);
-	setsockopt(w->tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	assert_int_equal(bind(w->tcp, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	if (blackhole) {
-		assert_int_equal(listen(w->tcp, 16), 0);
-	} else {
-		close(w->udp);
-		close(w->tcp);
-		w->udp = w->tcp = -1;
+	for (int tries = 0; tries < 100; tries++) {
+		memset(&sa, 0, sizeof(sa));
+		sa.sin_family = AF_INET;
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		w->udp = socket(AF_INET, SOCK_DGRAM, 0);
+		assert_true(w->udp >= 0);
+		assert_int_equal(bind(w->udp, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(getsockname(w->udp, (struct sockaddr *)&sa, &len), 0);
+		w->tcp = socket(AF_INET, SOCK_STREAM, 0);
+		assert_true(w->tcp >= 0);
+		setsockopt(w->tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(w->tcp, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+			close(w->udp);
+			close(w->tcp);
+			w->udp = w->tcp = -1;
+			continue;
+		}
+		if (blackhole) {
+			assert_int_equal(listen(w->tcp, 16), 0);
+		} else {
+			close(w->udp);
+			close(w->tcp);
+			w->udp = w->tcp = -1;
+		}
+		return ntohs(sa.sin_port);
 	}
-	return ntohs(sa.sin_port);
+	fail_msg("no port free for both UDP and TCP on 127.0.0.1");
+	return -1;
 }
 
 /* A keytab with a random AES key for PROXY (the KDC never sees it). */
