@@ -108,13 +108,17 @@ on_token(const struct s4u_result *res, void *arg)
 	struct metrics_slot *m = metrics_self();
 
 	LIST_REMOVE(pd, link);
-	if (res->kdc) {
+	if (res->exchange) {
+		/* this request ran the KDC exchange (single-flight waiters
+		 * share it and count as misses, not as KDC requests) */
 		m->kdc_requests++;
 		m->kcd_cache_misses++;
 		metrics_kdc_latency(res->elapsed_ms);
 		if (!res->ok)
 			m->kdc_errors++;
-	} else if (res->ok)
+	} else if (res->kdc)
+		m->kcd_cache_misses++;
+	else if (res->ok)
 		m->kcd_cache_hits++;
 	else
 		m->kcd_negative_hits++;
