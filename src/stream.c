@@ -810,12 +810,17 @@ static void
 start_backend(struct stream *s)
 {
 	struct req *rq = s->rq;
+	struct backend_wait *bw;
 
 	s->state = ST_BACKEND;
 	/* the device may pipeline; keep its bytes for after this request,
 	 * but keep reading (to see it hang up) unless it floods us */
 	arm_timer(s, env->cfg->server.request_timeout);
-	rq->bw = backend_acquire(env->backend, s->principal, on_backend_ready, s);
+	bw = backend_acquire(env->backend, s->principal, on_backend_ready, s);
+	/* NULL: on_backend_ready has run already (an idle connection, or
+	 * every server down) and may have ended the request: rq may be freed */
+	if (bw != NULL)
+		rq->bw = bw;
 }
 
 static void
@@ -852,13 +857,18 @@ on_token(const struct kcd_answer *ans, void *arg)
 	rq->ctx_id = ans->ctx_id;
 	be = bconn_bev(rq->bc);
 	out = bufferevent_get_output(be);
-	evbuffer_add_buffer(out, rq->head_out);
-	evbuffer_add_printf(out, "Authorization: Negotiate %s\r\n\r\n", ans->token);
-	if (!rq->has_body || rq->retried) {
-		/* a retry re-sends the same head: keep no copy once sent */
+	if (!rq->has_body && !rq->retried) {
+		/* a 401 may be retried once with a fresh credential (SPEC §4):
+		 * keep the head until the answer comes; bodies are never
+		 * replayed, so requests with one keep nothing */
+		size_t n = evbuffer_get_length(rq->head_out);
+		evbuffer_add(out, evbuffer_pullup(rq->head_out, (ssize_t)n), n);
+	} else {
+		evbuffer_add_buffer(out, rq->head_out);
+		evbuffer_free(rq->head_out);
+		rq->head_out = NULL;
 	}
-	evbuffer_free(rq->head_out);
-	rq->head_out = NULL;
+	evbuffer_add_printf(out, "Authorization: Negotiate %s\r\n\r\n", ans->token);
 
 	bufferevent_setcb(be, on_be_read, on_be_write, on_be_event, s);
 	bufferevent_setwatermark(be, EV_WRITE, PIPE_LOW, 0);
@@ -1021,8 +1031,11 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 		return -1;
 	}
 	rq->status = m->status;
-	if (!m->keep_alive)
-		rq->dev_keep_alive = rq->dev_keep_alive;	/* backend close: device unaffected */
+	if (rq->head_out != NULL) {
+		/* answered: no retry will need the head */
+		evbuffer_free(rq->head_out);
+		rq->head_out = NULL;
+	}
 
 	evbuffer_add_printf(out, "HTTP/1.1 %d ", m->status);
 	evbuffer_add(out, buf + m->reason.off, m->reason.len);
