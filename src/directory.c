@@ -115,12 +115,13 @@ struct directory {
 	struct dreq *inflight;
 	unsigned pending;			/* submitted, done() not yet run */
 	char *password;				/* bind = simple; wiped on free */
-	gss_cred_id_t cred;			/* bind = gssapi */
+	gss_cred_id_t cred;			/* bind = gssapi; set once (cred_mu) */
 	char ccache[64];
 	uint64_t timeout_ms;
 	struct directory_stats st;
 	int was_down;				/* last real attempt failed (log once) */
 
+	pthread_mutex_t cred_mu;		/* guards cred's acquisition */
 	pthread_mutex_t mu;			/* guards what follows */
 	struct dconn conns[DIRECTORY_THREADS];
 	uint64_t down_until_ms, backoff_ms;
@@ -211,6 +212,23 @@ set_options(struct directory *d, LDAP *ld, char *why, size_t whylen)
 	return 0;
 }
 
+static int acquire_cred(struct directory *d, char *err, size_t errlen);
+
+/* The proxy's credential, acquired on first use (it may take a KDC
+ * exchange: never on the loop, never at start-up, where a KDC that is down
+ * would keep kcd from starting). MIT refreshes it from the keytab later. */
+static int
+cred_ready(struct directory *d, char *why, size_t whylen)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&d->cred_mu);
+	if (d->cred == GSS_C_NO_CREDENTIAL)
+		rc = acquire_cred(d, why, whylen);
+	pthread_mutex_unlock(&d->cred_mu);
+	return rc;
+}
+
 /* Open and bind a connection. 0, or -1 with why. */
 static int
 conn_open(struct directory *d, LDAP **out, char *why, size_t whylen)
@@ -247,6 +265,8 @@ conn_open(struct directory *d, LDAP **out, char *why, size_t whylen)
 			goto cleanup;
 		}
 	} else {
+		if (cred_ready(d, why, whylen) != 0)
+			goto cleanup;
 		/* AD refuses a SASL security layer inside TLS */
 		if (ldap_tls_inplace(ld) &&
 		    ldap_set_option(ld, LDAP_OPT_X_SASL_SECPROPS, "maxssf=0") != LDAP_OPT_SUCCESS) {
@@ -897,6 +917,13 @@ directory_new(struct event_base *base, const struct config *cfg, char *err, size
 		free(d);
 		return NULL;
 	}
+	if (pthread_mutex_init(&d->cred_mu, NULL) != 0) {
+		snprintf(err, errlen, "pthread_mutex_init failed");
+		pthread_mutex_destroy(&d->mu);
+		d->magic = 0;
+		free(d);
+		return NULL;
+	}
 	/* libldap and Cyrus SASL initialise their globals here, on one
 	 * thread, not racing in the pool */
 	(void)ldap_get_option(NULL, LDAP_OPT_DEBUG_LEVEL, &debug);
@@ -904,8 +931,6 @@ directory_new(struct event_base *base, const struct config *cfg, char *err, size
 		if (read_password(d, cfg->ldap.bind_password_file ? cfg->ldap.bind_password_file :
 		    "", err, errlen) != 0)
 			goto fail;
-	} else if (acquire_cred(d, err, errlen) != 0) {
-		goto fail;
 	}
 	if ((d->cache = directory_cache_new(DIRECTORY_CACHE_MAX)) == NULL ||
 	    (d->ready_ev = event_new(base, -1, 0, on_ready, d)) == NULL ||
@@ -981,6 +1006,7 @@ directory_free(struct directory *d)
 		explicit_bzero(d->password, strlen(d->password));
 		free(d->password);
 	}
+	pthread_mutex_destroy(&d->cred_mu);
 	pthread_mutex_destroy(&d->mu);
 	d->magic = 0;
 	free(d);

@@ -17,7 +17,8 @@
  *
  * Binding (the proxy's own identity, nothing typed by an admin at run time):
  *   bind = gssapi  SASL/GSSAPI with the [kerberos] keytab's principal. The
- *                  credential is acquired with gss_acquire_cred_from
+ *                  credential is acquired (on the first bind, on a pool
+ *                  thread: it may need the KDC) with gss_acquire_cred_from
  *                  (client_keytab + a MEMORY ccache private to this
  *                  directory, never the default ccache) and handed to the
  *                  SASL layer (LDAP_OPT_X_SASL_GSS_CREDS, set from the

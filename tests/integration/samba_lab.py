@@ -312,6 +312,11 @@ class SambaLab:
     def password(sam):
         return USER_PW
 
+    @staticmethod
+    def proxy_password():
+        """easproxy's password (for bind = simple tests)."""
+        return USER_PW + "-" + PROXY
+
     @property
     def env(self):
         """Environment for krb5 tools and GSSAPI clients in this domain."""
@@ -469,6 +474,9 @@ class SambaLab:
             f"tls keyfile = {pki}/dc.key",
             f"tls certfile = {pki}/dc.pem",
             f"tls cafile = {pki}/server-ca.pem",
+            # like AD: simple binds only over TLS, SASL either sealed or
+            # inside TLS (Samba's default refuses GSSAPI over LDAPS)
+            "ldap server require strong auth = allow_sasl_over_tls",
             "log level = 1",
             "kdc:user ticket lifetime = 10",
         ]
