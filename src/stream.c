@@ -79,8 +79,6 @@
 #define LINGER_MS	5000u
 /* Retry-After for 503 answers (seconds). */
 #define RETRY_AFTER	"30"
-/* A request parked this long counts as parked in /metrics. */
-#define PARKED_MS	5000u
 
 #define STEM_MAX	256
 #define QUERY_MAX	512
@@ -144,6 +142,7 @@ struct req {
 	int resp_head_sent;
 	int resp_chunk_out;		/* re-encode the response as chunked */
 	int resp_close_delim;		/* device response delimited by close */
+	int be_close;			/* the backend closes after this answer */
 	int retried;
 	int parked;
 	uint32_t ctx_id;
@@ -182,6 +181,7 @@ struct stream {
 static void stream_close(struct stream *s, enum reason r, const char *detail);
 static void process_input(struct stream *s);
 static void pump_request_body(struct stream *s);
+static void set_parked(struct req *rq);
 static void pump_response(struct stream *s);
 static void on_dev_read(struct bufferevent *bev, void *arg);
 static void on_dev_write(struct bufferevent *bev, void *arg);
@@ -875,6 +875,8 @@ on_token(const struct kcd_answer *ans, void *arg)
 	bufferevent_enable(be, EV_READ | EV_WRITE);
 	s->state = ST_FORWARD;
 
+	if (!rq->has_body)
+		set_parked(rq);
 	if (rq->has_body && rq->expect_continue)
 		evbuffer_add_printf(bufferevent_get_output(s->dev), "HTTP/1.1 100 Continue\r\n\r\n");
 	if (rq->has_body)
@@ -885,6 +887,17 @@ on_token(const struct kcd_answer *ans, void *arg)
 }
 
 /* ---- request body ------------------------------------------------------------ */
+
+/* The whole request is at the backend and its answer is awaited: the
+ * "parked" gauge of /metrics (a Ping waits here up to its heartbeat). */
+static void
+set_parked(struct req *rq)
+{
+	if (!rq->parked) {
+		rq->parked = 1;
+		metrics_self()->parked++;
+	}
+}
 
 /*
  * Move request body bytes from the device to the backend, re-encoding
@@ -950,6 +963,7 @@ pump_request_body(struct stream *s)
 		if (b->kind == HTTP_BODY_CHUNKED)
 			evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
 		rq->req_body_done = 1;
+		set_parked(rq);
 	}
 	arm_timer(s, env->cfg->server.request_timeout);
 }
@@ -1075,6 +1089,7 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 	if (!rq->req_body_done)
 		rq->dev_keep_alive = 0;	/* cannot find the next request */
 	evbuffer_add(out, "\r\n", 2);
+	rq->be_close = !m->keep_alive;	/* Connection: close, HTTP/1.0 */
 	rq->resp_head_sent = 1;
 	rq->sc_bytes += consumed;
 	evbuffer_drain(in, consumed);
@@ -1089,7 +1104,9 @@ finish_request(struct stream *s, int backend_reusable)
 	struct req *rq = s->rq;
 	int keep = rq->dev_keep_alive && rq->req_body_done && !front_draining(s->w);
 
-	backend_release(rq->bc, backend_reusable && rq->req_body_done);
+	/* a connection the backend said it closes is never reused: the next
+	 * request would meet its EOF (Apache closes after a 503) */
+	backend_release(rq->bc, backend_reusable && rq->req_body_done && !rq->be_close);
 	rq->bc = NULL;
 	log_request(s, rq, REASON_OK, NULL, rq->status);
 	req_free(s);
@@ -1376,12 +1393,6 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	case ST_CLOSING:
 		stream_close(s, REASON_OK, NULL);
 		break;
-	case ST_FORWARD:
-		if (s->rq != NULL && s->rq->req_body_done && !s->rq->parked) {
-			/* still waiting: count it parked from now on, for as long as
-			 * request_timeout allows (a Ping's heartbeat) */
-		}
-		/* fall through */
 	default:
 		respond_error(s, REASON_REQUEST_TIMEOUT, NULL);
 		break;
