@@ -986,24 +986,76 @@ drop_response_header(const struct http_header *h)
 	}
 }
 
+/* The host of an authority ("host", "host:port", "[v6]:port") as a slice. */
+static void
+authority_host(const char *a, size_t len, const char **host, size_t *hlen)
+{
+	size_t i = 0;
+
+	if (len > 0 && a[0] == '[') {
+		while (i < len && a[i] != ']')
+			i++;
+		*host = a + 1;
+		*hlen = i > 0 ? i - 1 : 0;
+		return;
+	}
+	while (i < len && a[i] != ':')
+		i++;
+	*host = a;
+	*hlen = i;
+}
+
+/* 1 when the authority names the backend: one of [backend] servers or the
+ * host of host_header (ASCII case-insensitive, any port). */
+static int
+is_backend_authority(const char *a, size_t len)
+{
+	const struct config *cfg = env->cfg;
+	const char *h, *hh;
+	size_t hl, hhl;
+
+	authority_host(a, len, &h, &hl);
+	if (hl == 0)
+		return 0;
+	for (unsigned k = 0; k < cfg->backend.n_servers; k++) {
+		const char *sh = cfg->backend.servers[k].host;
+		if (strlen(sh) == hl && strncasecmp(sh, h, hl) == 0)
+			return 1;
+	}
+	if (cfg->backend.host_header != NULL) {
+		authority_host(cfg->backend.host_header, strlen(cfg->backend.host_header),
+		    &hh, &hhl);
+		if (hhl == hl && strncasecmp(hh, h, hl) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 /*
- * A 451 X-MS-Location names Exchange's internal host; point it at the host
- * the device used (SPEC §4). Only the scheme+authority is replaced.
+ * A 451 X-MS-Location that names Exchange's internal host is pointed at the
+ * host the device used (SPEC §4): only scheme and authority are replaced.
+ * One that names any other host (the mailbox moved to another site, whose
+ * external URL Exchange gives) passes untouched.
  */
 static void
 put_ms_location(struct evbuffer *out, struct req *rq, const char *buf, const struct http_header *h)
 {
 	const char *v = buf + h->value.off;
-	size_t len = h->value.len, i = 0;
-	const char *sep = memmem(v, len, "://", 3);
+	size_t len = h->value.len, start, i;
 
-	if (sep == NULL || rq->host[0] == '\0') {
+	if (len >= 8 && strncasecmp(v, "https://", 8) == 0)
+		start = 8;
+	else if (len >= 7 && strncasecmp(v, "http://", 7) == 0)
+		start = 7;
+	else
+		start = 0;
+	i = start;
+	while (i < len && v[i] != '/' && v[i] != '?' && v[i] != '#')
+		i++;
+	if (start == 0 || rq->host[0] == '\0' || !is_backend_authority(v + start, i - start)) {
 		put_header(out, buf, h);
 		return;
 	}
-	i = (size_t)(sep - v) + 3;
-	while (i < len && v[i] != '/')
-		i++;
 	evbuffer_add(out, buf + h->name.off, h->name.len);
 	evbuffer_add_printf(out, ": https://%s", rq->host);
 	evbuffer_add(out, v + i, len - i);
