@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "proc.h"
 #include "s4u.h"
+#include "directory.h"
 
 #define KCD_MAGIC	0x4b434431u	/* "KCD1" */
 #define PEER_MAGIC	0x4b504552u	/* "KPER" */
@@ -64,6 +65,7 @@ struct kcd {
 	struct event *term_ev;
 	struct event *deadline_ev;
 	struct s4u *s4u;		/* the Kerberos core */
+	struct directory *dir;		/* [ldap] checks; NULL when uri is empty */
 	LIST_HEAD(, pending) pending;
 	int draining;
 	uint64_t deadline_ms;
@@ -226,6 +228,32 @@ h_ctx_release(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyl
 	return 0;
 }
 
+/* directory.c answered an IDENTIFY_REQ (on this loop). */
+static void
+on_identify(const struct directory_result *res, void *arg)
+{
+	struct pending *pd = arg;
+	struct kpeer *p = pd->p;
+
+	LIST_REMOVE(pd, link);
+	if (res->cancelled || p->ch == NULL || p->epoch != pd->epoch) {
+		free(pd);	/* kcd is stopping, or that worker's channel is gone */
+		return;
+	}
+	ipc_buf_init(&out);
+	if (res->ok) {
+		ipc_put_str(&out, res->principal);
+		ipc_put_u32(&out, res->flags);
+		reply(p, IPC_IDENTIFY_OK, pd->id);
+	} else {
+		ipc_put_u32(&out, res->cls);
+		ipc_put_str(&out, res->name);
+		ipc_put_str(&out, res->text ? res->text : "");
+		reply(p, IPC_IDENTIFY_ERR, pd->id);
+	}
+	free(pd);
+}
+
 /* IDENTIFY_REQ: str principal, bytes certificate (DER). */
 static int
 h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen)
@@ -233,6 +261,8 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 	struct ipc_rd rd;
 	const uint8_t *der;
 	size_t der_len;
+	struct pending *pd;
+	char err[256];
 
 	ipc_rd_init(&rd, msg->data, msg->len);
 	ipc_get_str(&rd, principal, sizeof(principal));
@@ -246,17 +276,34 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 		    der_len, KCD_CERT_MAX);
 		return -1;
 	}
-	(void)der;
-	/*
-	 * The directory checks (ldap.c, SPEC §7) plug in here and answer
-	 * IDENTIFY_OK or IDENTIFY_ERR asynchronously. Until then the answer is
-	 * "directory unreachable", which on_failure = deny turns into a 503.
-	 */
-	log_debug("kcd", "identify_req %u from %s for '%s': kcd not ready", msg->id, p->name, principal);
+	if (p->k->dir == NULL) {
+		/* the workers ask only when [ldap] uri is set: same config */
+		ipc_buf_init(&out);
+		ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
+		ipc_put_str(&out, "not_configured");
+		ipc_put_str(&out, "kcd has no [ldap] uri in this generation's configuration");
+		reply(p, IPC_IDENTIFY_ERR, msg->id);
+		return 0;
+	}
+	if ((pd = calloc(1, sizeof(*pd))) == NULL) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto fail;
+	}
+	pd->p = p;
+	pd->epoch = p->epoch;
+	pd->id = msg->id;
+	LIST_INSERT_HEAD(&p->k->pending, pd, link);
+	if (directory_identify(p->k->dir, principal, der, der_len, on_identify, pd, err,
+	    sizeof(err)) == 0)
+		return 0;
+	LIST_REMOVE(pd, link);
+	free(pd);
+fail:
+	log_error("kcd", "identify_req %u from %s for '%s': %s", msg->id, p->name, principal, err);
 	ipc_buf_init(&out);
 	ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
-	ipc_put_str(&out, "kcd_not_ready");
-	ipc_put_str(&out, "kcd has no directory checks in this build (ldap.c)");
+	ipc_put_str(&out, "internal");
+	ipc_put_str(&out, err);
 	reply(p, IPC_IDENTIFY_ERR, msg->id);
 	return 0;
 }
@@ -529,6 +576,11 @@ kcd_main(const struct kcd_args *a)
 			log_error("kcd", "cannot start the Kerberos core: %s", err);
 			goto cleanup;
 		}
+		if (c->ldap.uri != NULL &&
+		    (k->dir = directory_new(k->base, c, err, sizeof(err))) == NULL) {
+			log_error("kcd", "cannot start the directory checks: %s", err);
+			goto cleanup;
+		}
 		metrics_self()->kcd_ready = 1;	/* for /readyz */
 	}
 	if (ipc_send(k->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
@@ -542,6 +594,7 @@ cleanup:
 	if (k == NULL)
 		return rc;
 	metrics_self()->kcd_ready = 0;
+	directory_free(k->dir);		/* cancels (frees) its pending requests */
 	if (k->s4u != NULL)
 		s4u_free(k->s4u);	/* unanswered callbacks are not called */
 	while (!LIST_EMPTY(&k->pending)) {

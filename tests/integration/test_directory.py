@@ -314,3 +314,34 @@ def test_directory_going_away(samba, conf, tmp_path):
         p.stdin.close()
         p.wait(timeout=30)
     assert p.returncode in (0, 1), p.stderr.read()
+
+
+# ---- inside the daemon's kcd process ---------------------------------------------------
+
+def test_kcd_runs_the_directory_checks(samba, make_proxy, tmp_path):
+    """kcd sets the directory up when [ldap] uri is set (without contacting
+    it: a DC that is down must not stop kcd) and releases it cleanly at
+    shutdown (the sanitizer build reports any leak); a bind_password_file
+    without a password keeps kcd from starting, with the reason logged."""
+    settings = {
+        "identity": {"realm": samba.realm,
+                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
+        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
+                     "krb5_conf": samba.krb5_conf},
+        "ldap": {"uri": samba.ldap_uri, "base_dn": samba.base_dn,
+                 "require_group": samba.group_dn(samba.eas_group)},
+    }
+    p = make_proxy(workers=1, settings=settings).start()
+    p.wait_for_log(r"kcd.*generation 1 ready")
+    assert "cannot start the directory checks" not in p.log_text()
+    p.stop()
+
+    empty = tmp_path / "empty.pw"
+    empty.write_text("\n")
+    os.chmod(empty, 0o600)
+    bad = dict(settings, ldap=dict(settings["ldap"], bind="simple",
+                                   bind_dn=samba.user_dn(samba.proxy),
+                                   bind_password_file=str(empty)))
+    q = make_proxy(workers=1, settings=bad).start(wait_ready=False)
+    q.wait_for_log(r"cannot start the directory checks: bind_password_file .* holds no "
+                   r"password", timeout=20)
