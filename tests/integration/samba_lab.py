@@ -90,6 +90,9 @@ PROXY_SPN = "HTTP/proxy." + DNS_DOMAIN
 EXCHANGE = "exchange"
 EXCHANGE_HOST = "exchange." + DNS_DOMAIN
 EXCHANGE_SPN = "HTTP/" + EXCHANGE_HOST
+# the name the MIT lab's Apache stand-in accepts (lab.BACKEND_HOST): Exchange
+# carries it as a second SPN, so that Apache serves as Exchange here too
+LAB_EXCHANGE_SPN = "HTTP/exchange.example.test"
 SID_URL_PREFIX = "tag:microsoft.com,2022-09-14:sid:"
 
 # AD's ports on the DC address: LDAP, LDAPS, KDC, kpasswd, global catalog
@@ -477,6 +480,9 @@ class SambaLab:
             # like AD: simple binds only over TLS, SASL either sealed or
             # inside TLS (Samba's default refuses GSSAPI over LDAPS)
             "ldap server require strong auth = allow_sasl_over_tls",
+            # nothing under /run/samba: another lab may run at the same time
+            f"pid directory = {self.path('dc', 'run')}",
+            f"ncalrpc dir = {self.path('dc', 'ncalrpc')}",
             "log level = 1",
             "kdc:user ticket lifetime = 10",
         ]
@@ -487,6 +493,7 @@ class SambaLab:
         lines[i:i] = ["\t" + ln + "\n" for ln in extra]
         with open(self.smb_conf, "w") as f:
             f.write("".join(lines))
+        os.makedirs(self.path("dc", "run"), exist_ok=True)
 
     def _write_krb5_conf(self):
         with open(self.krb5_conf, "w") as f:
@@ -617,11 +624,11 @@ def _populate(spec):
     modify(info["dns"]["expired"], accountExpires=(ldb.FLAG_MOD_REPLACE, [str(ft)]))
 
     # service accounts: AES only (before the keys are made), SPNs
-    for sam, spn in ((PROXY, PROXY_SPN), (EXCHANGE, EXCHANGE_SPN)):
+    for sam, spns in ((PROXY, [PROXY_SPN]), (EXCHANGE, [EXCHANGE_SPN, LAB_EXCHANGE_SPN])):
         db.newuser(sam, USER_PW, useusernameascn=True)
         dn = f"CN={sam},{users_dn}"
         info["dns"][sam] = dn
-        modify(dn, servicePrincipalName=(ldb.FLAG_MOD_ADD, [spn]),
+        modify(dn, servicePrincipalName=(ldb.FLAG_MOD_ADD, spns),
                **{"msDS-SupportedEncryptionTypes": (ldb.FLAG_MOD_REPLACE, [str(ENCTYPES_AES)])})
         db.setpassword(f"(sAMAccountName={sam})", USER_PW + "-" + sam,
                        force_change_at_next_login=False)
@@ -633,8 +640,8 @@ def _populate(spec):
                                UF_TRUSTED_TO_AUTH_FOR_DELEGATION,
                                flags_str="TRUSTED_TO_AUTH_FOR_DELEGATION", on=True,
                                strict=True)
-    modify(info["dns"][PROXY], **{"msDS-AllowedToDelegateTo": (ldb.FLAG_MOD_ADD,
-                                                               [EXCHANGE_SPN])})
+    modify(info["dns"][PROXY], **{"msDS-AllowedToDelegateTo": (
+        ldb.FLAG_MOD_ADD, [EXCHANGE_SPN, LAB_EXCHANGE_SPN])})
     # GSSAPI binds to ldap://IP ask for ldap/IP
     res = db.search(base="OU=Domain Controllers," + base, scope=ldb.SCOPE_ONELEVEL,
                     expression="(objectClass=computer)", attrs=["dn"])
@@ -650,8 +657,8 @@ def _populate(spec):
     enable_net_export_keytab()
     net = Net(None, lp)
     net.export_keytab(keytab=spec["keytabs"]["easproxy"], principal=PROXY + "@" + REALM)
-    net.export_keytab(keytab=spec["keytabs"]["exchange"],
-                      principal=EXCHANGE_SPN + "@" + REALM)
+    for spn in (EXCHANGE_SPN, LAB_EXCHANGE_SPN):
+        net.export_keytab(keytab=spec["keytabs"]["exchange"], principal=spn + "@" + REALM)
     _ = dsdb
     out = os.path.join(os.path.dirname(spec["smb_conf"]), "..", "..", "populate.out.json")
     with open(os.path.normpath(out), "w") as f:
