@@ -240,6 +240,7 @@ class SambaLab:
     proxy_spn = PROXY_SPN
     exchange_spn = EXCHANGE_SPN
     exchange_host = EXCHANGE_HOST
+    lab_exchange_spn = LAB_EXCHANGE_SPN
     users = tuple(USERS)
 
     def __init__(self, tmpdir=None, keep=False):
@@ -254,6 +255,7 @@ class SambaLab:
         self._certs = {}
         self._info = {}
         self.timings = {}
+        self.exchange = None
 
     # -- paths and names ---------------------------------------------------
     def path(self, *parts):
@@ -369,6 +371,9 @@ class SambaLab:
         return self
 
     def stop(self):
+        if self.exchange is not None:
+            self.exchange._stop_daemons()
+            self.exchange = None
         self.stop_samba()
         if self._own_dir and not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -378,6 +383,31 @@ class SambaLab:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def start_exchange(self):
+        """The MIT lab's Exchange stand-in (lab.Lab: Apache + mod_auth_gssapi,
+        GssapiConnectionBound On, acceptor HTTP@exchange.example.test) keyed
+        from this domain: Exchange's account carries that SPN. Started once;
+        returns the lab.Lab, whose backend_port, backend_ca,
+        backend_connection() and apache_access() work as in the MIT lab."""
+        if self.exchange is not None:
+            return self.exchange
+        from lab import EXCHANGE, Lab
+        os.chmod(self.dir, 0o711)          # www-data reaches the keytab
+        ex = Lab(self.path("exchange"))
+        ex._prepare_dir()
+        shutil.copyfile(self.krb5_conf, ex.krb5_conf)
+        kt = ex.keytab(EXCHANGE)
+        shutil.copyfile(self.exchange_keytab, kt)
+        os.chown(kt, 0, ex._www_gid())
+        os.chmod(kt, 0o640)
+        try:
+            ex._start_apache()
+        except BaseException:
+            ex._stop_daemons()
+            raise
+        self.exchange = ex
+        return ex
 
     @property
     def samba_pid(self):

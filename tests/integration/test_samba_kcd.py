@@ -1,0 +1,127 @@
+"""Kerberos constrained delegation through a real AD KDC (Samba): the
+proxy's service account easproxy (protocol transition, allowed to delegate
+to Exchange's SPN) gets tokens through kcd's Kerberos core
+($EKP_TOOLS/s4u_token: S4U2Self + S4U2Proxy, s4u.c) and Exchange (the lab's
+Apache + mod_auth_gssapi, keyed from Samba) sees the user; the directory
+checks ($EKP_TOOLS/dircheck) decide which principal that is.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from samba_fixtures import samba, samba_session  # noqa: F401  (fixtures)
+from test_directory import assert_ok, dircheck, write_conf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPN = "HTTP@exchange.example.test"      # lab.BACKEND_HOST: the Apache stand-in
+
+
+def s4u_tool():
+    d = os.environ.get("EKP_TOOLS") or os.path.join(ROOT, "build", "san", "tools")
+    path = os.path.join(d, "s4u_token")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: build it with `make san` (or set EKP_TOOLS)")
+    return path
+
+
+class Kcd:
+    """s4u_token --serve: one long-lived Kerberos core, like kcd's."""
+
+    def __init__(self, dc):
+        self.p = subprocess.Popen(
+            [s4u_tool(), "--keytab", dc.keytab, "--principal", f"{dc.proxy}@{dc.realm}",
+             "--krb5-conf", dc.krb5_conf, "--serve"],
+            env=dc.env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+
+    def token(self, principal, spn=SPN):
+        self.p.stdin.write(f"token {principal} {spn} -\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline().strip()
+        assert line, "s4u_token died: " + self.p.stderr.read()
+        return line
+
+    def close(self):
+        self.p.stdin.close()
+        rc = self.p.wait(timeout=30)
+        err = self.p.stderr.read()
+        assert rc == 0 or "ERROR: AddressSanitizer" not in err, err
+
+
+@pytest.fixture
+def kcd(samba):
+    k = Kcd(samba)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def exchange(samba):
+    return samba.start_exchange()
+
+
+def exchange_sees(exchange, line):
+    """Send the token of an s4u_token 'token CTX BASE64' line to Exchange;
+    returns REMOTE_USER."""
+    assert line.startswith("token "), line
+    tok = line.split()[2]
+    c = exchange.backend_connection()
+    try:
+        c.request("GET", "/Microsoft-Server-ActiveSync?Cmd=Ping&User=x&DeviceId=D1"
+                  "&DeviceType=Phone", headers={"Authorization": "Negotiate " + tok})
+        r = c.getresponse()
+        body = r.read()
+    finally:
+        c.close()
+    assert r.status == 200, (r.status, body[:300])
+    return json.loads(body)["remote_user"]
+
+
+def test_exchange_sees_the_user_not_the_proxy(samba, kcd, exchange):
+    for user in ("alice", "erin"):
+        assert exchange_sees(exchange, kcd.token(f"{user}@{samba.realm}")) == \
+            f"{user}@{samba.realm}"
+
+
+def test_directory_principal_is_the_logon_name_exchange_sees(samba, kcd, exchange, tmp_path):
+    """bob.smith@ad.example.test's logon name is bsmith: the directory maps
+    the certificate to bsmith@AD.EXAMPLE.TEST and that is who Exchange sees.
+    Built from the UPN prefix, the principal is another name for the same
+    account (Samba's KDC resolves it), which Exchange then sees instead."""
+    r = dircheck(samba, write_conf(tmp_path / "p.conf", samba), "bsmith")
+    assert_ok(r, "bsmith@" + samba.realm)
+    principal = r.field("principal")
+    assert exchange_sees(exchange, kcd.token(principal)) == "bsmith@" + samba.realm
+    naive = "bob.smith@" + samba.realm
+    assert exchange_sees(exchange, kcd.token(naive)) == naive
+
+
+def test_sensitive_user_cannot_be_delegated(samba, kcd, exchange):
+    """'Account is sensitive and cannot be delegated': S4U2Self works, its
+    ticket is not forwardable, S4U2Proxy is refused; kcd, having seen
+    forwardable tickets for others, blames the user (403), not itself."""
+    assert exchange_sees(exchange, kcd.token("alice@" + samba.realm))
+    line = kcd.token("sensitive@" + samba.realm)
+    assert line.startswith("error USER NOT_DELEGABLE"), line
+
+
+def test_kdc_refuses_what_the_directory_refuses(samba, kcd):
+    """Without the directory checks the KDC is the last line: locked,
+    expired and unknown users are refused by Samba's KDC through S4U2Self.
+    (A disabled account comes back as KDC_ERR_POLICY from Samba, which does
+    not say whose fault it is; the directory's ldap_disabled does.)"""
+    assert kcd.token("locked@" + samba.realm).startswith("error USER CLIENT_REVOKED")
+    assert kcd.token("expired@" + samba.realm).startswith("error USER NAME_EXP")
+    assert kcd.token("nosuchuser@" + samba.realm).startswith("error USER C_PRINCIPAL_UNKNOWN")
+    line = kcd.token("disabled@" + samba.realm)
+    assert line.startswith("error ") and " POLICY:" in line, line
+
+
+def test_only_the_delegation_target(samba, kcd):
+    """easproxy may delegate to Exchange's SPNs only."""
+    line = kcd.token("alice@" + samba.realm, "HTTP@" + samba.dns_domain)
+    assert line.startswith("error "), line
+    assert kcd.token("alice@" + samba.realm, "HTTP@" + samba.exchange_host).startswith("token ")
