@@ -316,6 +316,55 @@ def test_directory_going_away(samba, conf, tmp_path):
     assert p.returncode in (0, 1), p.stderr.read()
 
 
+def test_silent_or_closed_directory_is_unreachable(samba, conf, tmp_path):
+    """A server that accepts and never answers is cut off by [ldap] timeout
+    (the lookup deadline, or libldap's own operation timeout); a closed
+    port fails at once. Both are 'unreachable', never a hang."""
+    import socket
+    import threading
+
+    pw = tmp_path / "ldap.pw"
+    pw.write_text("secret\n")
+    os.chmod(pw, 0o600)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                pass
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        simple = {"bind": "simple", "bind_dn": "CN=x", "bind_password_file": str(pw),
+                  "timeout": "1s"}
+        port = silent.getsockname()[1]
+        r = dircheck(samba, conf(ldap=dict(simple, uri=f"ldap://127.0.0.1:{port}")), "alice")
+        assert r.line.startswith("UNREACHABLE name=unreachable"), r
+        assert re.search(r"timeout|timed out", r.line, re.I), r
+        assert held, "the tool never connected to the silent server"
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        silent.close()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    r = dircheck(samba, conf(ldap={"uri": f"ldap://127.0.0.1:{port}"}), "alice")
+    assert r.line.startswith("UNREACHABLE name=unreachable"), r
+    assert "Can't contact LDAP server" in r.line, r
+    assert r.stats["ldap_errors"] == "1" and r.stats["ldap_lookups"] == "0", r
+
+
 # ---- inside the daemon's kcd process ---------------------------------------------------
 
 def test_kcd_runs_the_directory_checks(samba, make_proxy, tmp_path):
