@@ -386,6 +386,8 @@ parse_dn(const char *s, size_t len, char *out, size_t outlen)
 					} else {
 						c = (unsigned char)s[++i];
 					}
+					if (c < 0x20 || c == 0x7f)
+						return -1;	/* no control bytes in names */
 					if (vl + 1 >= sizeof(val))
 						return -1;
 					val[vl++] = c;

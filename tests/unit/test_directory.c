@@ -273,6 +273,22 @@ test_cert_info_odd_names(void **state)
 	/* the unescaped comma makes another RDN: no match */
 	assert_int_equal(match(&c, "X509:<I>O=Example, Inc.,CN=EAS Device CA<SR>01"), DIR_ALTSEC_NONE);
 	X509_free(x);
+
+	/* a NUL inside a certificate's CN cannot pass for the shorter name */
+	{
+		X509_NAME *nm;
+
+		x = make_cert("Example Lab", one, 1, "Devices", "erin", NULL, NULL, 1);
+		nm = X509_get_subject_name(x);
+		X509_NAME_ENTRY_free(X509_NAME_delete_entry(nm, 1));
+		X509_NAME_add_entry_by_txt(nm, "CN", V_ASN1_UTF8STRING,
+		    (const unsigned char *)"erin\0x", 6, -1, 0);
+		assert_int_equal(directory_cert_info(x, &c, err, sizeof(err)), 0);
+		assert_string_equal(c.subject, "o=devices,cn=erin\\00x");
+		assert_int_equal(match(&c, "X509:<S>O=Devices,CN=erin"), DIR_ALTSEC_NONE);
+		assert_int_equal(match(&c, "X509:<S>O=Devices,CN=erin\\00x"), DIR_ALTSEC_NONE);
+		X509_free(x);
+	}
 }
 
 static void
