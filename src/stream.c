@@ -145,7 +145,10 @@ struct req {
 	int be_close;			/* the backend closes after this answer */
 	int retried;
 	int parked;
-	uint32_t ctx_id;
+	int mutual_checked;		/* the response head's mutual-auth token
+					 * was verified (or there was none) */
+	size_t resp_head_len;		/* its bytes, while kcd verifies it */
+	uint32_t ctx_id;		/* kcd's kept context for that token */
 	struct bconn *bc;
 	struct backend_wait *bw;
 	struct kcd_req *kr;
@@ -800,8 +803,11 @@ on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 		return;
 	}
 	s->state = ST_TOKEN;
+	/* KCD_F_MUTUAL: kcd keeps the context so that the backend's reply
+	 * token can be verified (SPEC §4) */
 	rq->kr = kcd_token_request(front_kcd(s->w), s->principal, env->cfg->backend.spn,
-	    cb_len ? cb : NULL, cb_len, rq->retried ? KCD_F_REFRESH : 0u, on_token, s);
+	    cb_len ? cb : NULL, cb_len, KCD_F_MUTUAL | (rq->retried ? KCD_F_REFRESH : 0u),
+	    on_token, s);
 	if (rq->kr == NULL)
 		respond_error(s, REASON_KDC_UNREACHABLE, NULL);
 }
@@ -854,7 +860,10 @@ on_token(const struct kcd_answer *ans, void *arg)
 		}
 		return;
 	}
+	if (rq->ctx_id != 0)		/* the context of a token refused by a 401 */
+		kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
 	rq->ctx_id = ans->ctx_id;
+	rq->mutual_checked = 0;
 	be = bconn_bev(rq->bc);
 	out = bufferevent_get_output(be);
 	if (!rq->has_body && !rq->retried) {
@@ -1172,6 +1181,131 @@ finish_request(struct stream *s, int backend_reusable)
 	process_input(s);
 }
 
+/*
+ * The response head (consumed bytes at buf, parsed in rq->resp_msg) may go
+ * to the device. Returns 0 to stream its body, -1 when the request ended
+ * or is being retried (then s may be gone).
+ */
+static int
+forward_head(struct stream *s, const char *buf, size_t consumed)
+{
+	struct req *rq = s->rq;
+	int r = accept_response_head(s, rq->resp_msg, buf, consumed);
+
+	if (r < 0)
+		return -1;
+	free(rq->resp_msg);
+	rq->resp_msg = NULL;
+	if (r == 1) {
+		/* retry: a new connection and a fresh token */
+		start_backend(s);
+		return -1;
+	}
+	if (rq->parked) {
+		rq->parked = 0;
+		metrics_self()->parked--;
+	}
+	return 0;
+}
+
+/* kcd answered the MUTUAL_REQ for the response head waiting in the
+ * backend's input. */
+static void
+on_mutual(const struct kcd_answer *ans, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct req *rq = s->rq;
+	struct bufferevent *be;
+	const char *buf;
+
+	assert(rq != NULL && rq->magic == REQ_MAGIC && rq->bc != NULL);
+	rq->kr = NULL;
+	if (!ans->ok) {
+		if (ans->cls == KCD_ERR_UNREACHABLE) {
+			log_warn("kcd", "%s %s: cannot verify the backend's mutual authentication: "
+			    "%s: %s", s->c_ip, s->principal, ans->name, ans->text);
+			respond_error(s, REASON_KDC_UNREACHABLE, NULL);
+			return;
+		}
+		/* not the server we asked a ticket for, or a forged answer */
+		log_error("stream", "%s %s: backend %s: mutual authentication failed: %s: %s",
+		    s->c_ip, s->principal, rq->backend_name, ans->name, ans->text);
+		backend_report_failure(rq->bc, "mutual authentication failed");
+		respond_error(s, REASON_BACKEND_MUTUAL, ans->name);
+		return;
+	}
+	log_debug("stream", "%s %s: backend %s: mutual authentication verified", s->c_ip,
+	    s->principal, rq->backend_name);
+	be = bconn_bev(rq->bc);
+	buf = (const char *)evbuffer_pullup(bufferevent_get_input(be), (ssize_t)rq->resp_head_len);
+	bufferevent_enable(be, EV_READ);
+	if (forward_head(s, buf, rq->resp_head_len) == 0)
+		pump_response(s);
+}
+
+/*
+ * SPEC §4: the backend's "WWW-Authenticate: Negotiate <token>" on its answer
+ * is verified (by kcd, which holds the context) before the head goes to the
+ * device; it is never forwarded. Returns 0 to forward now (no token, or a
+ * 401 that has its own path), 1 while kcd verifies (the backend is not read
+ * meanwhile), -1 when the request ended.
+ */
+static int
+check_mutual(struct stream *s, const struct http_msg *m, const char *buf, size_t consumed)
+{
+	struct req *rq = s->rq;
+	static char token[KCD_TOKEN_MAX];	/* off the stack; a worker is one thread */
+	const char *v = NULL;
+	size_t len = 0;
+
+	rq->mutual_checked = 1;
+	if (m->status == 401)
+		return 0;
+	for (unsigned i = 0; i < m->n_headers; i++) {
+		const struct http_header *h = &m->headers[i];
+		const char *hv = buf + h->value.off;
+		if (h->id != HTTP_H_WWW_AUTHENTICATE || h->value.len <= 10 ||
+		    strncasecmp(hv, "Negotiate ", 10) != 0)
+			continue;
+		v = hv + 10;
+		len = h->value.len - 10;
+		while (len > 0 && (*v == ' ' || *v == '\t')) {
+			v++;
+			len--;
+		}
+		while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+			len--;
+		break;
+	}
+	if (len == 0) {
+		/* nothing to verify (a backend that does not answer mutual
+		 * authentication); the kept context is not needed */
+		if (rq->ctx_id != 0)
+			kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
+		rq->ctx_id = 0;
+		return 0;
+	}
+	if (rq->ctx_id == 0 || len >= sizeof(token)) {
+		log_error("stream", "%s %s: backend %s sent a mutual-authentication token that "
+		    "cannot be verified (%s)", s->c_ip, s->principal, rq->backend_name,
+		    rq->ctx_id == 0 ? "kcd kept no context for it" : "too long");
+		respond_error(s, REASON_BACKEND_MUTUAL, rq->ctx_id == 0 ? "no_context" : "too_long");
+		return -1;
+	}
+	memcpy(token, v, len);
+	token[len] = '\0';
+	/* kcd releases the context whatever the outcome */
+	rq->kr = kcd_mutual_request(front_kcd(s->w), rq->ctx_id, token, on_mutual, s);
+	rq->ctx_id = 0;
+	if (rq->kr == NULL) {
+		respond_error(s, REASON_KDC_UNREACHABLE, NULL);
+		return -1;
+	}
+	rq->resp_head_len = consumed;
+	bufferevent_disable(bconn_bev(rq->bc), EV_READ);
+	return 1;
+}
+
 /* Move the response from the backend to the device. */
 static void
 pump_response(struct stream *s)
@@ -1181,8 +1315,8 @@ pump_response(struct stream *s)
 	struct evbuffer *in, *out;
 	char ch[HTTP_CHUNK_HDR_MAX];
 
-	if (rq == NULL || rq->bc == NULL)
-		return;
+	if (rq == NULL || rq->bc == NULL || rq->kr != NULL)
+		return;		/* (kr: kcd is verifying the response head) */
 	be = bconn_bev(rq->bc);
 	in = bufferevent_get_input(be);
 	out = bufferevent_get_output(s->dev);
@@ -1192,7 +1326,6 @@ pump_response(struct stream *s)
 		size_t max = env->cfg->server.max_header_size;
 		enum http_result res;
 		const char *buf;
-		int r;
 
 		if (avail == 0)
 			return;
@@ -1222,20 +1355,10 @@ pump_response(struct stream *s)
 			http_msg_init(rq->resp_msg, 1);
 			continue;
 		}
-		r = accept_response_head(s, rq->resp_msg, buf, consumed);
-		if (r < 0)
+		if (!rq->mutual_checked && check_mutual(s, rq->resp_msg, buf, consumed) != 0)
 			return;
-		free(rq->resp_msg);
-		rq->resp_msg = NULL;
-		if (r == 1) {
-			/* retry: a new connection and a fresh token */
-			start_backend(s);
+		if (forward_head(s, buf, consumed) != 0)
 			return;
-		}
-		if (rq->parked) {
-			rq->parked = 0;
-			metrics_self()->parked--;
-		}
 	}
 	if (s->state != ST_RESPONSE)
 		return;
