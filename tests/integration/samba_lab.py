@@ -496,7 +496,7 @@ class SambaLab:
                         "--server-role=dc", "--dns-backend=NONE",
                         "--adminpass=" + ADMIN_PW, "-s", empty,
                         f"--option=interfaces = {self.ip}/8",
-                        "--option=bind interfaces only = yes"])
+                        "--option=bind interfaces only = yes"], timeout=180)
         with open(self.path("provision.log"), "w") as f:
             f.write(out)
         pki = self.path("pki")
@@ -566,7 +566,8 @@ class SambaLab:
         spec_path = self.path("populate.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        self.run(["/usr/bin/python3", os.path.abspath(__file__), "populate", spec_path])
+        self.run(["/usr/bin/python3", os.path.abspath(__file__), "populate", spec_path],
+                 timeout=180)
         with open(self.path("populate.out.json")) as f:
             self._info = json.load(f)
         self.altsec = spec["altsec"]
