@@ -46,7 +46,7 @@ PROXY_NAME = "proxy.example.test"
 WBXML = bytes([0x03, 0x01, 0x6A, 0x00, 0x00, 0x07, 0x56, 0x52, 0x03, 0x30,
                0x00, 0x01, 0x01])          # FolderSync, SyncKey 0
 # users created for this module only (never seen by another test's proxy)
-FRESH_USERS = ("kcddave", "kcderin", "kcdfrank")
+FRESH_USERS = ("kcddave", "kcderin", "kcdfrank", "kcdgina")
 
 
 def target(user, cmd="Sync", device="KCD1"):
@@ -390,6 +390,73 @@ def test_kdc_down_is_503_with_retry_after_then_recovers(lab, kp, fresh_users):
     assert kdc_counts(lab, newcomer) == (1, 1)
 
 
+class SilentKDC:
+    """A 'KDC' on 127.0.0.1 that takes requests (UDP datagrams, TCP
+    connections in the listen queue) and never answers. close() makes the
+    client's pending exchange fail fast (ICMP port unreachable, reset)."""
+
+    def __init__(self):
+        for _ in range(50):
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        self.tcp.listen(16)
+        self.udp.setblocking(False)
+
+    def datagrams(self):
+        n = 0
+        while True:
+            try:
+                self.udp.recv(65536)
+                n += 1
+            except BlockingIOError:
+                return n
+
+    def krb5_conf(self, lab, path):
+        text = open(lab.krb5_conf).read()
+        kdc = f"kdc = 127.0.0.1:{lab.kdc_port}"
+        assert kdc in text, text
+        with open(path, "w") as f:
+            f.write(text.replace(kdc, f"kdc = 127.0.0.1:{self.port}"))
+        return path
+
+    def close(self):
+        self.udp.close()
+        self.tcp.close()
+
+
+def test_silent_kdc_is_503_kdc_unreachable_after_kdc_timeout(lab, small_proxies,
+                                                             tmp_path):
+    kdc = SilentKDC()
+    try:
+        conf = kdc.krb5_conf(lab, str(tmp_path / "krb5.conf"))
+        os.chmod(tmp_path, 0o755)
+        p = small_proxies(settings={"kerberos": {"krb5_conf": conf,
+                                                 "kdc_timeout": "1s"}})
+        dev = Device(p, "alice")
+        try:
+            status, hdrs, body = dev.post()
+        finally:
+            dev.close()
+        assert status == 503 and hdrs.get("retry-after", "").isdigit(), \
+            (status, hdrs, tail(p.log_text()))
+        assert kdc.datagrams() > 0, "the proxy never asked the silent KDC"
+    finally:
+        kdc.close()        # kcd's thread gives up now instead of in ~30 s
+    rec = wait_access(p, lambda r: r["username"] == principal("alice"),
+                      "alice's line")[-1]
+    assert (rec["status"], rec["reason"]) == (503, "kdc_unreachable"), rec
+    assert re.search(r"alice@EXAMPLE\.TEST.*(kdc_timeout|TIMEOUT)", p.log_text()), \
+        tail(p.log_text())
+
+
 # ------------------------------------------------------- single flight ----
 
 def test_50_concurrent_first_requests_of_a_user_share_one_kdc_exchange(lab, kp):
@@ -419,10 +486,13 @@ def test_50_concurrent_first_requests_of_a_user_share_one_kdc_exchange(lab, kp):
 
 # ------------------------------------------------------- credential_ttl ----
 
-def test_credentials_are_refreshed_after_credential_ttl(lab, small_proxies):
+def test_credentials_are_refreshed_after_credential_ttl(lab, small_proxies,
+                                                       fresh_users):
+    # credential_ttl bounds how long an impersonated credential is reused:
+    # after it, a new S4U2Self, and a user disabled meanwhile is refused
     ttl = 2.0
     p = small_proxies(settings={"kerberos": {"credential_ttl": "2s"}})
-    user = "bob"
+    user = fresh_users[3]
     before = kdc_counts(lab, user)[0]
     dev = Device(p, user)
     try:
@@ -438,8 +508,14 @@ def test_credentials_are_refreshed_after_credential_ttl(lab, small_proxies):
         assert as_user(dev, "POST") == principal(user)
         assert kdc_counts(lab, user)[0] - before == first + 1, (
             "no new S4U2Self after credential_ttl")
+        lab.kadmin_local(f"modprinc -allow_tix {user}")
+        time.sleep(ttl + 0.5)
+        st, _, body = dev.post()
+        assert st == 403, (st, body, tail(p.log_text()))
     finally:
         dev.close()
+    rec = wait_access(p, lambda r: r["status"] == 403, "the 403")[-1]
+    assert rec["reason"] == "kdc_CLIENT_REVOKED", rec
 
 
 # ------------------------------------------------- interleaved identities ----
