@@ -280,7 +280,7 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 		/* the workers ask only when [ldap] uri is set: same config */
 		ipc_buf_init(&out);
 		ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
-		ipc_put_str(&out, "not_configured");
+		ipc_put_str(&out, "kcd_not_ready");
 		ipc_put_str(&out, "kcd has no [ldap] uri in this generation's configuration");
 		reply(p, IPC_IDENTIFY_ERR, msg->id);
 		return 0;
