@@ -58,6 +58,7 @@ BACKEND_HOST = "exchange.example.test"
 PROXY_PRINCIPAL = "HTTP/proxy.example.test@EXAMPLE.TEST"
 BODY_2K = ("eas-bench-backend-" * 114)[:2048]
 FD_MARGIN = 0.8         # use at most this share of a process' descriptor limit
+PARK_POOL_IDLE = 5      # s: idle backend connections expire before parking
 
 
 def log(msg):
@@ -112,6 +113,37 @@ def rss_kib(pid):
 
 def tree_rss_kib(root):
     return sum(rss_kib(p) for p in process_tree(root))
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid (all its threads), seconds; 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+    except OSError:
+        return 0.0
+    rest = st[st.rfind(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def tree_cpu(root):
+    """{role: CPU seconds} over root's process tree: parent, kcd, workers."""
+    out = {}
+    for p in process_tree(root):
+        role = "parent" if p == root else ("kcd" if comm(p) == "ekp-kcd" else "workers")
+        out[role] = out.get(role, 0.0) + cpu_seconds(p)
+    return out
 
 
 def stop_proc(proc, sig=signal.SIGTERM, timeout=15):
@@ -171,8 +203,9 @@ class Front:
     """A TLS front under test; `failed` holds why it cannot be measured."""
     label = "?"
 
-    def __init__(self, bench, workers, backend_port, tag):
+    def __init__(self, bench, workers, backend_port, tag, pool_idle=60):
         self.b = bench
+        self.pool_idle = pool_idle      # idle backend connections kept (s)
         self.workers = workers
         self.backend_port = backend_port
         self.tag = tag
@@ -184,6 +217,9 @@ class Front:
 
     def rss_kib(self):
         return tree_rss_kib(self.proc.pid) if self.proc and self.proc.poll() is None else 0
+
+    def cpu(self):
+        return tree_cpu(self.proc.pid) if self.proc and self.proc.poll() is None else {}
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -226,6 +262,7 @@ servers = {BACKEND_HOST}:{self.backend_port}
 tls = off
 connect_to = 127.0.0.1:{self.backend_port}
 spn = HTTP/{BACKEND_HOST}
+pool_idle = {self.pool_idle}s
 
 [log]
 error_log = {os.path.join(self.dir, 'error.log')}
@@ -303,7 +340,7 @@ http {{
         server 127.0.0.1:{self.backend_port};
         keepalive 1024;
         keepalive_requests 100000000;
-        keepalive_timeout 60s;
+        keepalive_timeout {self.pool_idle}s;
     }}
     server {{
         listen 127.0.0.1:{self.port} ssl reuseport;
@@ -549,10 +586,18 @@ http {{
         if background:
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True), cmd
+        import resource
+        cpu0 = front.cpu()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.monotonic()
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=timeout)
-        return Run(cmd, p, time.monotonic() - t)
+        r = Run(cmd, p, time.monotonic() - t)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu1 = front.cpu()
+        r.extra["cpu"] = {k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}
+        r.extra["cpu"]["loadgen"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+        return r
 
     def record(self, key, front, run):
         self.results.setdefault((key, front.label), []).append(run)
@@ -645,6 +690,7 @@ http {{
         stop.set()
         t.join()
         r.extra["rss_growth_kib"] = max(peak[0], front.rss_kib()) - base
+        r.extra["rss_base_kib"] = base
         self.record(f"stream_{direction}", front, r)
 
     def run_park(self, front):
@@ -654,7 +700,16 @@ http {{
         if before["parked"]:
             self.skip("park", front, f"backend still holds {before['parked']} Pings")
             return
-        time.sleep(1)
+        # Every device once, gently: credentials (ours) and allocator arenas
+        # (both) are warm, so the figure is the cost of parking, not of a
+        # cold start (which "cold" measures). Then the idle backend
+        # connections this left expire (pool_idle), so every parked Ping
+        # pays for its own backend connection.
+        w = self.loadgen("cold", front, "-d", "300", "--timeout", "120",
+                         "--max-handshakes", "16")
+        if not w.ok:
+            log(f"park warm-up {front.label}: {w.reason} ({w.fields.get('failures')} failures)")
+        time.sleep(front.pool_idle + 2)
         base = front.rss_kib()
         lg, cmd = self.loadgen("park", front, "-c", n, "--procs", procs, "-d", "900",
                                "--max-handshakes", self.a.max_handshakes, "--progress", "5",
@@ -689,7 +744,7 @@ http {{
         r = Run(cmd, subprocess.CompletedProcess(cmd, lg.returncode, out, err),
                 time.monotonic() - t0)
         r.extra.update(backend_parked=peak_parked, park_seconds=park_s, rss_base_kib=base,
-                       rss_parked_kib=parked_rss)
+                       rss_parked_kib=parked_rss, warmup_failures=w.fields.get("failures"))
         if parked_rss is not None and peak_parked:
             r.extra["kib_per_ping"] = (parked_rss - base) / peak_parked
         if stalled and r.ok:
@@ -704,8 +759,9 @@ http {{
             time.sleep(0.5)
 
     # -- groups -------------------------------------------------------------
-    def group(self, workers, backend_port, tag, body):
-        fronts = [Ours(self, workers, backend_port, tag), Nginx(self, workers, backend_port, tag)]
+    def group(self, workers, backend_port, tag, body, pool_idle=60):
+        fronts = [Ours(self, workers, backend_port, tag, pool_idle),
+                  Nginx(self, workers, backend_port, tag, pool_idle)]
         try:
             for fr in fronts:
                 fr.start()
@@ -763,6 +819,20 @@ http {{
         runs = [r for r in self.results.get((key, label), []) if r.ok and name in r.extra]
         return runs[-1].extra[name] if runs else None
 
+    def cpu_per_k(self, key, label, field):
+        """Front CPU per 1000 requests (handshakes), by role, from the last
+        good run: 'workers+kcd+parent (loadgen)'."""
+        runs = [r for r in self.results.get((key, label), []) if r.ok and "cpu" in r.extra]
+        if not runs:
+            return "-"
+        r = runs[-1]
+        n = int(r.fields.get("requests", 0))
+        if n == 0:
+            return "-"
+        c = r.extra["cpu"]
+        parts = [f"{1e6 * c.get(k, 0) / n:.0f}" for k in ("workers", "kcd") if k in c]
+        return "+".join(parts) + f" (lg {1e6 * c.get('loadgen', 0) / n:.0f})"
+
     def why(self, key, label):
         return self.notes.get((key, label)) or self.notes.get(("start", label)) or "not run"
 
@@ -782,7 +852,9 @@ http {{
             cells = []
             for label in (Ours.label, Nginx.label):
                 m, vals = self.figure(key, label, field)
-                cells.append(f"{m:,.1f} ({len(vals)} runs)" if m is not None else "failed")
+                cells.append(f"{m:,.1f} ({len(vals)} runs)" if m is not None else
+                             "failed" if (key, label) in self.notes or
+                             ("start", label) in self.notes else "not run")
             r = self.ratio(key, field)
             print(f"{what:<26} {cells[0]:>22} {cells[1]:>22} "
                   f"{(f'{r:.2f}' if r is not None else '-'):>7}")
@@ -796,8 +868,14 @@ http {{
                 c3 = []
                 for label in (Ours.label, Nginx.label):
                     g = self.extra_of(key, label, "rss_growth_kib")
-                    c3.append(f"{g:,} KiB" if g is not None else "-")
-                print(f"  {'memory growth (peak)':<24} {c3[0]:>22} {c3[1]:>22}")
+                    b0 = self.extra_of(key, label, "rss_base_kib")
+                    c3.append(f"+{g:,} of {b0:,} KiB" if g is not None else "-")
+                print(f"  {'RSS growth (peak)':<24} {c3[0]:>22} {c3[1]:>22}")
+            if key in ("rps", "handshake"):
+                c4 = []
+                for label in (Ours.label, Nginx.label):
+                    c4.append(self.cpu_per_k(key, label, field))
+                print(f"  {'CPU ms per 1000':<24} {c4[0]:>22} {c4[1]:>22}")
         for label in (Ours.label, Nginx.label):
             kib = self.extra_of("park", label, "kib_per_ping")
             parked = self.extra_of("park", label, "backend_parked")
@@ -807,7 +885,7 @@ http {{
                       f"{self.extra_of('park', label, 'rss_parked_kib'):,} KiB: "
                       f"{kib:.1f} KiB per parked Ping")
             else:
-                print(f"park {label:<21} failed: {self.why('park', label)}")
+                print(f"park {label:<21} {self.why('park', label)}")
         for label in (Ours.label, Nginx.label):
             runs = [r for r in self.results.get(("cold", label), [])]
             if runs and runs[-1].fields:
@@ -820,7 +898,7 @@ http {{
                              f"{r.extra['kdc_kinds']}")
                 print(line)
             else:
-                print(f"cold {label:<21} failed: {self.why('cold', label)}")
+                print(f"cold {label:<21} {self.why('cold', label)}")
         reasons = sorted({v for (k, lab_), v in self.notes.items()})
         if reasons:
             print("\nwhy figures are missing:")
@@ -879,7 +957,7 @@ http {{
             pw = max(w, math.ceil(2 * self.a.park / (fd_limit() * FD_MARGIN)))
             log(f"group 2: backend.py, {pw} workers each"
                 + (f" (descriptor limit {fd_limit()} per process)" if pw != w else ""))
-            self.group(pw, self.py_port, "py", self.park_group)
+            self.group(pw, self.py_port, "py", self.park_group, pool_idle=PARK_POOL_IDLE)
         self.report()
 
     def cleanup(self):
