@@ -4,6 +4,12 @@
  *
  * States of a connection:
  *
+ *   PROXY       with [server] proxy_protocol = on: the load balancer's PROXY
+ *               v1/v2 header (proxyproto.c) is read from the raw socket,
+ *               exactly its bytes and not one of the TLS bytes behind it,
+ *               within client_header_timeout; its source address becomes
+ *               the connection's c_ip (logs, X-Forwarded-For). Missing or
+ *               malformed: closed with bad_proxy_protocol.
  *   HANDSHAKE   TLS with a required client certificate (tls.c); a refused
  *               handshake closes with its cert_* reason.
  *   OCSP        with [tls] ocsp = on|required: the certificate's status is
@@ -65,6 +71,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ocsp.h"
+#include "proxyproto.h"
 #include "reason.h"
 #include "stream.h"
 #include "tls.h"
@@ -87,6 +94,7 @@
 #define DETAIL_MAX	64
 
 enum st {
+	ST_PROXY,		/* [server] proxy_protocol: reading the PROXY header */
 	ST_HANDSHAKE,
 	ST_OCSP,		/* [tls] ocsp: the device certificate's status */
 	ST_HEAD,
@@ -178,10 +186,21 @@ struct stream {
 	int head_bytes_seen;		/* a byte of the next head arrived */
 	unsigned nreq;
 	struct req *rq;
+	struct pp_read *pp;		/* only while the PROXY header is read */
 	LIST_ENTRY(stream) link;
 };
 
+/* The PROXY header being read: the raw socket (the TLS bufferevent is made
+ * once the header is consumed) and the header bytes consumed so far. */
+struct pp_read {
+	int fd;
+	struct event *ev;
+	size_t len;
+	uint8_t buf[PROXYPROTO_MAX_LEN];
+};
+
 static void stream_close(struct stream *s, enum reason r, const char *detail);
+static void pp_free(struct stream *s, int close_fd);
 static void process_input(struct stream *s);
 static void pump_request_body(struct stream *s);
 static void set_parked(struct req *rq);
@@ -348,6 +367,8 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 	else
 		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
 	free(s->req_msg);
+	if (s->pp != NULL)
+		pp_free(s, 1);
 	if (s->oq != NULL)
 		ocsp_cancel(s->oq);
 	if (s->timer != NULL)
@@ -426,13 +447,132 @@ addr_text(const struct sockaddr *sa, char *buf, size_t len, unsigned *port)
 	}
 }
 
+/* Start the TLS handshake on fd (the stream's from here on). */
+static int
+start_tls(struct stream *s, int fd)
+{
+	SSL *ssl = NULL;
+
+	s->state = ST_HANDSHAKE;
+	if ((ssl = SSL_new(env->front_ctx)) == NULL) {
+		close(fd);
+		stream_close(s, REASON_OUT_OF_MEMORY, "accept");
+		return -1;
+	}
+	s->dev = bufferevent_openssl_socket_new(env->base, fd, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (s->dev == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		stream_close(s, REASON_OUT_OF_MEMORY, "bufferevent");
+		return -1;
+	}
+	/* A dirty shutdown (no close_notify) is how most devices hang up. */
+	bufferevent_openssl_set_allow_dirty_shutdown(s->dev, 1);
+	bufferevent_setcb(s->dev, on_dev_read, on_dev_write, on_dev_event, s);
+	bufferevent_enable(s->dev, EV_READ | EV_WRITE);
+	arm_timer(s, env->cfg->server.client_header_timeout);
+	return 0;
+}
+
+/* ---- the PROXY protocol header (proxy_protocol = on) ------------------------- */
+
+static void
+pp_free(struct stream *s, int close_fd)
+{
+	struct pp_read *pp = s->pp;
+
+	if (pp->ev != NULL)
+		event_free(pp->ev);
+	if (close_fd)
+		close(pp->fd);
+	free(pp);
+	s->pp = NULL;
+}
+
+/* Refuse the connection: one access-log line with c-ip the peer (the
+ * balancer, or whoever connected directly), the cause in the error log. */
+static void
+pp_refuse(struct stream *s, const char *why)
+{
+	log_info("stream", "%s: PROXY protocol header refused: %s", s->c_ip, why);
+	log_request(s, NULL, REASON_PROXY_PROTOCOL, NULL, 0);
+	stream_close(s, REASON_PROXY_PROTOCOL, NULL);
+}
+
+/*
+ * Bytes arrived on the raw socket. They are peeked, not read, until the
+ * parser has seen them: a complete header is then consumed to its last
+ * byte, an incomplete one entirely (every byte of an incomplete header is
+ * header), so the TLS ClientHello behind it stays in the socket for
+ * OpenSSL and the level-triggered event never spins on unread bytes.
+ */
+static void
+on_pp_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct pp_read *pp = s->pp;
+	struct proxyproto_result res;
+	char err[160], lb[INET6_ADDRSTRLEN];
+	enum proxyproto_rc rc;
+	size_t take;
+	ssize_t n;
+
+	(void)what;
+	n = recv(fd, pp->buf + pp->len, sizeof(pp->buf) - pp->len, MSG_PEEK);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return;
+		log_debug("stream", "%s: reading the PROXY header: %s", s->c_ip, strerror(errno));
+		stream_close(s, REASON_CLIENT_RESET, NULL);
+		return;
+	}
+	if (n == 0) {
+		if (pp->len == 0) {
+			/* connected and left (a TCP health check): nothing to log */
+			stream_close(s, REASON_CLIENT_CLOSED, NULL);
+			return;
+		}
+		snprintf(err, sizeof(err), "connection closed after %zu bytes of a PROXY header",
+		    pp->len);
+		pp_refuse(s, err);
+		return;
+	}
+	rc = proxyproto_parse(pp->buf, pp->len + (size_t)n, &res, err, sizeof(err));
+	if (rc == PROXYPROTO_ERROR) {
+		pp_refuse(s, err);
+		return;
+	}
+	take = rc == PROXYPROTO_DONE ? res.len - pp->len : (size_t)n;
+	if (recv(fd, pp->buf + pp->len, take, 0) != (ssize_t)take) {
+		/* the bytes were just peeked: they are in the socket */
+		stream_close(s, REASON_CLIENT_RESET, "pp_recv");
+		return;
+	}
+	pp->len += take;
+	if (rc == PROXYPROTO_NEED_MORE)
+		return;
+	snprintf(lb, sizeof(lb), "%s", s->c_ip);
+	if (!res.local) {
+		unsigned port;
+
+		addr_text((const struct sockaddr *)&res.src, s->c_ip, sizeof(s->c_ip), &port);
+		log_debug("stream", "%s: PROXY v%u header from %s: client %s port %u", s->c_ip,
+		    res.version, lb, s->c_ip, port);
+	} else {
+		log_debug("stream", "%s: PROXY v%u header without a client address (LOCAL/UNKNOWN)",
+		    s->c_ip, res.version);
+	}
+	pp_free(s, 0);
+	(void)start_tls(s, (int)fd);
+}
+
 int
 stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
 {
 	struct stream *s;
 	struct sockaddr_storage local;
 	socklen_t ll = sizeof(local);
-	SSL *ssl = NULL;
 	int one = 1;
 
 	(void)salen;
@@ -456,25 +596,26 @@ stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	LIST_INSERT_HEAD(&env->streams, s, link);
 	front_conn_opened(w);
 
-	if ((ssl = SSL_new(env->front_ctx)) == NULL ||
-	    (s->timer = evtimer_new(env->base, on_timer, s)) == NULL) {
-		SSL_free(ssl);
+	if ((s->timer = evtimer_new(env->base, on_timer, s)) == NULL) {
 		close(fd);
 		stream_close(s, REASON_OUT_OF_MEMORY, "accept");
 		return -1;
 	}
-	s->dev = bufferevent_openssl_socket_new(env->base, fd, ssl,
-	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-	if (s->dev == NULL) {
-		SSL_free(ssl);
+	if (!env->cfg->server.proxy_protocol)
+		return start_tls(s, fd);
+	/* the raw socket is s->pp's until the header is consumed */
+	s->state = ST_PROXY;
+	if ((s->pp = calloc(1, sizeof(*s->pp))) == NULL) {
 		close(fd);
-		stream_close(s, REASON_OUT_OF_MEMORY, "bufferevent");
+		stream_close(s, REASON_OUT_OF_MEMORY, "proxy_protocol");
 		return -1;
 	}
-	/* A dirty shutdown (no close_notify) is how most devices hang up. */
-	bufferevent_openssl_set_allow_dirty_shutdown(s->dev, 1);
-	bufferevent_setcb(s->dev, on_dev_read, on_dev_write, on_dev_event, s);
-	bufferevent_enable(s->dev, EV_READ | EV_WRITE);
+	s->pp->fd = fd;
+	if ((s->pp->ev = event_new(env->base, fd, EV_READ | EV_PERSIST, on_pp_read, s)) == NULL ||
+	    event_add(s->pp->ev, NULL) != 0) {
+		stream_close(s, REASON_OUT_OF_MEMORY, "proxy_protocol");
+		return -1;
+	}
 	arm_timer(s, env->cfg->server.client_header_timeout);
 	return 0;
 }
@@ -1549,6 +1690,9 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	switch (s->state) {
+	case ST_PROXY:
+		pp_refuse(s, "no complete PROXY header within client_header_timeout");
+		break;
 	case ST_HANDSHAKE:
 		stream_close(s, REASON_HEADER_TIMEOUT, "handshake");
 		break;
