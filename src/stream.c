@@ -1675,6 +1675,26 @@ on_be_event(struct bufferevent *bev, short what, void *arg)
 		}
 		return;
 	}
+	if (bconn_uses(rq->bc) > 1 && rq->resp_msg == NULL && !rq->resp_head_sent) {
+		/* A pooled connection that ends before a byte of the answer: the
+		 * server closed it while it sat idle (its keep-alive timeout
+		 * crossed our request). That says nothing about the server's
+		 * health. A request whose head is still kept (no body) goes
+		 * again on another connection — each retry uses up a pooled
+		 * one, and a fresh connection failing is a real failure — one
+		 * with a body (never replayed) gets 502. */
+		log_info("stream", "%s %s: backend %s closed a reused keep-alive connection "
+		    "before answering%s", s->c_ip, s->principal, rq->backend_name,
+		    rq->head_out != NULL ? "; sending the request again" : "");
+		if (rq->head_out != NULL) {
+			backend_release(rq->bc, 0);
+			rq->bc = NULL;
+			start_backend(s);
+			return;
+		}
+		respond_error(s, REASON_BACKEND_RESET, "stale_connection");
+		return;
+	}
 	log_info("stream", "%s %s: backend %s closed the connection mid-request%s",
 	    s->c_ip, s->principal, rq->backend_name,
 	    (what & BEV_EVENT_ERROR) ? " (error)" : "");
