@@ -459,6 +459,7 @@ class ScriptedBackend:
         self.port = self.lsock.getsockname()[1]
         self.requests = []
         self.scripts = {}
+        self.dropped = []       # requests met by a close (see /dropnext)
         self.lock = threading.Lock()
         self.nconn = 0
         self.stopping = False
@@ -484,6 +485,7 @@ class ScriptedBackend:
     def _serve(self, c, n):
         buf = b""
         c.settimeout(60)
+        drop_next = False
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -520,9 +522,16 @@ class ScriptedBackend:
                     while len(buf) < cl:
                         buf += c.recv(65536)
                     body, buf = buf[:cl], buf[cl:]
+                if drop_next:
+                    # a keep-alive timeout that fired as this request came:
+                    # closed without a byte of answer
+                    with self.lock:
+                        self.dropped.append((n, raw, body))
+                    return
                 with self.lock:
                     self.requests.append((n, raw, body))
                 path = lines[0].split(" ")[1].split("?")[0]
+                drop_next = path.endswith("/dropnext")
                 status, headers, rbody = self.scripts.get(
                     path, ("200 OK", [("Content-Type", "application/json")], b"{}"))
                 out = [f"HTTP/1.1 {status}"] + [f"{k}: {v}" for k, v in headers]
@@ -1149,3 +1158,29 @@ def test_memory_bounded_while_1gb_streams_each_way(big_proxy):
     assert growth <= RSS_BOUND, (
         f"worker RSS grew by {growth / MB:.1f} MiB while {size // MB} MiB streamed each way "
         f"(upload peak +{(up_peak - base) / MB:.1f} MiB; bound {RSS_BOUND // MB} MiB)")
+
+
+def test_stale_pooled_connection_is_not_a_server_failure(scripted):
+    """The backend closes a pooled keep-alive connection just as the proxy
+    reuses it (its keep-alive timeout crossing our request): a bodyless
+    request is sent again on a new connection and answered; one with a body
+    (not kept, so not replayed) gets 502; either way the server is not
+    marked down — the next request is served."""
+    be = scripted.backend
+    with Device(scripted, scripted.alice) as d:
+        assert d.request("GET", f"{EAS}/dropnext?DeviceId=STALE1").status == 200
+        r = d.request("GET", f"{EAS}/echo?Cmd=Sync&DeviceId=STALE2")
+        assert r.status == 200
+    dropped = [n for n, raw, _ in be.dropped if b"STALE2" in raw]
+    served = [n for n, raw, _ in be.requests if b"STALE2" in raw]
+    assert len(dropped) == 1 and len(served) == 1 and dropped != served
+    with Device(scripted, scripted.alice) as d:
+        assert d.request("GET", f"{EAS}/dropnext?DeviceId=STALE3").status == 200
+        r = d.request("POST", f"{EAS}/echo?Cmd=SendMail&DeviceId=STALE4", b"body")
+        assert r.status == 502
+    assert [raw for _, raw, _ in be.dropped if b"STALE4" in raw]
+    rec = wait_access(scripted, lambda x: x["device_id"] == "STALE4", "STALE4's line")
+    assert rec["reason"] == "backend_reset"
+    with Device(scripted, scripted.alice) as d:
+        r = d.request("GET", f"{EAS}/echo?Cmd=Sync&DeviceId=STALE5")
+        assert r.status == 200, "the server was marked down after a stale connection"
