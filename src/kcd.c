@@ -69,35 +69,36 @@ struct kcd {
 	LIST_HEAD(, pending) pending;
 	int draining;
 	uint64_t deadline_ms;
+	/* scratch space for one request at a time (a kcd loop is one
+	 * thread; in an embedding program several kcd loops may run as
+	 * threads of one process, so nothing here is static) */
+	char principal[KCD_PRINCIPAL_MAX], spn[KCD_SPN_MAX], token[KCD_TOKEN_MAX];
+	struct ipc_buf out;
 };
 
 /* Request handlers: return 0 when the request was well-formed (answered or
  * not), -1 with why set when the worker's channel must be closed. */
 typedef int kcd_handler_fn(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen);
 
-/* Scratch space for one request at a time (kcd's loop is one thread). */
-static char principal[KCD_PRINCIPAL_MAX], spn[KCD_SPN_MAX], token[KCD_TOKEN_MAX];
-static struct ipc_buf out;
-
 static void
 reply(struct kpeer *p, uint16_t type, uint32_t id)
 {
-	if (out.err) {
+	if (p->k->out.err) {
 		log_error("kcd", "answer %s to %s too large; not sent", ipc_type_name(type), p->name);
 		return;
 	}
 	/* a failure here is reported through the channel's close callback */
-	(void)ipc_send(p->ch, type, id, out.data, out.len, -1);
+	(void)ipc_send(p->ch, type, id, p->k->out.data, p->k->out.len, -1);
 }
 
 static void
 answer_error(struct kpeer *p, uint32_t id, enum kcd_err_class cls, const char *name,
     const char *text)
 {
-	ipc_buf_init(&out);
-	ipc_put_u32(&out, cls);
-	ipc_put_str(&out, name);
-	ipc_put_str(&out, text);
+	ipc_buf_init(&p->k->out);
+	ipc_put_u32(&p->k->out, cls);
+	ipc_put_str(&p->k->out, name);
+	ipc_put_str(&p->k->out, text);
 	reply(p, IPC_TOKEN_ERR, id);
 }
 
@@ -132,10 +133,10 @@ on_token(const struct s4u_result *res, void *arg)
 		return;
 	}
 	if (res->ok) {
-		ipc_buf_init(&out);
-		ipc_put_str(&out, res->token);
-		ipc_put_u32(&out, res->ctx_id);
-		ipc_put_u64(&out, res->ticket_end_ms);
+		ipc_buf_init(&p->k->out);
+		ipc_put_str(&p->k->out, res->token);
+		ipc_put_u32(&p->k->out, res->ctx_id);
+		ipc_put_u64(&p->k->out, res->ticket_end_ms);
 		reply(p, IPC_TOKEN_OK, pd->id);
 	} else
 		answer_error(p, pd->id, res->cls, res->name, res->text ? res->text : "");
@@ -154,8 +155,8 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	struct s4u_error serr;
 
 	ipc_rd_init(&rd, msg->data, msg->len);
-	ipc_get_str(&rd, principal, sizeof(principal));
-	ipc_get_str(&rd, spn, sizeof(spn));
+	ipc_get_str(&rd, p->k->principal, sizeof(p->k->principal));
+	ipc_get_str(&rd, p->k->spn, sizeof(p->k->spn));
 	cb_len = ipc_get_bytes(&rd, &cb);
 	flags = ipc_get_u32(&rd);
 	if (ipc_rd_done(&rd) != 0) {
@@ -175,7 +176,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	pd->epoch = p->epoch;
 	pd->id = msg->id;
 	LIST_INSERT_HEAD(&p->k->pending, pd, link);
-	if (s4u_token_request(p->k->s4u, principal, spn, cb_len ? cb : NULL, cb_len, flags,
+	if (s4u_token_request(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len, flags,
 	    on_token, pd, &serr) != 0) {
 		LIST_REMOVE(pd, link);
 		free(pd);
@@ -194,19 +195,19 @@ h_mutual_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whyle
 
 	ipc_rd_init(&rd, msg->data, msg->len);
 	ctx = ipc_get_u32(&rd);
-	ipc_get_str(&rd, token, sizeof(token));
+	ipc_get_str(&rd, p->k->token, sizeof(p->k->token));
 	if (ipc_rd_done(&rd) != 0) {
 		snprintf(why, whylen, "malformed mutual_req (%zu bytes)", msg->len);
 		return -1;
 	}
-	if (s4u_verify_mutual(p->k->s4u, ctx, token, &serr) == 0) {
-		ipc_buf_init(&out);
+	if (s4u_verify_mutual(p->k->s4u, ctx, p->k->token, &serr) == 0) {
+		ipc_buf_init(&p->k->out);
 		reply(p, IPC_MUTUAL_OK, msg->id);
 		return 0;
 	}
-	ipc_buf_init(&out);
-	ipc_put_str(&out, serr.name);
-	ipc_put_str(&out, serr.text);
+	ipc_buf_init(&p->k->out);
+	ipc_put_str(&p->k->out, serr.name);
+	ipc_put_str(&p->k->out, serr.text);
 	reply(p, IPC_MUTUAL_ERR, msg->id);
 	return 0;
 }
@@ -240,15 +241,15 @@ on_identify(const struct directory_result *res, void *arg)
 		free(pd);	/* kcd is stopping, or that worker's channel is gone */
 		return;
 	}
-	ipc_buf_init(&out);
+	ipc_buf_init(&p->k->out);
 	if (res->ok) {
-		ipc_put_str(&out, res->principal);
-		ipc_put_u32(&out, res->flags);
+		ipc_put_str(&p->k->out, res->principal);
+		ipc_put_u32(&p->k->out, res->flags);
 		reply(p, IPC_IDENTIFY_OK, pd->id);
 	} else {
-		ipc_put_u32(&out, res->cls);
-		ipc_put_str(&out, res->name);
-		ipc_put_str(&out, res->text ? res->text : "");
+		ipc_put_u32(&p->k->out, res->cls);
+		ipc_put_str(&p->k->out, res->name);
+		ipc_put_str(&p->k->out, res->text ? res->text : "");
 		reply(p, IPC_IDENTIFY_ERR, pd->id);
 	}
 	free(pd);
@@ -265,7 +266,7 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 	char err[256];
 
 	ipc_rd_init(&rd, msg->data, msg->len);
-	ipc_get_str(&rd, principal, sizeof(principal));
+	ipc_get_str(&rd, p->k->principal, sizeof(p->k->principal));
 	der_len = ipc_get_bytes(&rd, &der);
 	if (ipc_rd_done(&rd) != 0) {
 		snprintf(why, whylen, "malformed identify_req (%zu bytes)", msg->len);
@@ -278,10 +279,10 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 	}
 	if (p->k->dir == NULL) {
 		/* the workers ask only when [ldap] uri is set: same config */
-		ipc_buf_init(&out);
-		ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
-		ipc_put_str(&out, "kcd_not_ready");
-		ipc_put_str(&out, "kcd has no [ldap] uri in this generation's configuration");
+		ipc_buf_init(&p->k->out);
+		ipc_put_u32(&p->k->out, KCD_ERR_LDAP_UNREACHABLE);
+		ipc_put_str(&p->k->out, "kcd_not_ready");
+		ipc_put_str(&p->k->out, "kcd has no [ldap] uri in this generation's configuration");
 		reply(p, IPC_IDENTIFY_ERR, msg->id);
 		return 0;
 	}
@@ -293,17 +294,17 @@ h_identify_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t why
 	pd->epoch = p->epoch;
 	pd->id = msg->id;
 	LIST_INSERT_HEAD(&p->k->pending, pd, link);
-	if (directory_identify(p->k->dir, principal, der, der_len, on_identify, pd, err,
+	if (directory_identify(p->k->dir, p->k->principal, der, der_len, on_identify, pd, err,
 	    sizeof(err)) == 0)
 		return 0;
 	LIST_REMOVE(pd, link);
 	free(pd);
 fail:
-	log_error("kcd", "identify_req %u from %s for '%s': %s", msg->id, p->name, principal, err);
-	ipc_buf_init(&out);
-	ipc_put_u32(&out, KCD_ERR_LDAP_UNREACHABLE);
-	ipc_put_str(&out, "internal");
-	ipc_put_str(&out, err);
+	log_error("kcd", "identify_req %u from %s for '%s': %s", msg->id, p->name, p->k->principal, err);
+	ipc_buf_init(&p->k->out);
+	ipc_put_u32(&p->k->out, KCD_ERR_LDAP_UNREACHABLE);
+	ipc_put_str(&p->k->out, "internal");
+	ipc_put_str(&p->k->out, err);
 	reply(p, IPC_IDENTIFY_ERR, msg->id);
 	return 0;
 }
@@ -515,18 +516,23 @@ on_ctl_close(struct ipc_chan *ch, const char *why, void *arg)
 
 /* ---- main --------------------------------------------------------------------- */
 
-int
-kcd_main(const struct kcd_args *a)
+/*
+ * kcd on base until it has drained. own_process: kcd is a process of its
+ * own (kcd_main): SIGTERM drains it and SIGPIPE is ignored. Otherwise it is
+ * a thread of an embedding program, whose signal dispositions are not ours
+ * to change (kcd_run).
+ */
+static int
+run(struct event_base *base, const struct kcd_args *a, int own_process)
 {
 	struct kcd *k = NULL;
 	int rc = 1, ctl_fd = a->ctl_fd;
 
-	/* a worker that goes away mid-answer must not kill kcd */
-	signal(SIGPIPE, SIG_IGN);
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		goto cleanup;
 	k->magic = KCD_MAGIC;
 	LIST_INIT(&k->pending);
+	k->base = base;
 	k->cfg = a->cfg;
 	k->generation = a->generation;
 	k->parent = a->parent;
@@ -539,14 +545,12 @@ kcd_main(const struct kcd_args *a)
 		k->peers[i].slot = i;
 		snprintf(k->peers[i].name, sizeof(k->peers[i].name), "worker %u", i);
 	}
-	if ((k->base = event_base_new()) == NULL)
-		goto cleanup;
 	k->ctl = ipc_chan_new(k->base, ctl_fd, "parent", on_ctl_msg, on_ctl_close, k);
 	ctl_fd = -1;		/* taken, even on failure */
 	if (k->ctl == NULL ||
 	    (k->deadline_ev = evtimer_new(k->base, on_deadline, k)) == NULL ||
-	    (k->term_ev = evsignal_new(k->base, SIGTERM, on_term, k)) == NULL ||
-	    evsignal_add(k->term_ev, NULL) != 0) {
+	    (own_process && ((k->term_ev = evsignal_new(k->base, SIGTERM, on_term, k)) == NULL ||
+	    evsignal_add(k->term_ev, NULL) != 0))) {
 		log_error("kcd", "cannot set up the event loop");
 		goto cleanup;
 	}
@@ -612,9 +616,32 @@ cleanup:
 		event_free(k->deadline_ev);
 	if (k->term_ev != NULL)
 		event_free(k->term_ev);
-	if (k->base != NULL)
-		event_base_free(k->base);
 	k->magic = 0;
 	free(k);
+	return rc;
+}
+
+int
+kcd_run(struct event_base *base, const struct kcd_args *a)
+{
+	return run(base, a, 0);
+}
+
+int
+kcd_main(const struct kcd_args *a)
+{
+	struct event_base *base;
+	int rc;
+
+	/* a worker that goes away mid-answer must not kill kcd */
+	signal(SIGPIPE, SIG_IGN);
+	if ((base = event_base_new()) == NULL) {
+		log_error("kcd", "cannot create the event loop");
+		if (a->ctl_fd >= 0)
+			close(a->ctl_fd);
+		return 1;
+	}
+	rc = run(base, a, 1);
+	event_base_free(base);
 	return rc;
 }

@@ -14,17 +14,32 @@
 
 struct config;
 
-/* What the parent hands kcd. ctl_fd is owned by kcd_main from the call on;
- * cfg stays the caller's. */
+struct event_base;
+
+/* What the parent hands kcd. ctl_fd is owned by kcd_main / kcd_run from the
+ * call on (closed on every path); cfg stays the caller's and must outlive
+ * the call. */
 struct kcd_args {
 	const struct config *cfg;
 	unsigned generation;
-	long parent;		/* pid of the parent, for PR_SET_PDEATHSIG */
-	int ctl_fd;		/* control channel to the parent */
+	long parent;		/* pid of the parent (logs); 0 in a thread */
+	int ctl_fd;		/* control channel to the parent (proc.c, or the
+				 * embedding layer: same messages either way) */
 	unsigned n_workers;	/* valid slots for IPC_WORKER_CHANNEL */
 };
 
-/* The kcd process' main; returns its exit status. */
+/* The kcd process' main: its own event loop, SIGTERM drains, SIGPIPE is
+ * ignored. Returns its exit status. */
 int kcd_main(const struct kcd_args *a);
+
+/*
+ * kcd on an event loop the caller made and runs nowhere else: the
+ * embedding library's "kcd as a thread" mode, where a thread of the
+ * embedding program calls this with an event_base of its own. No signal is
+ * touched. Returns (0, or 1 when start-up failed) once kcd has drained:
+ * after IPC_SHUTDOWN or the control channel closing, when the last worker
+ * channel is gone or at the deadline. base is not freed.
+ */
+int kcd_run(struct event_base *base, const struct kcd_args *a);
 
 #endif
