@@ -125,3 +125,62 @@ def test_only_the_delegation_target(samba, kcd):
     line = kcd.token("alice@" + samba.realm, "HTTP@" + samba.dns_domain)
     assert line.startswith("error "), line
     assert kcd.token("alice@" + samba.realm, "HTTP@" + samba.exchange_host).startswith("token ")
+
+
+# ---- the daemon itself in front of the AD domain -----------------------------------
+
+def test_daemon_delegates_through_samba(samba, exchange, make_proxy):
+    """eas-kcd-proxy (workers + kcd) with the AD service account's keytab:
+    a device's request reaches Exchange as the certificate's user, and the
+    KDC's refusals come back as 403 kdc_<NAME> (sensitive: NOT_DELEGABLE,
+    once kcd has seen a forwardable ticket for someone else)."""
+    import http.client
+    import socket
+    import ssl
+
+    import certs
+    from ekp import access_records, wait_until
+
+    p = make_proxy(workers=1, settings={
+        "identity": {"realm": samba.realm,
+                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
+        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
+                     "krb5_conf": samba.krb5_conf},
+        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
+                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
+                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
+    })
+    p.access_log = p.path("access.log")
+    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
+    p.start()
+
+    def request(user):
+        dev = certs.device(p.path("pki"), "dev-" + user, p.device_ca,
+                           upns=[f"{user}@{samba.dns_domain}"], cn=user)
+        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(dev.cert, dev.key)
+        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
+                                           context=ctx)
+        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
+                                    server_hostname="proxy.example.test")
+        try:
+            conn.request("GET", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User={user}"
+                         "&DeviceId=SAMBA1&DeviceType=TestPhone",
+                         headers={"MS-ASProtocolVersion": "14.1"})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    status, body = request("alice")
+    assert status == 200, (status, body[:300], p.log_text()[-3000:])
+    assert json.loads(body)["remote_user"] == "alice@" + samba.realm
+    for user, name in (("sensitive", "NOT_DELEGABLE"), ("locked", "CLIENT_REVOKED"),
+                       ("expired", "NAME_EXP")):
+        status, body = request(user)
+        assert status == 403 and body == b"", (user, status, body[:300])
+        want = f"{user}@{samba.realm}"
+        recs = wait_until(lambda: [r for r in access_records(p) if r["username"] == want],
+                          10, f"an access-log line for {want}")
+        assert (recs[-1]["status"], recs[-1]["reason"]) == (403, "kdc_" + name), recs[-1]
