@@ -40,13 +40,13 @@
 
 enum section {
 	SEC_SERVER, SEC_TLS, SEC_IDENTITY, SEC_KERBEROS, SEC_BACKEND, SEC_LDAP,
-	SEC_LOG, SEC__N,
+	SEC_DEVICES, SEC_LOG, SEC__N,
 	SEC_NONE = -1,		/* before the first [section] */
 	SEC_UNKNOWN = -2,	/* inside an unknown section (already reported) */
 };
 
 static const char *const section_names[SEC__N] = {
-	"server", "tls", "identity", "kerberos", "backend", "ldap", "log",
+	"server", "tls", "identity", "kerberos", "backend", "ldap", "devices", "log",
 };
 
 /* ---- the key table -------------------------------------------------- */
@@ -1294,6 +1294,7 @@ static const struct enum_name E_LEVEL[] = {
 #define K(f)	OFF(kerberos.f)
 #define B(f)	OFF(backend.f)
 #define L(f)	OFF(ldap.f)
+#define D(f)	OFF(devices.f)
 #define G(f)	OFF(log.f)
 
 /* Every key of SPEC §3 with its default. Order = config_dump order. */
@@ -1394,6 +1395,9 @@ static const struct key keys[] = {
 	{ SEC_LDAP, "allow_weak_mapping", &KIND_BOOL, L(allow_weak_mapping), 0, "no", 0, 0, 0,
 	  NULL, NULL },
 
+	{ SEC_DEVICES, "allow_file", &KIND_FILE, D(allow_file), 0, "", 0, 0, 0, NULL, NULL },
+	{ SEC_DEVICES, "deny_file", &KIND_FILE, D(deny_file), 0, "", 0, 0, 0, NULL, NULL },
+
 	{ SEC_LOG, "error_log", &KIND_ERROR_LOG, G(error_log), 0, "stderr", 0, 0, 0, NULL, NULL },
 	{ SEC_LOG, "level", &KIND_ENUM, G(level), 0, "info", 0, 0, 0, E_LEVEL, NULL },
 	{ SEC_LOG, "access_log", &KIND_ACCESS_LOG, G(access_log), 0,
@@ -1408,6 +1412,7 @@ static const struct key keys[] = {
 #undef K
 #undef B
 #undef L
+#undef D
 #undef G
 
 #define NKEYS	(sizeof(keys) / sizeof(keys[0]))
@@ -1497,7 +1502,7 @@ unknown_section(struct ctx *c, const char *name)
 		ERR(c, c->lineno, "unknown section [%s]; did you mean [%s]?", name, best);
 	else
 		ERR(c, c->lineno, "unknown section [%s]; use [server], [tls], "
-		    "[identity], [kerberos], [backend], [ldap] or [log]", name);
+		    "[identity], [kerberos], [backend], [ldap], [devices] or [log]", name);
 }
 
 /* Turn one raw line into what inih should see: "", "[section]" or
@@ -1562,7 +1567,7 @@ clean_line(struct ctx *c, char *line, size_t n, char *out, size_t outlen)
 		name = trim(p + 1);
 		if (!*name) {
 			ERR(c, c->lineno, "empty section name []; use [server], "
-			    "[tls], [identity], [kerberos], [backend], [ldap] or [log]");
+			    "[tls], [identity], [kerberos], [backend], [ldap], [devices] or [log]");
 			c->section = SEC_UNKNOWN;
 			return;
 		}
@@ -2029,8 +2034,13 @@ cleanup:
 	return rc;
 }
 
-struct config *
-config_load(const char *file, struct config_errors *errs)
+/*
+ * Load from file, or (text != NULL) from len bytes of INI text that name
+ * stands for in messages. Both go through the same reader, setters and
+ * validation.
+ */
+static struct config *
+load(const char *file, const char *text, size_t len, struct config_errors *errs)
 {
 	struct ctx c;
 	struct config *ret = NULL;
@@ -2045,17 +2055,31 @@ config_load(const char *file, struct config_errors *errs)
 		c.oom = 1;
 		goto cleanup;
 	}
-	if (!(c.fp = fopen(file, "re"))) {
-		ERR(&c, 0, "cannot read: %s", strerror(errno));
-		goto cleanup;
-	}
-	if (fstat(fileno(c.fp), &st) < 0 || !S_ISREG(st.st_mode)) {
-		ERR(&c, 0, "cannot read: not a regular file");
-		goto cleanup;
-	}
-	if (config_dir(file, &c.dir) < 0) {
-		ERR(&c, 0, "cannot read: %s", strerror(errno));
-		goto cleanup;
+	if (text != NULL) {
+		/* fmemopen refuses a zero-length buffer: an empty text is an
+		 * empty line */
+		if (!(c.fp = len ? fmemopen((void *)(uintptr_t)text, len, "r") :
+		    fmemopen((void *)(uintptr_t)"\n", 1, "r"))) {
+			ERR(&c, 0, "cannot read: %s", strerror(errno));
+			goto cleanup;
+		}
+		if (!(c.dir = realpath(".", NULL))) {
+			ERR(&c, 0, "cannot resolve the current directory: %s", strerror(errno));
+			goto cleanup;
+		}
+	} else {
+		if (!(c.fp = fopen(file, "re"))) {
+			ERR(&c, 0, "cannot read: %s", strerror(errno));
+			goto cleanup;
+		}
+		if (fstat(fileno(c.fp), &st) < 0 || !S_ISREG(st.st_mode)) {
+			ERR(&c, 0, "cannot read: not a regular file");
+			goto cleanup;
+		}
+		if (config_dir(file, &c.dir) < 0) {
+			ERR(&c, 0, "cannot read: %s", strerror(errno));
+			goto cleanup;
+		}
 	}
 
 	/* Defaults go through the same setters as the file's values. */
@@ -2100,6 +2124,26 @@ cleanup:
 	free(c.raw);
 	free(c.dir);
 	return ret;
+}
+
+struct config *
+config_load(const char *file, struct config_errors *errs)
+{
+	return load(file, NULL, 0, errs);
+}
+
+struct config *
+config_load_text(const char *name, const char *text, size_t len, struct config_errors *errs)
+{
+	return load(name, text != NULL ? text : "", text != NULL ? len : 0, errs);
+}
+
+int
+config_key_exists(const char *section, const char *key)
+{
+	int sec = find_section(section);
+
+	return sec >= 0 && find_key(sec, key) >= 0;
 }
 
 void

@@ -143,6 +143,14 @@ struct config {
 		int allow_weak_mapping;		/* altSecurityIdentities <I><S>, <S>, <RFC822> */
 	} ldap;
 
+	/* The built-in device policy (docs/embedding.md "Device policy"):
+	 * files of DeviceIds, one per line, read by each worker at start, so
+	 * a reload (SIGHUP) reads them again. */
+	struct {
+		char *allow_file;		/* NULL = any DeviceId not denied */
+		char *deny_file;		/* NULL = none denied */
+	} devices;
+
 	struct {
 		char *error_log;		/* "stderr" | "syslog" | /path */
 		int level;			/* enum log_level */
@@ -161,6 +169,14 @@ struct config {
  * owned by errs until config_errors_clear). On success errs is untouched and
  * cfg->warnings holds the warnings (freed by config_free). */
 struct config *config_load(const char *file, struct config_errors *errs);
+/* The same from INI text instead of a file (the embedding API's in-code
+ * configuration): name stands for the file in messages ("name:LINE: ...")
+ * and relative paths start at the current directory. text need not be
+ * NUL-terminated; len bytes are read. */
+struct config *config_load_text(const char *name, const char *text, size_t len,
+    struct config_errors *errs);
+/* 1 when [section] key is a key of the configuration file, else 0. */
+int config_key_exists(const char *section, const char *key);
 void config_free(struct config *cfg);
 void config_errors_clear(struct config_errors *errs);
 
