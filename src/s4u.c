@@ -362,6 +362,95 @@ b64_decode(const char *in, size_t len, unsigned char *out)
 	return (long)o;
 }
 
+/* ---- SPNEGO NegTokenResp --------------------------------------------------------- */
+
+/* One DER TLV at *p (definite length, at most 4 length bytes); advances *p
+ * past it. Returns 0, or -1 when it does not fit before end. */
+static int
+der_tlv(const unsigned char **p, const unsigned char *end, unsigned char *tag,
+    const unsigned char **val, size_t *vlen)
+{
+	const unsigned char *q = *p;
+	size_t n;
+
+	if (end - q < 2)
+		return -1;
+	*tag = *q++;
+	if (*q < 0x80) {
+		n = *q++;
+	} else {
+		unsigned k = *q++ & 0x7fu;
+		if (k == 0 || k > 4 || (size_t)(end - q) < k)
+			return -1;
+		for (n = 0; k > 0; k--)
+			n = n << 8 | *q++;
+	}
+	if ((size_t)(end - q) < n)
+		return -1;
+	*val = q;
+	*vlen = n;
+	*p = q + n;
+	return 0;
+}
+
+int
+s4u_spnego_unwrap(const unsigned char *in, size_t len, const unsigned char **tok,
+    size_t *toklen, int *state)
+{
+	const unsigned char *p = in, *end = in + len, *v, *seq, *seq_end, *ev;
+	const unsigned char *rt = NULL;
+	size_t vlen, evlen, rtlen = 0;
+	unsigned char tag, etag;
+	int st = -1, last = -1;
+
+	/* negTokenResp [1] { SEQUENCE { [0] negState, [1] supportedMech,
+	 * [2] responseToken, [3] mechListMIC } }, all optional, in order */
+	if (der_tlv(&p, end, &tag, &v, &vlen) != 0 || tag != 0xa1 || p != end)
+		return -1;
+	p = v;
+	end = v + vlen;
+	if (der_tlv(&p, end, &tag, &seq, &vlen) != 0 || tag != 0x30 || p != end)
+		return -1;
+	p = seq;
+	seq_end = seq + vlen;
+	while (p < seq_end) {
+		if (der_tlv(&p, seq_end, &tag, &v, &vlen) != 0 || tag < 0xa0 || tag > 0xa3 ||
+		    (int)(tag - 0xa0) <= last)
+			return -1;
+		last = tag - 0xa0;
+		/* the explicit tag holds exactly one TLV (p is its end) */
+		ev = v;
+		if (der_tlv(&ev, p, &etag, &v, &evlen) != 0 || ev != p)
+			return -1;
+		switch (tag) {
+		case 0xa0:	/* ENUMERATED accept-completed(0) .. request-mic(3) */
+			if (etag != 0x0a || evlen != 1 || v[0] > 3)
+				return -1;
+			st = v[0];
+			break;
+		case 0xa1:	/* the mechanism's OID */
+			if (etag != 0x06)
+				return -1;
+			break;
+		case 0xa2:	/* the mechanism's token */
+			if (etag != 0x04 || evlen == 0)
+				return -1;
+			rt = v;
+			rtlen = evlen;
+			break;
+		default:	/* mechListMIC: meaningless when we did not offer
+				 * SPNEGO (we send raw krb5 tokens) */
+			if (etag != 0x04)
+				return -1;
+			break;
+		}
+	}
+	*tok = rt;
+	*toklen = rtlen;
+	*state = st;
+	return 0;
+}
+
 /* ---- the state ----------------------------------------------------------------- */
 
 struct proxy_cred {
@@ -999,6 +1088,27 @@ s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64, struct 
 	}
 	in.value = raw;
 	in.length = (size_t)n;
+	if (raw[0] == 0xa1) {
+		/* a server that wraps its reply in SPNEGO although we sent a raw
+		 * krb5 token: verify the AP-REP inside */
+		const unsigned char *rt;
+		size_t rtlen;
+		int state;
+		if (s4u_spnego_unwrap(raw, (size_t)n, &rt, &rtlen, &state) != 0) {
+			set_err(err, KCD_ERR_PROXY, "BAD_TOKEN", "mutual authentication: the "
+			    "backend's token looks like SPNEGO (NegTokenResp) but is malformed "
+			    "(%ld bytes)", n);
+			goto cleanup;
+		}
+		if (state == 2 || rt == NULL) {
+			set_err(err, KCD_ERR_PROXY, state == 2 ? "SPNEGO_REJECT" : "NO_REPLY_TOKEN",
+			    "mutual authentication: the backend's SPNEGO answer %s", state == 2 ?
+			    "rejects the authentication" : "carries no Kerberos reply (AP-REP)");
+			goto cleanup;
+		}
+		in.value = (void *)rt;
+		in.length = rtlen;
+	}
 	major = gss_init_sec_context(&minor, GSS_C_NO_CREDENTIAL, &k->ctx, k->target,
 	    &krb5_mech_oid, 0, 0, GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out, &ret_flags, NULL);
 	if (GSS_ERROR(major)) {

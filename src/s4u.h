@@ -119,11 +119,21 @@ int s4u_token_request(struct s4u *s, const char *principal, const char *spn,
     s4u_done_fn *fn, void *arg, struct s4u_error *err);
 
 /* Finish a kept context with the backend's mutual-authentication token
- * (base64, from WWW-Authenticate: Negotiate). The context is released
- * either way. Returns 0 when it verified, else -1 with err (names
- * NO_CONTEXT, BAD_TOKEN, or the krb5 error such as BAD_INTEGRITY). */
+ * (base64, from WWW-Authenticate: Negotiate): the raw krb5 AP-REP, or one
+ * wrapped in a SPNEGO NegTokenResp. The context is released either way.
+ * Returns 0 when it verified, else -1 with err (names NO_CONTEXT,
+ * BAD_TOKEN, SPNEGO_REJECT, NO_REPLY_TOKEN, or the krb5 error such as
+ * BAD_INTEGRITY). */
 int s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64,
     struct s4u_error *err);
+
+/* A SPNEGO NegTokenResp (RFC 4178 4.2.2), as a backend that wraps its reply
+ * sends it: s4u_verify_mutual takes the AP-REP from its responseToken.
+ * Pure (unit-tested): returns 0 with *tok, *toklen the responseToken
+ * (NULL/0 when absent) and *state its negState (-1 when absent), or -1
+ * when in is not exactly one well-formed NegTokenResp. */
+int s4u_spnego_unwrap(const unsigned char *in, size_t len, const unsigned char **tok,
+    size_t *toklen, int *state);
 
 /* Release a kept context (CTX_RELEASE); unknown ids are ignored. */
 void s4u_ctx_release(struct s4u *s, uint32_t ctx_id);

@@ -208,6 +208,44 @@ def test_mutual_authentication_with_the_backend(lab, served):
     assert served.stats()["contexts"] == 0
 
 
+def _der(tag, body):
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    lb = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(lb)]) + lb + body
+
+
+def spnego_resp(token=None, state=0):
+    """A SPNEGO NegTokenResp (RFC 4178) around a krb5 reply token."""
+    krb5_oid = bytes.fromhex("2a864886f712010202")
+    fields = _der(0xa0, _der(0x0a, bytes([state])))
+    fields += _der(0xa1, _der(0x06, krb5_oid))
+    if token is not None:
+        fields += _der(0xa2, _der(0x04, token))
+    return base64.b64encode(_der(0xa1, _der(0x30, fields))).decode()
+
+
+def test_mutual_authentication_reply_wrapped_in_spnego(lab, served):
+    # A backend may wrap its AP-REP in a SPNEGO NegTokenResp although the
+    # proxy sent a raw krb5 token: the AP-REP inside is what is verified.
+    kind, ctx, tok = parse(served.token("alice", SPN, None, "mutual"))
+    status, body, www = backend_get(lab, tok)
+    assert status == 200 and www and www.startswith("Negotiate "), (status, www)
+    ap_rep = base64.b64decode(www.split(" ", 1)[1])
+    assert served.cmd(f"mutual {ctx} {spnego_resp(ap_rep)}") == "mutual ok"
+    # ... and only a reply that verifies
+    for wrapped, name in ((spnego_resp(ap_rep[:-4] + b"\0\0\0\0"), None),
+                          (spnego_resp(None), "NO_REPLY_TOKEN"),
+                          (spnego_resp(ap_rep, state=2), "SPNEGO_REJECT"),
+                          (spnego_resp(ap_rep)[:-8], "BAD_TOKEN")):
+        kind, ctx, tok = parse(served.token("alice", SPN, None, "mutual"))
+        backend_get(lab, tok)
+        out = served.cmd(f"mutual {ctx} {wrapped}")
+        assert out.startswith("mutual error " + (name or "")), out
+    assert served.stats()["contexts"] == 0
+
+
 def test_single_flight_for_fifty_concurrent_first_requests(lab):
     user = "carol"
     env = dict(lab.env)

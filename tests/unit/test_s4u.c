@@ -149,6 +149,76 @@ test_badoption_is_told_apart_by_the_evidence_ticket(void **state)
 	assert_string_equal(c.name, "BADOPTION");
 }
 
+static void
+test_spnego_reply_is_unwrapped_to_its_response_token(void **state)
+{
+	/* accept-completed, krb5 OID, responseToken 60 03 01 02 03 */
+	static const unsigned char full[] = {
+		0xa1, 0x1c, 0x30, 0x1a,
+		0xa0, 0x03, 0x0a, 0x01, 0x00,
+		0xa1, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02,
+		0xa2, 0x06, 0x04, 0x04, 0x60, 0x02, 0x01, 0x02,
+	};
+	/* what IIS answers when no mutual authentication was asked for */
+	static const unsigned char bare[] = { 0xa1, 0x07, 0x30, 0x05, 0xa0, 0x03, 0x0a, 0x01, 0x00 };
+	/* long-form lengths, responseToken only */
+	static const unsigned char longform[] = {
+		0xa1, 0x81, 0x08, 0x30, 0x81, 0x05, 0xa2, 0x03, 0x04, 0x01, 0x7f,
+	};
+	unsigned char bad[sizeof(full)];
+	const unsigned char *tok = NULL;
+	size_t len = 0;
+	int st = 9;
+
+	(void)state;
+	assert_int_equal(s4u_spnego_unwrap(full, sizeof(full), &tok, &len, &st), 0);
+	assert_int_equal(st, 0);
+	assert_int_equal(len, 4);
+	assert_ptr_equal(tok, full + sizeof(full) - 4);
+
+	assert_int_equal(s4u_spnego_unwrap(bare, sizeof(bare), &tok, &len, &st), 0);
+	assert_null(tok);
+	assert_int_equal(len, 0);
+	assert_int_equal(st, 0);
+
+	assert_int_equal(s4u_spnego_unwrap(longform, sizeof(longform), &tok, &len, &st), 0);
+	assert_int_equal(st, -1);
+	assert_int_equal(len, 1);
+	assert_int_equal(tok[0], 0x7f);
+
+	/* every truncation is refused, never read past the end */
+	for (size_t n = 0; n < sizeof(full); n++)
+		assert_int_equal(s4u_spnego_unwrap(full, n, &tok, &len, &st), -1);
+	/* a wrong outer tag, a field of the wrong type, fields out of
+	 * order, a negState out of range, a length that overflows its
+	 * container, trailing bytes */
+	memcpy(bad, full, sizeof(full));
+	bad[0] = 0xa0;
+	assert_int_equal(s4u_spnego_unwrap(bad, sizeof(bad), &tok, &len, &st), -1);
+	memcpy(bad, full, sizeof(full));
+	bad[4] = 0xa2;		/* [2] holding an ENUMERATED */
+	assert_int_equal(s4u_spnego_unwrap(bad, sizeof(bad), &tok, &len, &st), -1);
+	{
+		static const unsigned char order[] = {	/* [2] before [0] */
+			0xa1, 0x0c, 0x30, 0x0a, 0xa2, 0x03, 0x04, 0x01, 0x7f,
+			0xa0, 0x03, 0x0a, 0x01, 0x00,
+		};
+		assert_int_equal(s4u_spnego_unwrap(order, sizeof(order), &tok, &len, &st), -1);
+	}
+	memcpy(bad, full, sizeof(full));
+	bad[8] = 4;
+	assert_int_equal(s4u_spnego_unwrap(bad, sizeof(bad), &tok, &len, &st), -1);
+	memcpy(bad, full, sizeof(full));
+	bad[25] = 0x05;		/* the OCTET STRING claims one byte more */
+	assert_int_equal(s4u_spnego_unwrap(bad, sizeof(bad), &tok, &len, &st), -1);
+	{
+		unsigned char extra[sizeof(full) + 1];
+		memcpy(extra, full, sizeof(full));
+		extra[sizeof(full)] = 0;
+		assert_int_equal(s4u_spnego_unwrap(extra, sizeof(extra), &tok, &len, &st), -1);
+	}
+}
+
 /* ---- the asynchronous machinery --------------------------------------------------- */
 
 struct world {
@@ -481,6 +551,7 @@ main(void)
 		cmocka_unit_test(test_unreachable_at_every_step),
 		cmocka_unit_test(test_unknown_codes_get_stable_names),
 		cmocka_unit_test(test_badoption_is_told_apart_by_the_evidence_ticket),
+		cmocka_unit_test(test_spnego_reply_is_unwrapped_to_its_response_token),
 		cmocka_unit_test_teardown(test_invalid_requests_are_refused_synchronously, teardown),
 		cmocka_unit_test_teardown(test_missing_keytab_is_a_cached_proxy_refusal, teardown),
 		cmocka_unit_test_teardown(test_unreachable_kdc_is_never_cached, teardown),
