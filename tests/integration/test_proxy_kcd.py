@@ -525,9 +525,10 @@ def test_interleaved_requests_of_several_users_never_answered_as_another(
     # Four users, two keep-alive connections each, all at once: every answer
     # must be for the connection's own user (kcd's cache and token routing
     # by request id, the workers' per-user backend pools).
-    users = ["alice", "bob", fresh_users[1], fresh_users[2]]
+    fresh = [fresh_users[1], fresh_users[2]]
+    users = ["alice", "bob"] + fresh
     per_conn, conns_per_user = 260, 2
-    before = {u: kdc_counts(lab, u) for u in fresh_users[1:]}
+    before = {u: kdc_counts(lab, u) for u in fresh}
     devs = [(u, i) for u in users for i in range(conns_per_user)]
     mixups, failures, done = [], [], []
 
@@ -563,7 +564,7 @@ def test_interleaved_requests_of_several_users_never_answered_as_another(
     assert reconnects == [1] * len(devs), (
         f"connections per device: {reconnects} (keep-alive expected)")
     # each fresh user cost one KDC exchange, whatever the load
-    for u in fresh_users[1:]:
+    for u in fresh:
         after = kdc_counts(lab, u)
         assert (after[0] - before[u][0], after[1] - before[u][1]) == (1, 1), \
             (u, before[u], after)
@@ -765,6 +766,8 @@ def test_backend_mutual_authentication_token_is_verified_and_stripped(lab, kp):
     ("Negotiate " + base64.b64encode(b"\x6f\x0bnot-an-ap-rep").decode(),
      502, "backend_mutual_auth"),           # a token that does not verify
     ("Negotiate !!!", 502, "backend_mutual_auth"),   # not even base64
+    # a SPNEGO NegTokenResp cut short
+    ("Negotiate oYGBMH+gAwoBAKELBgkqhkiG9xIBAgKiawRp", 502, "backend_mutual_auth"),
 ])
 def test_backend_mutual_token_that_does_not_verify_is_refused(
         lab, small_proxies, header, status, reason):
