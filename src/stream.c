@@ -1371,7 +1371,8 @@ on_mutual(const struct kcd_answer *ans, void *arg)
 		/* not the server we asked a ticket for, or a forged answer */
 		log_error("stream", "%s %s: backend %s: mutual authentication failed: %s: %s",
 		    s->c_ip, s->principal, rq->backend_name, ans->name, ans->text);
-		backend_report_failure(rq->bc, "mutual authentication failed");
+		/* like a 401, not a health failure: the server answers (marking
+		 * it down would turn one bad answer into 503s for everyone) */
 		respond_error(s, REASON_BACKEND_MUTUAL, ans->name);
 		return;
 	}
