@@ -773,6 +773,8 @@ accept_head(struct stream *s, const struct http_msg *m, const char *buf)
 	}
 	rq->dev_keep_alive = m->keep_alive && !front_draining(s->w);
 	rq->expect_continue = m->expect_continue;
+	/* an HTTP/1.0 device cannot read chunked coding (RFC 9112 §7) */
+	rq->resp_close_delim = m->version_minor == 0;
 
 	/* the path, decoded only to be compared */
 	if (m->form == HTTP_FORM_ASTERISK) {
@@ -1271,12 +1273,14 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 		    (unsigned long long)m->content_length);
 		break;
 	case HTTP_BODY_CHUNKED:
-		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
-		rq->resp_chunk_out = 1;
-		break;
 	case HTTP_BODY_EOF:
-		/* the backend ends the body by closing; the device gets chunks
-		 * so its connection can stay up */
+		/* the device gets chunks (so that its connection can stay up
+		 * when the backend ends the body by closing), or, when it speaks
+		 * HTTP/1.0, the bytes as they are and the end of the connection */
+		if (rq->resp_close_delim) {
+			rq->dev_keep_alive = 0;
+			break;
+		}
 		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
 		rq->resp_chunk_out = 1;
 		break;
