@@ -83,7 +83,7 @@ class Run:
         return f"rc={self.rc} out={self.out!r} err={self.err[-2000:]!r}"
 
 
-def dircheck(dc, conf, cert=None, principal=None, count=1):
+def dircheck(dc, conf, cert=None, principal=None, count=1, parallel=1):
     args = [tool(), "-c", conf]
     if cert is not None:
         args += ["-C", dc.cert(cert).cert if isinstance(cert, str) else cert.cert]
@@ -91,6 +91,8 @@ def dircheck(dc, conf, cert=None, principal=None, count=1):
         args += ["-p", principal]
     if count != 1:
         args += ["-n", str(count)]
+    if parallel != 1:
+        args += ["-P", str(parallel)]
     p = subprocess.run(args, env=dc.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, timeout=60)
     return Run(p)
@@ -261,6 +263,14 @@ def test_cache_and_counters(samba, conf):
     r = dircheck(samba, conf(ldap={"cache_ttl": "0s"}), "alice", count=3)
     assert r.stats["lookups"] == "3" and r.stats["cache_hits"] == "0", r
     assert r.stats["connects"] == "1", r            # one connection, reused
+
+
+def test_single_flight(samba, conf):
+    """Simultaneous requests for one device share one lookup."""
+    r = dircheck(samba, conf(), "bsmith", parallel=8)
+    assert len(r.lines) == 8, r
+    assert all(ln.startswith("OK principal=bsmith@") for ln in r.lines), r
+    assert r.stats["lookups"] == "1" and r.stats["waits"] == "7", r
 
 
 # ---- the directory going away --------------------------------------------------------

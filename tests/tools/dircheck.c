@@ -4,12 +4,13 @@
  * [ldap] directory with a device certificate, print the outcome. For the
  * integration tests against Samba AD, and for admins trying a config.
  *
- *   dircheck -c CONFIG [-p PRINCIPAL] [-C CERT.pem] [-n COUNT]
+ *   dircheck -c CONFIG [-p PRINCIPAL] [-C CERT.pem] [-n COUNT] [-P PARALLEL]
  *   dircheck -c CONFIG -i        lines on stdin: "PRINCIPAL CERT.pem"
  *                                ("-" for none / the mapped one), or "stats"
  *
  * PRINCIPAL defaults to what the worker would send: the certificate mapped
- * by [identity] (identity_map), "" for source = ldap. Each lookup prints
+ * by [identity] (identity_map), "" for source = ldap. -P sends PARALLEL
+ * identical requests at once (they share one lookup). Each lookup prints
  * one line:
  *   OK principal=P flags=audit,directory_down|- cached=0|1 audit=NAME|-
  *   DENIED name=NAME cached=0|1 text=…          (403 ldap_NAME)
@@ -37,12 +38,14 @@
 struct outcome {
 	int done;
 	int status;
+	int *left;		/* requests still unanswered */
 };
 
 static int
 usage(void)
 {
-	fprintf(stderr, "usage: dircheck -c CONFIG [-p PRINCIPAL] [-C CERT.pem] [-n COUNT]\n"
+	fprintf(stderr, "usage: dircheck -c CONFIG [-p PRINCIPAL] [-C CERT.pem] [-n COUNT] "
+	    "[-P PARALLEL]\n"
 	    "       dircheck -c CONFIG -i   (stdin: \"PRINCIPAL CERT.pem\" lines, - = default)\n");
 	return 2;
 }
@@ -75,6 +78,8 @@ on_done(const struct directory_result *res, void *arg)
 	}
 	fflush(stdout);
 	o->done = 1;
+	if (o->left != NULL)
+		(*o->left)--;
 }
 
 static void
@@ -120,14 +125,16 @@ load_cert(const char *path, unsigned char **der, int *len, X509 **out)
 	return 0;
 }
 
-/* One lookup, run to completion on base. Returns the exit status. */
+/* parallel identical lookups, run to completion on base. Returns the exit
+ * status of the last answer. */
 static int
 one(struct event_base *base, struct directory *d, const struct config *cfg,
-    const char *principal, const char *cert)
+    const char *principal, const char *cert, int parallel)
 {
 	struct identity_params ip;
 	struct identity_result *ir = NULL;
-	struct outcome o = { 0, 2 };
+	struct outcome os[64];
+	int left = 0, status = 2;
 	unsigned char *der = NULL;
 	int der_len = 0;
 	X509 *x = NULL;
@@ -148,19 +155,28 @@ one(struct event_base *base, struct directory *d, const struct config *cfg,
 		}
 		snprintf(p, sizeof(p), "%s", ir->principal);
 	}
-	if (directory_identify(d, p, der, (size_t)(der_len > 0 ? der_len : 0), on_done, &o, err,
-	    sizeof(err)) != 0) {
-		printf("ERROR %s\n", err);
-		fflush(stdout);
-		goto cleanup;
+	for (int i = 0; i < parallel && i < 64; i++) {
+		os[i].done = 0;
+		os[i].status = 2;
+		os[i].left = &left;
+		if (directory_identify(d, p, der, (size_t)(der_len > 0 ? der_len : 0), on_done,
+		    &os[i], err, sizeof(err)) != 0) {
+			printf("ERROR %s\n", err);
+			fflush(stdout);
+			break;
+		}
+		left++;
 	}
-	while (!o.done)
+	while (left > 0)
 		event_base_loop(base, EVLOOP_ONCE);
+	for (int i = 0; i < parallel && i < 64; i++)
+		if (os[i].done)
+			status = os[i].status;
 cleanup:
 	free(ir);
 	OPENSSL_free(der);
 	X509_free(x);
-	return o.status;
+	return status;
 }
 
 int
@@ -172,9 +188,9 @@ main(int argc, char **argv)
 	struct directory *d = NULL;
 	const char *conf = NULL, *principal = NULL, *cert = NULL;
 	char err[512], line[4096];
-	int c, count = 1, interactive = 0, rc = 2;
+	int c, count = 1, parallel = 1, interactive = 0, rc = 2;
 
-	while ((c = getopt(argc, argv, "c:p:C:n:i")) != -1) {
+	while ((c = getopt(argc, argv, "c:p:C:n:P:i")) != -1) {
 		switch (c) {
 		case 'c':
 			conf = optarg;
@@ -188,6 +204,9 @@ main(int argc, char **argv)
 		case 'n':
 			count = atoi(optarg);
 			break;
+		case 'P':
+			parallel = atoi(optarg);
+			break;
 		case 'i':
 			interactive = 1;
 			break;
@@ -195,7 +214,7 @@ main(int argc, char **argv)
 			return usage();
 		}
 	}
-	if (conf == NULL || optind != argc || count < 1)
+	if (conf == NULL || optind != argc || count < 1 || parallel < 1 || parallel > 64)
 		return usage();
 	memset(&errs, 0, sizeof(errs));
 	if ((cfg = config_load(conf, &errs)) == NULL) {
@@ -222,7 +241,7 @@ main(int argc, char **argv)
 	}
 	if (!interactive) {
 		for (int i = 0; i < count; i++)
-			rc = one(base, d, cfg, principal, cert);
+			rc = one(base, d, cfg, principal, cert, parallel);
 	} else {
 		while (fgets(line, sizeof(line), stdin) != NULL) {
 			char *save = NULL, *a, *b;
@@ -237,7 +256,7 @@ main(int argc, char **argv)
 			if (a == NULL)
 				continue;
 			rc = one(base, d, cfg, strcmp(a, "-") == 0 ? NULL : a,
-			    b == NULL || strcmp(b, "-") == 0 ? NULL : b);
+			    b == NULL || strcmp(b, "-") == 0 ? NULL : b, 1);
 		}
 	}
 	print_stats(d);
