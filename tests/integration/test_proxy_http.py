@@ -1187,3 +1187,17 @@ def test_stale_pooled_connection_is_not_a_server_failure(scripted):
     with Device(scripted, scripted.alice) as d:
         r = d.request("GET", f"{EAS}/echo?Cmd=Sync&DeviceId=STALE5")
         assert r.status == 200, "the server was marked down after a stale connection"
+
+
+def test_http10_device_gets_no_chunked_answer(proxy):
+    """An HTTP/1.0 device cannot read chunked coding (RFC 9112 §7): a
+    chunked answer from Exchange reaches it as plain bytes delimited by the
+    end of the connection."""
+    size = 300000
+    with Device(proxy, proxy.alice) as d:
+        d.send(f"GET {EAS}/download?size={size}&chunked=1 HTTP/1.0\r\nHost: {HOST}\r\n\r\n"
+               .encode())
+        r = d.read_response()
+    assert r.status == 200
+    assert r.header("Transfer-Encoding") is None
+    assert r.length == size and r.sha256 == pattern_sha256(size)
