@@ -22,6 +22,7 @@
 #include "ipc.h"
 #include "kcd.h"
 #include "kcd_proto.h"
+#include "keytab.h"
 #include "log.h"
 #include "metrics.h"
 #include "proc.h"
@@ -566,6 +567,13 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 		char err[512];
 
 		if (s4u_env_init(c->kerberos.krb5_conf, err, sizeof(err)) != 0) {
+			log_error("kcd", "%s", err);
+			goto cleanup;
+		}
+		/* main.c refuses it at start; this is for a keytab opened up
+		 * before a reload or a restart (keytab.h) */
+		if (keytab_check_mode(c->kerberos.keytab, c->server.user, err, sizeof(err)) ==
+		    KEYTAB_REFUSE) {
 			log_error("kcd", "%s", err);
 			goto cleanup;
 		}

@@ -15,6 +15,8 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "doctor.h"
+#include "keytab.h"
 #include "proc.h"
 
 #ifndef EKP_KRB5_VERSION
@@ -29,6 +31,8 @@ usage(FILE *fp)
 	fprintf(fp,
 	    "usage: eas-kcd-proxy [-d] [-c FILE]   run (in the foreground unless -d)\n"
 	    "       eas-kcd-proxy -t [-c FILE]     check the configuration and exit\n"
+	    "       eas-kcd-proxy doctor [-c FILE] [--user UPN]\n"
+	    "                                      preflight: keytab, KDC, S4U, Exchange, certificates\n"
 	    "       eas-kcd-proxy -V               print the version and library versions\n"
 	    "       eas-kcd-proxy -h               print this help\n"
 	    "\n"
@@ -73,6 +77,23 @@ print_errors(const struct config_errors *errs)
 		fprintf(stderr, "... and %u more errors\n", errs->dropped);
 }
 
+/*
+ * The keytab every local user may read or write: refused by -t and at
+ * start (kcd refuses it again in each new generation, for SIGHUP), with
+ * the message doctor prints too (keytab.h). Returns 0 when it may be used.
+ */
+static int
+keytab_refused(const struct config *cfg)
+{
+	char msg[1024];
+
+	if (keytab_check_mode(cfg->kerberos.keytab, cfg->server.user, msg, sizeof(msg)) !=
+	    KEYTAB_REFUSE)
+		return 0;
+	fprintf(stderr, "%s: %s\n", cfg->file, msg);
+	return 1;
+}
+
 static int
 check_config(const char *path)
 {
@@ -87,22 +108,24 @@ check_config(const char *path)
 	}
 	for (unsigned i = 0; i < cfg->warnings.n; i++)
 		fprintf(stderr, "%s\n", cfg->warnings.msg[i]);
+	if (keytab_refused(cfg)) {
+		config_free(cfg);
+		return 1;
+	}
 	config_free(cfg);
 	printf("configuration OK\n");
 	return 0;
 }
 
-/*
- * Subcommands: `eas-kcd-proxy NAME [options]`. `doctor` (SPEC §2: the
- * preflight checks) is added to this table by its own work; until then an
- * unknown name is a usage error like any other.
- */
+/* Subcommands: `eas-kcd-proxy NAME [options]`; main() gets argv from NAME
+ * on. `doctor` is SPEC §2's preflight (doctor.h). */
 struct command {
 	const char *name;
 	int (*main)(int argc, char **argv);
 };
 
 static const struct command commands[] = {
+	{ "doctor", doctor_main },
 	{ NULL, NULL },
 };
 
@@ -164,6 +187,10 @@ main(int argc, char **argv)
 	if ((cfg = config_load(path, &errs)) == NULL) {
 		print_errors(&errs);
 		config_errors_clear(&errs);
+		return 1;
+	}
+	if (keytab_refused(cfg)) {
+		config_free(cfg);
 		return 1;
 	}
 	return proc_main(cfg, path, daemon);	/* takes cfg */
