@@ -1290,6 +1290,8 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 			    (unsigned long long)m->content_length);
 		break;
 	}
+	if (front_draining(s->w))
+		rq->dev_keep_alive = 0;	/* drain began after the head: the last answer */
 	if (!rq->dev_keep_alive || !rq->req_body_done)
 		evbuffer_add_printf(out, "Connection: close\r\n");
 	if (!rq->req_body_done)
