@@ -87,6 +87,7 @@ struct gen {
 	unsigned n_workers;
 	struct child *workers;
 	struct event *kill_ev;		/* SIGKILL stragglers after the drain deadline */
+	uint64_t deadline;		/* drain deadline (proc_now_ms) once retiring */
 	struct gen *next;		/* older */
 	/* TLS session ticket keys shared by this generation's workers, so a
 	 * device resumes on whichever worker accepts it; new per generation */
@@ -397,6 +398,23 @@ gen_free(struct gen *g)
 	free(g->workers);
 	g->magic = 0;
 	free(g);
+}
+
+/* Close the parent's copies of g's listening sockets. Once the workers have
+ * closed theirs (they do as they start draining), a socket is gone and new
+ * connections are refused at once, so a load balancer fails over instead of
+ * queueing them in a backlog that nobody accepts from any more. */
+static void
+gen_close_listeners(struct gen *g)
+{
+	for (unsigned i = 0; i < g->n_listen; i++) {
+		if (g->listen_fd[i] >= 0)
+			close(g->listen_fd[i]);
+		g->listen_fd[i] = -1;
+	}
+	if (g->admin_fd >= 0)
+		close(g->admin_fd);
+	g->admin_fd = -1;
 }
 
 static unsigned
@@ -757,14 +775,27 @@ gen_retire(struct gen *g, uint64_t deadline)
 	struct timeval tv;
 	uint64_t now = proc_now_ms();
 
-	if (g->state == GEN_RETIRING)
+	if (g->state == GEN_RETIRING) {
+		/* draining after a reload when SIGTERM comes with a shorter
+		 * shutdown_timeout: the children learn the earlier deadline, so
+		 * they close (and log) what is left before the stop timer kills */
+		if (deadline >= g->deadline)
+			return;
+		g->deadline = deadline;
+		log_info("proc", "generation %u: drain deadline now in %llu ms", g->id,
+		    (unsigned long long)(deadline > now ? deadline - now : 0));
+		for (unsigned i = 0; i < gen_nchildren(g); i++)
+			child_shutdown(gen_child(g, i), deadline);
 		return;
+	}
 	g->state = GEN_RETIRING;
+	g->deadline = deadline;
 	log_info("proc", "generation %u: draining, deadline in %llu ms", g->id,
 	    (unsigned long long)(deadline > now ? deadline - now : 0));
 	for (unsigned i = 0; i < gen_nchildren(g); i++)
 		child_shutdown(gen_child(g, i), deadline);
-	if (g->kill_ev != NULL) {
+	/* when stopping, on_stop_timeout kills what is left, at the same grace */
+	if (g->kill_ev != NULL && !P.stopping) {
 		tv = ms_tv((deadline > now ? deadline - now : 0) + KILL_GRACE_MS);
 		evtimer_add(g->kill_ev, &tv);
 	}
@@ -972,9 +1003,13 @@ start_stop(int sig)
 	}
 	P.stopping = 1;
 	log_info("proc", "%s: draining, at most %llu ms", name, (unsigned long long)timeout);
-	for (struct gen *g = P.gens; g != NULL; g = g->next)
+	for (struct gen *g = P.gens; g != NULL; g = g->next) {
 		gen_retire(g, deadline);
-	tv = ms_tv(timeout + KILL_GRACE_MS / 2);
+		gen_close_listeners(g);	/* no restart or reload needs them now */
+	}
+	/* the children stop at the deadline themselves; a sanitizer build's
+	 * exit takes a while: only what is still running a grace later is killed */
+	tv = ms_tv(timeout + KILL_GRACE_MS);
 	evtimer_add(P.stop_ev, &tv);
 	reap_gens();
 }
