@@ -601,7 +601,9 @@ work(struct pool_job *job)
 
 /* ---- answers (loop thread) -------------------------------------------------------- */
 
-/* The answer when the directory cannot be used: on_failure decides. */
+/* The answer when the directory cannot be used: on_failure decides.
+ * principal: what may pass unchecked; "" when nothing may (source = ldap:
+ * only the directory knows the user, whatever a worker sent). */
 static void
 failure_verdict(const struct directory *d, const char *principal, const char *why,
     struct directory_verdict *v)
@@ -701,7 +703,7 @@ done(struct pool_job *job)
 	if (r->failed) {
 		d->st.errors++;
 		metrics_self()->ldap_errors++;
-		failure_verdict(d, r->principal, r->v.text, &v);
+		failure_verdict(d, r->by_cert ? "" : r->principal, r->v.text, &v);
 		if (!r->fast_fail || !d->was_down)
 			log_error("directory", "lookup for %s failed: %s (on_failure = %s)", who(r),
 			    r->v.text, d->cfg->ldap.on_failure == ON_FAILURE_ALLOW ? "allow" : "deny");
@@ -755,7 +757,7 @@ on_deadline(evutil_socket_t fd, short what, void *arg)
 	r->d->st.timeouts++;
 	snprintf(why, sizeof(why), "no answer from the directory within %llu ms (timeout)",
 	    (unsigned long long)r->d->timeout_ms);
-	failure_verdict(r->d, r->principal, why, &v);
+	failure_verdict(r->d, r->by_cert ? "" : r->principal, why, &v);
 	log_error("directory", "lookup for %s: %s (on_failure = %s)", who(r), why,
 	    r->d->cfg->ldap.on_failure == ON_FAILURE_ALLOW ? "allow" : "deny");
 	inflight_remove(r->d, r);
@@ -1205,8 +1207,8 @@ directory_identify(struct directory *d, const char *principal, const unsigned ch
 			goto cleanup;
 		}
 	if (d->pending >= MAX_PENDING) {
-		failure_verdict(d, principal, "too many directory lookups waiting (the directory "
-		    "is slow or down)", &v);
+		failure_verdict(d, r->by_cert ? "" : principal, "too many directory lookups "
+		    "waiting (the directory is slow or down)", &v);
 		d->st.errors++;
 		metrics_self()->ldap_errors++;
 		if (queue_ready(d, fn, arg, &v, 0) != 0) {
