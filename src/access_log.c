@@ -191,14 +191,15 @@ access_log_format(const struct access_rec *r, enum access_format fmt, char *buf,
 }
 
 static void
-write_all(const char *p, size_t n)
+write_all(int fd, const char *p, size_t n)
 {
 	while (n > 0) {
-		ssize_t w = write(al.fd, p, n);
+		ssize_t w = write(fd, p, n);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			log_error("access_log", "write %s: %s (lines lost)", al.path, strerror(errno));
+			log_error("access_log", "write %s: %s (lines lost)",
+			    al.path[0] ? al.path : "access_log", strerror(errno));
 			return;
 		}
 		p += w;
@@ -210,14 +211,30 @@ void
 access_log_flush(void)
 {
 	if (al.fd >= 0 && al.used > 0)
-		write_all(al.buf, al.used);
+		write_all(al.fd, al.buf, al.used);
 	al.used = 0;
 }
 
-int
-access_log_open(const char *path, enum access_format fmt, int header, char *err, size_t errlen)
+/* The W3C directives into fd when the file is empty. */
+static void
+header_if_new(int fd, enum access_format fmt)
 {
 	struct stat st;
+	char h[1024];
+	struct timeval tv;
+	size_t n;
+
+	if (fmt != ACCESS_W3C || fstat(fd, &st) != 0 || st.st_size != 0)
+		return;
+	gettimeofday(&tv, NULL);
+	n = access_log_header(h, sizeof(h),
+	    (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u);
+	write_all(fd, h, n);
+}
+
+static int
+open_path(const char *path, char *err, size_t errlen)
+{
 	int fd;
 
 	if (strlen(path) >= sizeof(al.path)) {
@@ -225,27 +242,50 @@ access_log_open(const char *path, enum access_format fmt, int header, char *err,
 		return -1;
 	}
 	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	if (fd < 0) {
+	if (fd < 0)
 		snprintf(err, errlen, "cannot open access_log %s: %s", path, strerror(errno));
+	return fd;
+}
+
+int
+access_log_prepare(const char *path, enum access_format fmt, char *err, size_t errlen)
+{
+	int fd = open_path(path, err, errlen);
+
+	if (fd >= 0)
+		header_if_new(fd, fmt);
+	return fd;
+}
+
+int
+access_log_open(const char *path, enum access_format fmt, int header, char *err, size_t errlen)
+{
+	int fd;
+
+	if ((fd = open_path(path, err, errlen)) < 0)
 		return -1;
-	}
 	access_log_flush();
 	if (al.fd >= 0)
 		close(al.fd);
 	al.fd = fd;
 	al.fmt = fmt;
 	snprintf(al.path, sizeof(al.path), "%s", path);
-	if (header && fmt == ACCESS_W3C && fstat(fd, &st) == 0 && st.st_size == 0) {
-		char h[1024];
-		struct timeval tv;
-		size_t n;
-
-		gettimeofday(&tv, NULL);
-		n = access_log_header(h, sizeof(h),
-		    (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u);
-		write_all(h, n);
-	}
+	if (header)
+		header_if_new(fd, fmt);
 	return 0;
+}
+
+void
+access_log_reopen_fd(int fd)
+{
+	if (al.fd < 0) {
+		close(fd);
+		return;
+	}
+	/* nothing buffered is lost: it belongs to the old file */
+	access_log_flush();
+	close(al.fd);
+	al.fd = fd;
 }
 
 void

@@ -5,7 +5,13 @@
  * admins already use for IIS logs), or JSON lines. The file is opened with
  * O_APPEND and lines are written in whole-line batches, so every worker can
  * share it. The parent writes the #-directives when the file is new
- * (access_log_open with header = 1) before the workers open it.
+ * (access_log_prepare) before the workers open it.
+ *
+ * Reopening (SIGUSR1, logrotate): workers run unprivileged and cannot open
+ * a root-owned log, so the parent opens the file again — a new file gets
+ * its #-directives first — and hands each worker the descriptor
+ * (IPC_ACCESS_LOG_REOPEN); the worker flushes what it buffered into the old
+ * file and writes to the new one from then on (access_log_reopen_fd).
  */
 #ifndef EKP_ACCESS_LOG_H
 #define EKP_ACCESS_LOG_H
@@ -40,6 +46,14 @@ struct access_rec {
  * parent does this; workers pass 0). Returns 0 or -1 with err. */
 int access_log_open(const char *path, enum access_format fmt, int header,
     char *err, size_t errlen);
+/* Parent side: open path for appending (created 0640), write the W3C
+ * directives when fmt is w3c and the file is empty, and return the
+ * descriptor (close-on-exec, the caller's), or -1 with the cause in err. */
+int access_log_prepare(const char *path, enum access_format fmt, char *err, size_t errlen);
+/* Worker side: take over fd (from access_log_prepare, passed over IPC) as
+ * the log file: the buffered lines go to the old file, which is closed.
+ * When this process has no access log open, fd is closed. */
+void access_log_reopen_fd(int fd);
 /* Append one record (buffered; flushed by size and by access_log_flush). */
 void access_log_write(const struct access_rec *rec);
 void access_log_flush(void);

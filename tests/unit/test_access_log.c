@@ -1,9 +1,16 @@
-/* Unit tests for access_log.c: W3C and JSON rendering of one record. */
+/* Unit tests for access_log.c: W3C and JSON rendering of one record; the
+ * parent's prepare (directives only in a new file) and the worker's reopen
+ * with a descriptor (nothing buffered lost, new lines in the new file). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "access_log.h"
@@ -110,6 +117,139 @@ header_names_the_fields(void **state)
 	assert_non_null(strstr(buf, " x-reason x-backend x-kdc-ms\n"));
 }
 
+/* ---- files --------------------------------------------------------------- */
+
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	static char buf[65536];
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+static unsigned
+count(const char *hay, const char *needle)
+{
+	unsigned n = 0;
+
+	for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+		n++;
+	return n;
+}
+
+static char dir[64];		/* made by the first tmpname, removed at the end */
+
+static int
+remove_dir(void **state)
+{
+	(void)state;
+	if (dir[0] != '\0')
+		rmdir(dir);
+	return 0;
+}
+
+static void
+tmpname(char *buf, size_t len, const char *leaf)
+{
+	if (dir[0] == '\0') {
+		snprintf(dir, sizeof(dir), "/tmp/test_access_log.XXXXXX");
+		assert_non_null(mkdtemp(dir));
+	}
+	snprintf(buf, len, "%s/%s", dir, leaf);
+	unlink(buf);
+}
+
+static void
+prepare_writes_the_directives_only_into_a_new_file(void **state)
+{
+	char path[128];
+	struct stat st;
+	char err[256];
+	int fd;
+
+	(void)state;
+	tmpname(path, sizeof(path), "w3c.log");
+	assert_true((fd = access_log_prepare(path, ACCESS_W3C, err, sizeof(err))) >= 0);
+	close(fd);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	assert_true(strncmp(slurp(path), "#Software: eas-kcd-proxy ", 25) == 0);
+	/* again (another generation, a second SIGUSR1): no second block */
+	assert_true((fd = access_log_prepare(path, ACCESS_W3C, err, sizeof(err))) >= 0);
+	close(fd);
+	assert_int_equal(count(slurp(path), "#Fields: "), 1);
+	/* JSON lines have no directives */
+	tmpname(path, sizeof(path), "json.log");
+	assert_true((fd = access_log_prepare(path, ACCESS_JSON, err, sizeof(err))) >= 0);
+	close(fd);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, 0);
+	unlink(path);
+	tmpname(path, sizeof(path), "w3c.log");
+	/* a directory that does not exist names the path */
+	assert_int_equal(access_log_prepare("/nonexistent-dir/a.log", ACCESS_W3C, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "cannot open access_log /nonexistent-dir/a.log"));
+}
+
+static void
+reopen_keeps_buffered_lines_in_the_old_file_and_writes_new_ones_to_the_new(void **state)
+{
+	char path[128], moved[128], err[256];
+	struct access_rec r = sample();
+	const char *text;
+	int fd;
+
+	(void)state;
+	tmpname(path, sizeof(path), "rot.log");
+	tmpname(moved, sizeof(moved), "rot.log.1");
+	assert_true((fd = access_log_prepare(path, ACCESS_W3C, err, sizeof(err))) >= 0);
+	close(fd);
+	assert_int_equal(access_log_open(path, ACCESS_W3C, 0, err, sizeof(err)), 0);
+	r.device_id = "BEFORE";
+	access_log_write(&r);			/* buffered, not written yet */
+	assert_int_equal(rename(path, moved), 0);
+	/* what the parent does on SIGUSR1, then hands over */
+	assert_true((fd = access_log_prepare(path, ACCESS_W3C, err, sizeof(err))) >= 0);
+	access_log_reopen_fd(fd);
+	r.device_id = "AFTER";
+	access_log_write(&r);
+	access_log_close();
+
+	text = slurp(moved);
+	assert_int_equal(count(text, "#Fields: "), 1);
+	assert_int_equal(count(text, " BEFORE "), 1);
+	assert_int_equal(count(text, " AFTER "), 0);
+	text = slurp(path);
+	assert_true(strncmp(text, "#Software: ", 11) == 0);
+	assert_non_null(strstr(text, "\n#Version: 1.0\n#Date: "));
+	assert_int_equal(count(text, "#Fields: "), 1);
+	assert_int_equal(count(text, " AFTER "), 1);
+	assert_int_equal(count(text, " BEFORE "), 0);
+	unlink(path);
+	unlink(moved);
+}
+
+static void
+reopen_without_an_access_log_closes_the_descriptor(void **state)
+{
+	char path[128], err[256];
+	int fd;
+
+	(void)state;
+	access_log_close();
+	tmpname(path, sizeof(path), "none.log");
+	assert_true((fd = access_log_prepare(path, ACCESS_JSON, err, sizeof(err))) >= 0);
+	access_log_reopen_fd(fd);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);	/* closed */
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -119,6 +259,9 @@ main(void)
 		cmocka_unit_test(json_line_is_one_object_with_escapes),
 		cmocka_unit_test(too_small_buffer_is_refused_not_truncated),
 		cmocka_unit_test(header_names_the_fields),
+		cmocka_unit_test(prepare_writes_the_directives_only_into_a_new_file),
+		cmocka_unit_test(reopen_keeps_buffered_lines_in_the_old_file_and_writes_new_ones_to_the_new),
+		cmocka_unit_test(reopen_without_an_access_log_closes_the_descriptor),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, remove_dir);
 }
