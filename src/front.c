@@ -1,10 +1,11 @@
 /*
- * front.c — the worker process: accept on the inherited listening sockets,
- * hand each connection to stream.c, drain on request; see front.h.
+ * front.c — the worker: accept on the listening sockets, hand each
+ * connection to stream.c, drain on request; and the daemon's worker
+ * process around it (worker_main); see front.h.
  *
  * Start-up order matters: everything that needs root is loaded first
- * (front_load_tls), then privileges are dropped for good, and only then
- * does the worker accept a single connection.
+ * (worker_new), then the worker process drops privileges for good, and
+ * only then does the worker accept a single connection.
  */
 #include <assert.h>
 #include <errno.h>
@@ -17,13 +18,15 @@
 
 #include <event2/event.h>
 
+#include "access_log.h"
+#include "admin.h"
 #include "front.h"
 #include "ipc.h"
 #include "kcd_client.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
 #include "proc.h"
-#include "admin.h"
 #include "stream.h"
 
 #define WORKER_MAGIC	0x574b5231u	/* "WKR1" */
@@ -45,20 +48,35 @@ struct worker {
 	const struct config *cfg;
 	unsigned slot;
 	unsigned generation;
-	long parent;
-	struct ipc_chan *ctl;		/* NULL once the parent is gone */
 	struct kcd_client *kcd;
+	struct policy *policy;
+	struct senv *senv;		/* stream.c's, see front_stream_env */
 	unsigned n_listen;
 	struct listener ls[CONFIG_MAX_LISTEN];
 	struct event *resume_ev;	/* accepts paused after EMFILE */
-	struct event *term_ev;		/* SIGTERM (also the parent-death signal) */
 	struct event *deadline_ev;	/* drain deadline */
+	struct event *drained_ev;	/* runs drained() outside stream code */
+	int admin_fd;			/* until worker_start; -1 none */
 	struct admin *admin;		/* /metrics /healthz /readyz; NULL none */
 	unsigned char ticket_keys[FRONT_TICKET_KEYS_LEN];
 	unsigned conns;
 	int draining;
+	int drained_done;		/* drained() was called */
 	uint64_t deadline_ms;
+	worker_drained_fn *drained;
+	void *drained_arg;
 };
+
+/* The daemon's worker process around its worker. */
+struct wproc {
+	unsigned magic;
+	struct worker *w;
+	long parent;
+	struct ipc_chan *ctl;		/* NULL once the parent is gone */
+	struct event *term_ev;		/* SIGTERM (also the parent-death signal) */
+};
+
+#define WPROC_MAGIC	0x57505231u	/* "WPR1" */
 
 struct event_base *
 front_base(struct worker *w)
@@ -79,6 +97,27 @@ front_kcd(struct worker *w)
 {
 	assert(w->magic == WORKER_MAGIC);
 	return w->kcd;
+}
+
+struct policy *
+front_policy(struct worker *w)
+{
+	assert(w->magic == WORKER_MAGIC);
+	return w->policy;
+}
+
+struct senv *
+front_stream_env(const struct worker *w)
+{
+	assert(w->magic == WORKER_MAGIC);
+	return w->senv;
+}
+
+void
+front_set_stream_env(struct worker *w, struct senv *env)
+{
+	assert(w->magic == WORKER_MAGIC);
+	w->senv = env;
 }
 
 const unsigned char *
@@ -117,6 +156,32 @@ front_conn_opened(struct worker *w)
 	metrics_self()->conns_open++;
 }
 
+/* Drained: tell the owner from an event of our own (the last close
+ * comes from inside stream code, which must not see w freed under it). */
+static void
+drained(struct worker *w)
+{
+	if (w->drained_done)
+		return;
+	w->drained_done = 1;
+	evtimer_del(w->deadline_ev);
+	event_active(w->drained_ev, EV_TIMEOUT, 1);
+}
+
+static void
+on_drained(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	assert(w->magic == WORKER_MAGIC);
+	if (w->drained != NULL)
+		w->drained(w, w->drained_arg);	/* may free w */
+	else
+		event_base_loopexit(w->base, NULL);
+}
+
 void
 front_conn_closed(struct worker *w)
 {
@@ -125,8 +190,9 @@ front_conn_closed(struct worker *w)
 	w->conns--;
 	metrics_self()->conns_open--;
 	if (w->draining && w->conns == 0) {
-		log_info("front", "worker %u: last connection closed; exiting", w->slot);
-		event_base_loopexit(w->base, NULL);
+		log_info("front", "worker %u (generation %u): last connection closed; done",
+		    w->slot, w->generation);
+		drained(w);
 	}
 }
 
@@ -234,32 +300,32 @@ on_deadline(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	assert(w->magic == WORKER_MAGIC);
-	log_warn("front", "worker %u: drain deadline reached with %u connections open; exiting",
-	    w->slot, w->conns);
-	event_base_loopexit(w->base, NULL);
+	log_warn("front", "worker %u (generation %u): drain deadline reached with %u "
+	    "connections open; closing them", w->slot, w->generation, w->conns);
+	drained(w);
 }
 
-/* Stop accepting and exit once the last connection is gone, or at
- * deadline_ms (CLOCK_MONOTONIC) at the latest. */
-static void
-start_drain(struct worker *w, uint64_t deadline_ms, const char *why)
+void
+worker_drain(struct worker *w, uint64_t deadline_ms, const char *why)
 {
 	uint64_t now = proc_now_ms(), left;
 	struct timeval tv;
 
-	if (w->draining && deadline_ms >= w->deadline_ms)
-		return;			/* an earlier deadline stands */
+	assert(w->magic == WORKER_MAGIC);
+	if (w->drained_done || (w->draining && deadline_ms >= w->deadline_ms))
+		return;			/* done, or an earlier deadline stands */
 	if (!w->draining)
-		log_info("front", "worker %u: draining (%s), %u connections open", w->slot, why, w->conns);
+		log_info("front", "worker %u (generation %u): draining (%s), %u connections open",
+		    w->slot, w->generation, why, w->conns);
 	w->draining = 1;
 	w->deadline_ms = deadline_ms;
 	listeners_stop(w, 1);
 	evtimer_del(w->resume_ev);
 	admin_free(w->admin);		/* the next generation answers it */
 	w->admin = NULL;
-	stream_drain_idle();
+	stream_drain_idle(w);
 	if (w->conns == 0) {
-		event_base_loopexit(w->base, NULL);
+		drained(w);
 		return;
 	}
 	left = deadline_ms > now ? deadline_ms - now : 0;
@@ -268,36 +334,154 @@ start_drain(struct worker *w, uint64_t deadline_ms, const char *why)
 	evtimer_add(w->deadline_ev, &tv);
 }
 
+/* ---- the worker object ------------------------------------------------------- */
+
+struct worker *
+worker_new(struct event_base *base, const struct worker_params *p, char *err, size_t errlen)
+{
+	struct worker *w = NULL;
+	int kcd_fd = p->kcd_fd;
+	unsigned i;
+
+	/* every descriptor in p is ours from here: owned by w or closed below */
+	if ((w = calloc(1, sizeof(*w))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail_fds;
+	}
+	w->magic = WORKER_MAGIC;
+	w->base = base;
+	w->cfg = p->cfg;
+	w->slot = p->slot;
+	w->generation = p->generation;
+	w->drained = p->drained;
+	w->drained_arg = p->drained_arg;
+	w->admin_fd = p->admin_fd;
+	memcpy(w->ticket_keys, p->ticket_keys, sizeof(w->ticket_keys));
+	w->n_listen = p->n_listen;
+	for (i = 0; i < p->n_listen; i++) {
+		w->ls[i].magic = LISTENER_MAGIC;
+		w->ls[i].w = w;
+		w->ls[i].fd = p->listen_fd[i];
+	}
+	if ((w->kcd = kcd_client_new(w->base, -1,
+	    w->cfg->kerberos.kdc_timeout + KCD_MARGIN_MS)) == NULL) {
+		snprintf(err, errlen, "cannot set up the kcd client");
+		goto fail;
+	}
+	if (kcd_fd >= 0) {
+		int fd = kcd_fd;
+
+		kcd_fd = -1;
+		if (kcd_client_set_channel(w->kcd, fd) != 0)	/* takes fd */
+			log_error("front", "worker %u: cannot use the channel to kcd", w->slot);
+	}
+	for (i = 0; i < w->n_listen; i++)
+		if ((w->ls[i].ev = event_new(w->base, w->ls[i].fd, EV_READ | EV_PERSIST,
+		    on_accept, &w->ls[i])) == NULL) {
+			snprintf(err, errlen, "cannot watch the listening sockets");
+			goto fail;
+		}
+	if ((w->resume_ev = evtimer_new(w->base, on_resume, w)) == NULL ||
+	    (w->deadline_ev = evtimer_new(w->base, on_deadline, w)) == NULL ||
+	    (w->drained_ev = evtimer_new(w->base, on_drained, w)) == NULL) {
+		snprintf(err, errlen, "cannot set up the event loop");
+		goto fail;
+	}
+	/* what may need root: device lists, TLS material, backend pools */
+	if ((w->policy = policy_new(w->cfg, w->base, p->hooks, err, errlen)) == NULL)
+		goto fail;
+	if (front_load_tls(w, err, errlen) != 0)
+		goto fail;
+	return w;
+fail:
+	if (kcd_fd >= 0)
+		close(kcd_fd);
+	worker_free(w);
+	return NULL;
+fail_fds:
+	if (kcd_fd >= 0)
+		close(kcd_fd);
+	for (i = 0; i < p->n_listen; i++)
+		close(p->listen_fd[i]);
+	if (p->admin_fd >= 0)
+		close(p->admin_fd);
+	return NULL;
+}
+
+void
+worker_start(struct worker *w)
+{
+	assert(w->magic == WORKER_MAGIC);
+	listeners_start(w);
+	if (w->admin_fd >= 0) {
+		int fd = w->admin_fd;
+
+		w->admin_fd = -1;
+		if ((w->admin = admin_new(w->base, fd)) == NULL)	/* takes fd */
+			log_error("front", "worker %u: cannot serve admin_listen", w->slot);
+	}
+}
+
+void
+worker_free(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	assert(w->magic == WORKER_MAGIC);
+	for (unsigned i = 0; i < w->n_listen; i++) {
+		if (w->ls[i].ev != NULL)
+			event_free(w->ls[i].ev);
+		if (w->ls[i].fd >= 0)
+			close(w->ls[i].fd);
+	}
+	admin_free(w->admin);
+	if (w->admin_fd >= 0)
+		close(w->admin_fd);
+	stream_shutdown(w);		/* every stream left, then their environment */
+	policy_free(w->policy);		/* after the streams: they cancel their calls */
+	kcd_client_free(w->kcd);
+	if (w->resume_ev != NULL)
+		event_free(w->resume_ev);
+	if (w->deadline_ev != NULL)
+		event_free(w->deadline_ev);
+	if (w->drained_ev != NULL)
+		event_free(w->drained_ev);
+	explicit_bzero(w->ticket_keys, sizeof(w->ticket_keys));
+	w->magic = 0;
+	free(w);
+}
+
+/* ---- the daemon's worker process ---------------------------------------------- */
+
 static void
 on_term(evutil_socket_t sig, short what, void *arg)
 {
-	struct worker *w = arg;
+	struct wproc *wp = arg;
 
 	(void)sig;
 	(void)what;
-	assert(w->magic == WORKER_MAGIC);
-	start_drain(w, proc_now_ms() + w->cfg->server.shutdown_timeout,
+	assert(wp->magic == WPROC_MAGIC);
+	worker_drain(wp->w, proc_now_ms() + wp->w->cfg->server.shutdown_timeout,
 	    "SIGTERM: the parent is gone or asked so");
 }
-
-/* ---- control channel from the parent ---------------------------------------- */
 
 static void
 on_ctl_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
 {
-	struct worker *w = arg;
+	struct wproc *wp = arg;
+	struct worker *w = wp->w;
 	struct ipc_rd rd;
 	uint64_t deadline;
 
 	(void)ch;
-	assert(w->magic == WORKER_MAGIC);
+	assert(wp->magic == WPROC_MAGIC);
 	ipc_rd_init(&rd, msg->data, msg->len);
 	switch (msg->type) {
 	case IPC_SHUTDOWN:
 		deadline = ipc_get_u64(&rd);
 		if (ipc_rd_done(&rd) != 0 || msg->fd >= 0)
 			goto bad;
-		start_drain(w, deadline, "shutdown requested by the parent");
+		worker_drain(w, deadline, "shutdown requested by the parent");
 		return;
 	case IPC_LOG_REOPEN:
 		if (ipc_rd_done(&rd) != 0)
@@ -329,130 +513,95 @@ bad:
 static void
 on_ctl_close(struct ipc_chan *ch, const char *why, void *arg)
 {
-	struct worker *w = arg;
+	struct wproc *wp = arg;
+	struct worker *w = wp->w;
 
-	assert(w->magic == WORKER_MAGIC);
+	assert(wp->magic == WPROC_MAGIC);
 	ipc_chan_free(ch);
-	w->ctl = NULL;
+	wp->ctl = NULL;
 	if (!w->draining || strstr(why, "closed the channel") == NULL)
 		log_warn("front", "worker %u: control channel: %s", w->slot, why);
-	start_drain(w, proc_now_ms() + w->cfg->server.shutdown_timeout, "the parent is gone");
+	worker_drain(w, proc_now_ms() + w->cfg->server.shutdown_timeout, "the parent is gone");
 }
-
-/* ---- main -------------------------------------------------------------------- */
 
 int
 worker_main(const struct front_args *a)
 {
-	struct worker *w = NULL;
+	struct worker_params wpar;
+	struct wproc wp = { .magic = WPROC_MAGIC, .parent = a->parent };
+	struct event_base *base = NULL;
 	char err[512];
-	int rc = 1, kcd_fd = a->kcd_fd, ctl_fd = a->ctl_fd, admin_fd = a->admin_fd;
+	int rc = 1, ctl_fd = a->ctl_fd;
 	unsigned i;
 
-	/* every descriptor in a is ours from here: owned by w or closed below */
-	if ((w = calloc(1, sizeof(*w))) == NULL)
+	memset(&wpar, 0, sizeof(wpar));
+	wpar.cfg = a->cfg;
+	wpar.slot = a->slot;
+	wpar.generation = a->generation;
+	wpar.kcd_fd = a->kcd_fd;
+	wpar.n_listen = a->n_listen;
+	for (i = 0; i < a->n_listen; i++)
+		wpar.listen_fd[i] = a->listen_fd[i];
+	wpar.admin_fd = a->admin_fd;
+	memcpy(wpar.ticket_keys, a->ticket_keys, sizeof(wpar.ticket_keys));
+	if ((base = event_base_new()) == NULL) {
+		log_error("front", "worker %u: cannot create the event loop", a->slot);
+		for (i = 0; i < a->n_listen; i++)
+			close(a->listen_fd[i]);
+		if (a->admin_fd >= 0)
+			close(a->admin_fd);
+		if (a->kcd_fd >= 0)
+			close(a->kcd_fd);
 		goto cleanup;
-	w->magic = WORKER_MAGIC;
-	w->cfg = a->cfg;
-	w->slot = a->slot;
-	memcpy(w->ticket_keys, a->ticket_keys, sizeof(w->ticket_keys));
-	w->generation = a->generation;
-	w->parent = a->parent;
-	w->n_listen = a->n_listen;
-	for (i = 0; i < a->n_listen; i++) {
-		w->ls[i].magic = LISTENER_MAGIC;
-		w->ls[i].w = w;
-		w->ls[i].fd = a->listen_fd[i];
 	}
-	if ((w->base = event_base_new()) == NULL) {
-		log_error("front", "worker %u: cannot create the event loop", w->slot);
+	/* what needs root (TLS keys, device lists), then never root again;
+	 * worker_new takes the descriptors in every case */
+	if ((wp.w = worker_new(base, &wpar, err, sizeof(err))) == NULL) {
+		log_error("front", "worker %u: %s", a->slot, err);
 		goto cleanup;
 	}
-	w->ctl = ipc_chan_new(w->base, ctl_fd, "parent", on_ctl_msg, on_ctl_close, w);
+	/* one access log per process, whatever the generation (stream.c
+	 * writes it, front.c or the embedding layer own it) */
+	if (a->cfg->log.access_log != NULL &&
+	    access_log_open(a->cfg->log.access_log, a->cfg->log.access_format, 1, err,
+	    sizeof(err)) != 0) {
+		log_error("front", "worker %u: %s", a->slot, err);
+		goto cleanup;
+	}
+	wp.ctl = ipc_chan_new(base, ctl_fd, "parent", on_ctl_msg, on_ctl_close, &wp);
 	ctl_fd = -1;		/* taken, even on failure */
-	if (w->ctl == NULL) {
-		log_error("front", "worker %u: no control channel", w->slot);
+	if (wp.ctl == NULL) {
+		log_error("front", "worker %u: no control channel", a->slot);
 		goto cleanup;
 	}
-	if ((w->kcd = kcd_client_new(w->base, -1,
-	    w->cfg->kerberos.kdc_timeout + KCD_MARGIN_MS)) == NULL)
-		goto cleanup;
-	if (kcd_fd >= 0) {
-		int fd = kcd_fd;
-
-		kcd_fd = -1;
-		if (kcd_client_set_channel(w->kcd, fd) != 0)	/* takes fd */
-			log_error("front", "worker %u: cannot use the channel to kcd", w->slot);
-	}
-	for (i = 0; i < w->n_listen; i++)
-		if ((w->ls[i].ev = event_new(w->base, w->ls[i].fd, EV_READ | EV_PERSIST,
-		    on_accept, &w->ls[i])) == NULL)
-			goto cleanup;
-	if ((w->resume_ev = evtimer_new(w->base, on_resume, w)) == NULL ||
-	    (w->deadline_ev = evtimer_new(w->base, on_deadline, w)) == NULL ||
-	    (w->term_ev = evsignal_new(w->base, SIGTERM, on_term, w)) == NULL ||
-	    evsignal_add(w->term_ev, NULL) != 0)
-		goto cleanup;
-
-	/* what needs root, then never root again */
-	if (front_load_tls(w, err, sizeof(err)) != 0) {
-		log_error("front", "worker %u: %s", w->slot, err);
+	if ((wp.term_ev = evsignal_new(base, SIGTERM, on_term, &wp)) == NULL ||
+	    evsignal_add(wp.term_ev, NULL) != 0) {
+		log_error("front", "worker %u: cannot watch SIGTERM", a->slot);
 		goto cleanup;
 	}
-	if (proc_drop_privileges(w->cfg->server.user, w->parent, err, sizeof(err)) != 0) {
-		log_error("front", "worker %u: cannot drop privileges: %s", w->slot, err);
+	if (proc_drop_privileges(a->cfg->server.user, wp.parent, err, sizeof(err)) != 0) {
+		log_error("front", "worker %u: cannot drop privileges: %s", a->slot, err);
 		goto cleanup;
 	}
 
-	listeners_start(w);
-	if (admin_fd >= 0) {
-		int fd = admin_fd;
-
-		admin_fd = -1;
-		if ((w->admin = admin_new(w->base, fd)) == NULL)	/* takes fd */
-			log_error("front", "worker %u: cannot serve admin_listen", w->slot);
-	}
-	if (ipc_send(w->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
-		log_error("front", "worker %u: cannot report ready to the parent", w->slot);
+	worker_start(wp.w);
+	if (ipc_send(wp.ctl, IPC_READY, 0, NULL, 0, -1) != 0)
+		log_error("front", "worker %u: cannot report ready to the parent", a->slot);
 	log_info("front", "worker %u (generation %u) accepting on %u sockets as uid %ld",
-	    w->slot, w->generation, w->n_listen, (long)geteuid());
-	event_base_dispatch(w->base);
+	    a->slot, a->generation, a->n_listen, (long)geteuid());
+	event_base_dispatch(base);
 	rc = 0;
 cleanup:
 	if (ctl_fd >= 0)
 		close(ctl_fd);
-	if (kcd_fd >= 0)
-		close(kcd_fd);
-	if (w == NULL) {
-		for (i = 0; i < a->n_listen; i++)
-			close(a->listen_fd[i]);
-		if (admin_fd >= 0)
-			close(admin_fd);
-		return rc;
-	}
-	for (i = 0; i < w->n_listen; i++) {
-		if (w->ls[i].ev != NULL)
-			event_free(w->ls[i].ev);
-		if (w->ls[i].fd >= 0)
-			close(w->ls[i].fd);
-	}
-	admin_free(w->admin);
-	if (admin_fd >= 0)
-		close(admin_fd);
-	stream_shutdown();
-	kcd_client_free(w->kcd);
-	if (w->ctl != NULL)
-		ipc_chan_free(w->ctl);
-	if (w->resume_ev != NULL)
-		event_free(w->resume_ev);
-	if (w->deadline_ev != NULL)
-		event_free(w->deadline_ev);
-	if (w->term_ev != NULL)
-		event_free(w->term_ev);
-	if (w->base != NULL)
-		event_base_free(w->base);
-	explicit_bzero(w->ticket_keys, sizeof(w->ticket_keys));
-	w->magic = 0;
-	free(w);
+	worker_free(wp.w);
+	access_log_close();
+	if (wp.ctl != NULL)
+		ipc_chan_free(wp.ctl);
+	if (wp.term_ev != NULL)
+		event_free(wp.term_ev);
+	if (base != NULL)
+		event_base_free(base);
+	wp.magic = 0;
 	return rc;
 }

@@ -105,7 +105,8 @@ enum st {
 	ST_CLOSING,
 };
 
-/* What every stream of this worker shares (one per worker process). */
+/* What every stream of a worker shares; the worker keeps it
+ * (front_stream_env). */
 struct senv {
 	const struct config *cfg;
 	struct event_base *base;
@@ -121,6 +122,13 @@ struct senv {
 	LIST_HEAD(, stream) streams;	/* every open stream, for drain and exit */
 };
 
+/*
+ * The environment of the stream being served. A process may hold several
+ * workers (the embedding library runs a new generation beside the one that
+ * drains on the same loop), so every entry into this file sets it first:
+ * stream_of() for every callback, stream_accept, stream_drain_idle,
+ * stream_shutdown and the environment's own timer. Code below uses env.
+ */
 static struct senv *env;
 
 /* One request; freed when it is logged. Kept small: a parked Ping holds it
@@ -187,6 +195,7 @@ struct stream {
 	unsigned nreq;
 	struct req *rq;
 	struct pp_read *pp;		/* only while the PROXY header is read */
+	struct senv *env;		/* its worker's */
 	LIST_ENTRY(stream) link;
 };
 
@@ -241,6 +250,7 @@ stream_of(void *arg)
 	struct stream *s = arg;
 
 	assert(s != NULL && s->magic == STREAM_MAGIC);
+	env = s->env;
 	return s;
 }
 
@@ -576,7 +586,7 @@ stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	int one = 1;
 
 	(void)salen;
-	if (env == NULL) {
+	if ((env = front_stream_env(w)) == NULL) {
 		log_error("stream", "no stream environment (front_load_tls not run)");
 		close(fd);
 		return -1;
@@ -587,6 +597,7 @@ stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t sal
 	}
 	s->magic = STREAM_MAGIC;
 	s->w = w;
+	s->env = env;
 	s->state = ST_HANDSHAKE;
 	addr_text(sa, s->c_ip, sizeof(s->c_ip), NULL);
 	if (getsockname(fd, (struct sockaddr *)&local, &ll) == 0)
@@ -1750,16 +1761,14 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 static void
 on_flush(evutil_socket_t fd, short what, void *arg)
 {
+	struct backend_stats st;
+
 	(void)fd;
 	(void)what;
-	(void)arg;
+	env = arg;
 	access_log_flush();
-	if (env != NULL) {
-		struct backend_stats st;
-
-		backend_stats(env->backend, &st);
-		metrics_self()->backend_servers_up = st.servers_up;
-	}
+	backend_stats(env->backend, &st);
+	metrics_self()->backend_servers_up = st.servers_up;
 }
 
 int
@@ -1794,10 +1803,9 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 		goto fail;
 	}
 	metrics_self()->backend_servers_up = cfg->backend.n_servers;	/* up until shown down */
-	if (cfg->log.access_log != NULL &&
-	    access_log_open(cfg->log.access_log, cfg->log.access_format, 1, err, errlen) != 0)
-		goto fail;
-	if ((e->flush_ev = event_new(e->base, -1, EV_PERSIST, on_flush, NULL)) == NULL ||
+	/* the access log itself is the process owner's (worker_main, or the
+	 * embedding layer): generations come and go, the file stays open */
+	if ((e->flush_ev = event_new(e->base, -1, EV_PERSIST, on_flush, e)) == NULL ||
 	    event_add(e->flush_ev, &(struct timeval){ 1, 0 }) != 0) {
 		snprintf(err, errlen, "cannot start the access log timer");
 		goto fail;
@@ -1810,14 +1818,13 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 	e->req_lim.max_header_size = cfg->server.max_header_size;
 	e->req_lim.max_body_size = cfg->server.max_body_size;
 	e->resp_lim.max_header_size = cfg->server.max_header_size;
-	env = e;
+	front_set_stream_env(w, e);
 	return 0;
 fail:
 	if (e->ocsp != NULL)
 		ocsp_free(e->ocsp);
 	if (e->flush_ev != NULL)
 		event_free(e->flush_ev);
-	access_log_close();
 	if (e->backend != NULL)
 		backend_free(e->backend);
 	if (e->dns != NULL)
@@ -1829,11 +1836,11 @@ fail:
 }
 
 void
-stream_drain_idle(void)
+stream_drain_idle(struct worker *w)
 {
 	struct stream *s, *next;
 
-	if (env == NULL)
+	if ((env = front_stream_env(w)) == NULL)
 		return;
 	for (s = LIST_FIRST(&env->streams); s != NULL; s = next) {
 		next = LIST_NEXT(s, link);
@@ -1843,14 +1850,14 @@ stream_drain_idle(void)
 }
 
 void
-stream_shutdown(void)
+stream_shutdown(struct worker *w)
 {
-	if (env == NULL)
+	if ((env = front_stream_env(w)) == NULL)
 		return;
 	while (!LIST_EMPTY(&env->streams))
 		stream_close(LIST_FIRST(&env->streams), REASON_SHUTDOWN, NULL);
 	event_free(env->flush_ev);
-	access_log_close();
+	access_log_flush();
 	if (env->ocsp != NULL)
 		ocsp_free(env->ocsp);
 	backend_free(env->backend);
@@ -1859,4 +1866,5 @@ stream_shutdown(void)
 	SSL_CTX_free(env->backend_ctx);
 	free(env);
 	env = NULL;
+	front_set_stream_env(w, NULL);
 }

@@ -19,17 +19,19 @@ int stream_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t
 #include <stddef.h>
 
 /* Build what every stream of this worker shares — the device and backend
- * TLS contexts (so it runs while the worker is still root), the access
- * log, DNS, the backend pools — from the worker's config. Returns 0, or -1
- * with the cause in err. */
+ * TLS contexts (so it runs while the worker is still root), DNS, the
+ * backend pools — from the worker's config, and hand it to the worker
+ * (front_set_stream_env). The access log file is opened by the process
+ * (access_log_open); streams write it. Returns 0, or -1 with the cause in
+ * err. */
 int stream_env_init(struct worker *w, char *err, size_t errlen);
 
-/* Draining: close keep-alive connections that are between requests; the
- * others close after their current request. */
-void stream_drain_idle(void);
+/* Draining: close w's keep-alive connections that are between requests;
+ * the others close after their current request. */
+void stream_drain_idle(struct worker *w);
 
-/* Worker exit: close every stream that is left (reason shutdown, each
- * logged), then free the shared environment. */
-void stream_shutdown(void);
+/* Worker exit: close every stream of w that is left (reason shutdown,
+ * each logged), then free the shared environment. */
+void stream_shutdown(struct worker *w);
 
 #endif

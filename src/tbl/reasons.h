@@ -43,7 +43,8 @@ REASON(CERT_OCSP,          "cert_ocsp_unavailable", 0,   1, "ocsp = required and
 /* identity (SPEC §5) */
 REASON(IDENTITY_UNMAPPED,  "identity_unmapped",     403, 1, "the certificate verifies but names no user that maps to a realm")
 REASON(USER_MISMATCH,      "user_mismatch",         403, 1, "the query's User= is not the certificate's user")
-REASON(DEVICE_DENIED,      "device_denied",         403, 1, "the DeviceId is refused by device policy")
+REASON(DEVICE_DENIED,      "device_denied",         403, 1, "the DeviceId is refused by device policy ([devices] lists or the embedding program)")
+REASON(DEVICE_QUARANTINED, "device_quarantined",    403, 1, "the embedding program quarantined the device: only Provision, Settings and command-less requests pass")
 
 /* Kerberos (SPEC §5, §6); the detail is the krb5 error name */
 REASON(KDC_USER,           "kdc_",                  403, 1, "the KDC refused the user (unknown, disabled, expired, locked, not delegable)")
