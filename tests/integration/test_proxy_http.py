@@ -445,6 +445,38 @@ def test_parked_request_slow(proxy):
 # a scripted backend: plain HTTP, records the exact bytes of every request
 # head it got, answers what the test scripted
 
+class _Reader:
+    """Buffered reads from a socket: until a separator, or n bytes to a sink."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self):
+        d = self.sock.recv(256 * 1024)
+        if not d:
+            raise ConnectionError("closed")
+        self.buf += d
+
+    def until(self, sep):
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(sep)])
+                del self.buf[:i + len(sep)]
+                return out
+            self._fill()
+
+    def take(self, n, sink):
+        while n:
+            if not self.buf:
+                self._fill()
+            k = min(n, len(self.buf))
+            sink(bytes(self.buf[:k]))
+            del self.buf[:k]
+            n -= k
+
+
 class ScriptedBackend:
     """Threaded HTTP/1.1 server on 127.0.0.1 (keep-alive). Every request
     is recorded as (connection number, raw head bytes, body bytes); the
@@ -483,45 +515,45 @@ class ScriptedBackend:
             threading.Thread(target=self._serve, args=(c, n), daemon=True).start()
 
     def _serve(self, c, n):
-        buf = b""
+        rd = _Reader(c)
         c.settimeout(60)
         drop_next = False
         try:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                i = buf.index(b"\r\n\r\n") + 4
-                raw, buf = buf[:i], buf[i:]
+                raw = rd.until(b"\r\n\r\n")
                 lines = raw.decode("latin-1").split("\r\n")
                 hdrs = {}
                 for ln in lines[1:]:
                     if ln:
                         k, _, v = ln.partition(":")
                         hdrs.setdefault(k.strip().lower(), v.strip())
-                body = b""
+                path = lines[0].split(" ")[1].split("?")[0]
+                # /slowsink: a slow reader that only hashes (big bodies)
+                slow = path.endswith("/slowsink")
+                h = hashlib.sha256()
+                parts = []
+                got = [0]
+
+                def sink(b):
+                    h.update(b)
+                    if not slow:
+                        parts.append(b)
+                    before = got[0]
+                    got[0] += len(b)
+                    if slow and got[0] // (128 * MB) != before // (128 * MB):
+                        time.sleep(0.3)
                 if hdrs.get("transfer-encoding", "").lower() == "chunked":
                     while True:
-                        while b"\r\n" not in buf:
-                            buf += c.recv(65536)
-                        line, _, buf = buf.partition(b"\r\n")
-                        size = int(line.split(b";")[0], 16)
-                        while len(buf) < size + 2:
-                            buf += c.recv(65536)
+                        size = int(rd.until(b"\r\n").split(b";")[0], 16)
                         if size == 0:
-                            while not buf.startswith(b"\r\n"):
-                                buf += c.recv(65536)
-                            buf = buf[2:]
+                            while rd.until(b"\r\n") != b"\r\n":
+                                pass
                             break
-                        body += buf[:size]
-                        buf = buf[size + 2:]
+                        rd.take(size, sink)
+                        rd.until(b"\r\n")
                 else:
-                    cl = int(hdrs.get("content-length", "0"))
-                    while len(buf) < cl:
-                        buf += c.recv(65536)
-                    body, buf = buf[:cl], buf[cl:]
+                    rd.take(int(hdrs.get("content-length", "0")), sink)
+                body = b"".join(parts)
                 if drop_next:
                     # a keep-alive timeout that fired as this request came:
                     # closed without a byte of answer
@@ -530,10 +562,15 @@ class ScriptedBackend:
                     return
                 with self.lock:
                     self.requests.append((n, raw, body))
-                path = lines[0].split(" ")[1].split("?")[0]
                 drop_next = path.endswith("/dropnext")
-                status, headers, rbody = self.scripts.get(
-                    path, ("200 OK", [("Content-Type", "application/json")], b"{}"))
+                if slow:
+                    answer = ("200 OK", [("Content-Type", "application/json")],
+                              json.dumps({"body_length": got[0],
+                                          "body_sha256": h.hexdigest()}).encode())
+                else:
+                    answer = self.scripts.get(
+                        path, ("200 OK", [("Content-Type", "application/json")], b"{}"))
+                status, headers, rbody = answer
                 out = [f"HTTP/1.1 {status}"] + [f"{k}: {v}" for k, v in headers]
                 out.append(f"Content-Length: {len(rbody)}")
                 c.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + rbody)
@@ -1201,3 +1238,56 @@ def test_http10_device_gets_no_chunked_answer(proxy):
     assert r.status == 200
     assert r.header("Transfer-Encoding") is None
     assert r.length == size and r.sha256 == pattern_sha256(size)
+
+
+@pytest.fixture(scope="module")
+def big_scripted(lab_session):
+    """Like big_proxy, in front of a ScriptedBackend (for a slow reader)."""
+    be = ScriptedBackend()
+    rel = release_binary()
+    p = lab_proxy(lab_session, workers=1, binary=rel, keep=KEEP, settings={
+        "server": {"max_body_size": "2g"},
+        "backend": {"servers": f"{lab_session.BACKEND_HOST}:{be.port}",
+                    "connect_to": f"127.0.0.1:{be.port}", "tls": "off", "ca": None}})
+    p.alice = p.device_cert("alice")
+    p.size = GB if rel else 256 * MB
+    if rel is None:
+        san_env = p.env
+        p.env = lambda: (lambda e: dict(e, ASAN_OPTIONS=e["ASAN_OPTIONS"] +
+                                        ":quarantine_size_mb=4"))(san_env())
+    p.start()
+    try:
+        yield p
+        p.stop()
+    finally:
+        p.cleanup()
+        be.stop()
+
+
+def test_memory_bounded_while_1gb_goes_to_a_slow_backend(big_scripted):
+    """1 GB up (Content-Length) to a backend that stops reading for 0.3 s
+    every 128 MB: the proxy stops reading the device meanwhile, its RSS
+    stays within 64 MiB of the warm-up's, the body arrives intact."""
+    p = big_scripted
+    size = p.size
+    worker = p.child("ekp-worker-0")["pid"]
+    block = os.urandom(MB)
+    target = f"{EAS}/slowsink?Cmd=SendMail&User=alice&DeviceId=BIG1&DeviceType=iPhone"
+    with Device(p, p.alice, timeout=120) as d:
+        r = d.request("POST", target, os.urandom(8 * MB))
+        assert r.status == 200
+        base = rss(worker)
+        with RssWatch(worker) as watch:
+            d.send(head("POST", target, body_len=size))
+            h = hashlib.sha256()
+            for i in range(size // MB):
+                data = block[i % 5:] + block[:i % 5]
+                h.update(data)
+                d.send(data)
+            r = d.read_response()
+    assert r.status == 200
+    assert r.json() == {"body_length": size, "body_sha256": h.hexdigest()}
+    growth = watch.peak - base
+    assert growth <= RSS_BOUND, (
+        f"worker RSS grew by {growth / MB:.1f} MiB while {size // MB} MiB went to a slow "
+        f"backend (bound {RSS_BOUND // MB} MiB)")
