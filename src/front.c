@@ -491,6 +491,14 @@ on_ctl_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
 		else
 			(void)log_reopen();
 		return;
+	case IPC_ACCESS_LOG_REOPEN:
+		if (ipc_rd_done(&rd) != 0 || msg->fd < 0)
+			goto bad;
+		/* the parent opened it: we cannot (root-owned file, we are
+		 * unprivileged); takes the fd, flushes into the old file first */
+		access_log_reopen_fd(msg->fd);
+		log_debug("front", "worker %u: access log reopened", w->slot);
+		return;
 	case IPC_KCD_CHANNEL:
 		if (ipc_rd_done(&rd) != 0 || msg->fd < 0)
 			goto bad;

@@ -31,6 +31,7 @@
 
 #include <openssl/rand.h>
 
+#include "access_log.h"
 #include "config.h"
 #include "front.h"
 #include "ipc.h"
@@ -1014,6 +1015,22 @@ start_stop(int sig)
 	reap_gens();
 }
 
+/* The access log exists, with its W3C directives when new, before any
+ * worker opens it: workers of one generation never race to write them, and
+ * a path the parent cannot open fails the start or the reload here. */
+static int
+prepare_access_log(const struct config *cfg, char *err, size_t errlen)
+{
+	int fd;
+
+	if (cfg->log.access_log == NULL || cfg->log.access_log[0] == '\0')
+		return 0;
+	if ((fd = access_log_prepare(cfg->log.access_log, cfg->log.access_format, err, errlen)) < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
 static void
 log_errors(const struct config_errors *errs)
 {
@@ -1066,7 +1083,8 @@ reload(void)
 		config_free(cfg);
 		return;
 	}
-	if (gen_listeners(g, cur, err, sizeof(err)) != 0) {
+	if (gen_listeners(g, cur, err, sizeof(err)) != 0 ||
+	    prepare_access_log(cfg, err, sizeof(err)) != 0) {
 		log_error("proc", "reload refused: %s", err);
 		goto fail;
 	}
@@ -1095,29 +1113,54 @@ fail:
 	P.next_gen_id--;
 }
 
+/* SIGUSR1 (logrotate): the parent reopens the files for its children, who
+ * run unprivileged and could not open a root-owned log themselves. */
 static void
 reopen_logs(void)
 {
+	char err[512];
+	unsigned n_access = 0;
+
 	if (log_reopen() != 0)
 		log_error("proc", "SIGUSR1: could not reopen the error log");
 	else
 		log_info("proc", "SIGUSR1: error log reopened");
 	for (struct gen *g = P.gens; g != NULL; g = g->next) {
 		const char *t = g->cfg->log.error_log;
+		const char *al = g->cfg->log.access_log;
 		int fd = -1;
 
-		/* workers can no longer open a root-owned file: open it for them */
 		if (t != NULL && t[0] == '/' &&
 		    (fd = open(t, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640)) < 0)
 			log_error("proc", "SIGUSR1: cannot open %s for generation %u: %s", t, g->id,
 			    strerror(errno));
-		if (t != NULL && t[0] == '/' && fd < 0)
-			continue;
-		for (unsigned i = 0; i < gen_nchildren(g); i++)
-			(void)send_u32_fd(gen_child(g, i), IPC_LOG_REOPEN, 0, 0, fd);
+		if (t == NULL || t[0] != '/' || fd >= 0) {
+			for (unsigned i = 0; i < gen_nchildren(g); i++)
+				(void)send_u32_fd(gen_child(g, i), IPC_LOG_REOPEN, 0, 0, fd);
+		}
 		if (fd >= 0)
 			close(fd);
+
+		/* the access log: a new file starts with its directives, then
+		 * each worker gets the descriptor and flushes into the old
+		 * file what it buffered before switching */
+		if (al == NULL || al[0] == '\0')
+			continue;
+		if ((fd = access_log_prepare(al, g->cfg->log.access_format, err, sizeof(err))) < 0) {
+			log_error("proc", "SIGUSR1: generation %u keeps writing its old access log: %s",
+			    g->id, err);
+			continue;
+		}
+		for (unsigned i = 0; i < g->n_workers; i++)
+			if (g->workers[i].pid > 0 &&
+			    send_u32_fd(&g->workers[i], IPC_ACCESS_LOG_REOPEN, 0, 0, fd) != 0)
+				log_error("proc", "SIGUSR1: cannot hand %s (generation %u) its access log",
+				    g->workers[i].name, g->id);
+		close(fd);
+		n_access++;
 	}
+	if (n_access > 0)
+		log_info("proc", "SIGUSR1: access log reopened");
 }
 
 static void
@@ -1258,7 +1301,8 @@ proc_main(struct config *cfg, const char *config_path, int daemon)
 		config_free(cfg);
 		goto cleanup;
 	}
-	if (gen_listeners(g, NULL, err, sizeof(err)) != 0) {
+	if (gen_listeners(g, NULL, err, sizeof(err)) != 0 ||
+	    prepare_access_log(g->cfg, err, sizeof(err)) != 0) {
 		log_error("proc", "%s", err);
 		goto cleanup;
 	}

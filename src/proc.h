@@ -15,6 +15,9 @@
  *                         stop accepting, finish, exit by then
  *   LOG_REOPEN      p->c  (empty) + fd of the reopened error log, or no fd
  *                         when the target is not a file
+ *   ACCESS_LOG_REOPEN p->w (empty) + fd of the reopened access log, its
+ *                         W3C directives already written when the file is
+ *                         new (access_log_prepare)
  *   KCD_CHANNEL     p->w  (empty) + fd: the worker's end of a new channel to
  *                         kcd (kcd was restarted)
  *   WORKER_CHANNEL  p->k  u32 worker slot + fd: kcd's end of that worker's

@@ -8,6 +8,7 @@ IPC_MSG(NONE,           "none")		/* never sent; 0 is invalid on the wire */
 /* parent -> child control */
 IPC_MSG(SHUTDOWN,       "shutdown")	/* u64 drain deadline ms: stop accepting, drain, exit */
 IPC_MSG(LOG_REOPEN,     "log_reopen")	/* reopen log files (SIGUSR1) */
+IPC_MSG(ACCESS_LOG_REOPEN, "access_log_reopen")	/* to workers, fd: the access log reopened (SIGUSR1) */
 IPC_MSG(KCD_CHANNEL,    "kcd_channel")	/* fd: a new channel to kcd (kcd restarted) */
 IPC_MSG(WORKER_CHANNEL, "worker_channel")	/* to kcd: u32 worker slot + fd of that worker's channel */
 
