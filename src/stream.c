@@ -12,10 +12,14 @@
  *               malformed: closed with bad_proxy_protocol.
  *   HANDSHAKE   TLS with a required client certificate (tls.c); a refused
  *               handshake closes with its cert_* reason.
+ *   IDENTITY    an embedding program's identity hook refines the mapping
+ *               (policy.c; asynchronous), within client_header_timeout.
  *   OCSP        with [tls] ocsp = on|required: the certificate's status is
  *               asked (ocsp.c, asynchronous, cached) before any request.
  *   HEAD        reading a request head (http.c); idle_timeout until the
  *               first byte, client_header_timeout after it.
+ *   AUTHORIZE   [devices] lists and an embedding program's authorize hook
+ *               (policy.c; asynchronous) judge the decoded request.
  *   BACKEND     waiting for a backend connection private to the user
  *               (backend.c) ...
  *   TOKEN       ... then for kcd's Negotiate token for that connection's
@@ -71,6 +75,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ocsp.h"
+#include "policy.h"
 #include "proxyproto.h"
 #include "reason.h"
 #include "stream.h"
@@ -96,8 +101,10 @@
 enum st {
 	ST_PROXY,		/* [server] proxy_protocol: reading the PROXY header */
 	ST_HANDSHAKE,
+	ST_IDENTITY,		/* the embedding program's identity hook */
 	ST_OCSP,		/* [tls] ocsp: the device certificate's status */
 	ST_HEAD,
+	ST_AUTHORIZE,		/* device policy, the authorize hook */
 	ST_BACKEND,
 	ST_TOKEN,
 	ST_FORWARD,
@@ -168,6 +175,7 @@ struct req {
 	struct bconn *bc;
 	struct backend_wait *bw;
 	struct kcd_req *kr;
+	struct policy_call *pc;		/* authorize hook call in flight */
 	uint64_t cs_bytes, sc_bytes;
 	int status;
 	enum reason reason;
@@ -191,6 +199,7 @@ struct stream {
 	char id_detail[DETAIL_MAX];
 	struct http_msg *req_msg;	/* only while a request head is parsed */
 	struct ocsp_query *oq;		/* OCSP check in flight */
+	struct policy_call *idc;	/* identity hook call in flight */
 	int head_bytes_seen;		/* a byte of the next head arrived */
 	unsigned nreq;
 	struct req *rq;
@@ -222,6 +231,10 @@ static void on_be_write(struct bufferevent *bev, void *arg);
 static void on_be_event(struct bufferevent *bev, short what, void *arg);
 static void start_backend(struct stream *s);
 static void on_ocsp(enum reason r, const char *detail, void *arg);
+static void identity_set(struct stream *s, const struct policy_identity *pid);
+static void on_identity(const struct policy_identity *pid, void *arg);
+static void identified(struct stream *s);
+static void authorize(struct stream *s);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -301,6 +314,7 @@ req_free(struct stream *s)
 	if (rq == NULL)
 		return;
 	assert(rq->magic == REQ_MAGIC);
+	policy_cancel(rq->pc);
 	if (rq->kr != NULL)
 		kcd_request_cancel(rq->kr);
 	if (rq->bw != NULL)
@@ -349,6 +363,7 @@ log_request(struct stream *s, struct req *rq, enum reason r, const char *detail,
 		a.kdc_ms = rq->kdc_ms;
 	}
 	access_log_write(&a);
+	policy_log(front_policy(s->w), &a);
 	metrics_count_request(r, status);
 }
 
@@ -379,6 +394,7 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 	free(s->req_msg);
 	if (s->pp != NULL)
 		pp_free(s, 1);
+	policy_cancel(s->idc);
 	if (s->oq != NULL)
 		ocsp_cancel(s->oq);
 	if (s->timer != NULL)
@@ -655,8 +671,53 @@ handshake_done(struct stream *s)
 		    identity_detail_token(res->detail));
 		log_info("identity", "%s: %s", s->c_ip, res->message);
 	}
+	/* an embedding program's identity hook may refine it (policy.h) */
+	if (cert != NULL) {
+		struct policy_identity pid;
+
+		s->idc = policy_identify(front_policy(s->w), cert, res, s->c_ip, &pid,
+		    on_identity, s);
+		if (s->idc == NULL)
+			identity_set(s, &pid);
+	}
 	free(res);
 	arm_timer(s, env->cfg->server.client_header_timeout);
+	if (s->idc != NULL) {
+		s->state = ST_IDENTITY;
+		return;
+	}
+	identified(s);
+}
+
+/* The identity the connection goes on with, as the identity hook (if any)
+ * left it. */
+static void
+identity_set(struct stream *s, const struct policy_identity *pid)
+{
+	s->id_ok = pid->ok;
+	if (pid->ok)
+		snprintf(s->principal, sizeof(s->principal), "%s", pid->principal);
+	else
+		snprintf(s->id_detail, sizeof(s->id_detail), "%s", pid->detail);
+}
+
+static void
+on_identity(const struct policy_identity *pid, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	s->idc = NULL;
+	identity_set(s, pid);
+	s->state = ST_HEAD;
+	identified(s);
+}
+
+/* The certificate is mapped: OCSP (if on), then the first request. */
+static void
+identified(struct stream *s)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+
 	if (env->ocsp != NULL) {
 		struct ocsp_query *q;
 
@@ -922,7 +983,7 @@ process_input(struct stream *s)
 	free(s->req_msg);
 	s->req_msg = NULL;
 	s->head_bytes_seen = 0;
-	start_backend(s);
+	authorize(s);
 }
 
 /* ---- backend connection and token ------------------------------------------ */
@@ -964,6 +1025,41 @@ on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 	    on_token, s);
 	if (rq->kr == NULL)
 		respond_error(s, REASON_KDC_UNREACHABLE, NULL);
+}
+
+static void
+on_authorized(const struct policy_verdict *v, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	s->rq->pc = NULL;
+	if (v->reason != REASON_OK)
+		respond_error(s, v->reason, v->detail);
+	else
+		start_backend(s);
+}
+
+/* [devices] lists, then an embedding program's authorize hook (policy.h):
+ * the EAS query is decoded, the backend not asked yet. */
+static void
+authorize(struct stream *s)
+{
+	struct req *rq = s->rq;
+	struct policy_verdict v;
+	const struct eas_kcd_proxy_request pr = {
+		.user = s->principal, .device_id = rq->device_id,
+		.device_type = rq->device_type, .cmd = rq->eas_cmd, .method = rq->method_s,
+		.path = rq->stem, .client_ip = s->c_ip, .user_agent = rq->ua,
+	};
+
+	rq->pc = policy_authorize(front_policy(s->w), &pr, &v, on_authorized, s);
+	if (rq->pc != NULL) {
+		s->state = ST_AUTHORIZE;
+		arm_timer(s, env->cfg->server.client_header_timeout);
+	} else if (v.reason != REASON_OK)
+		respond_error(s, v.reason, v.detail);
+	else
+		start_backend(s);
 }
 
 static void
@@ -1736,6 +1832,9 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 		break;
 	case ST_OCSP:
 		stream_close(s, REASON_HEADER_TIMEOUT, "ocsp");
+		break;
+	case ST_IDENTITY:
+		stream_close(s, REASON_HEADER_TIMEOUT, "identity_hook");
 		break;
 	case ST_HEAD:
 		if (s->head_bytes_seen) {
