@@ -186,10 +186,15 @@ access_format = w3c
             env.pop(k, None)
         # a sanitizer build reports into files here, also from children
         # whose stderr is not ours (checked by sanitizer_report())
+        # (a sticky world-writable directory: workers run as nobody)
+        sdir = self.path("sanlogs")
+        if not os.path.isdir(sdir):
+            os.makedirs(sdir)
+            os.chmod(sdir, 0o1777)
         for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
             opts = [o for o in env.get(var, "").split(":")
                     if o and not o.startswith("log_path=")]
-            opts.append("log_path=" + self.path("san"))
+            opts.append("log_path=" + os.path.join(sdir, "san"))
             env[var] = ":".join(opts)
         return env
 
@@ -280,7 +285,8 @@ access_format = w3c
         return problems
 
     def sanitizer_report(self):
-        for path in sorted(glob.glob(self.path("san.*"))):
+        for path in sorted(glob.glob(self.path("san.*")) +
+                           glob.glob(os.path.join(self.path("sanlogs"), "san.*"))):
             lines = tail(path, 30)
             if lines:
                 return path, lines

@@ -289,18 +289,30 @@ class Proxy:
         return self._write(os.path.basename(self.conf), text)
 
     # ---- environment ---------------------------------------------------
+    def san_dir(self):
+        """Where every process writes its sanitizer reports: a sticky,
+        world-writable directory, because workers run as nobody and could
+        not create a file in DIR (0711, root) — a report lost that way
+        would let a crashing worker pass a test."""
+        d = self.path("sanlogs")
+        if not os.path.isdir(d):
+            os.makedirs(d)
+            os.chmod(d, 0o1777)
+        return d
+
     def env(self):
-        """The daemon's environment: sanitizer reports into DIR/san.*."""
+        """The daemon's environment: sanitizer reports into DIR/sanlogs/san.*."""
         env = dict(os.environ)
         for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
             opts = [o for o in env.get(var, "").split(":") if o and not o.startswith("log_path=")]
-            opts.append("log_path=" + self.path("san"))
+            opts.append("log_path=" + os.path.join(self.san_dir(), "san"))
             env[var] = ":".join(opts)
         return env
 
     def sanitizer_reports(self):
         out = []
-        for f in sorted(glob.glob(self.path("san.*"))):
+        for f in sorted(glob.glob(self.path("san.*")) +
+                        glob.glob(os.path.join(self.san_dir(), "san.*"))):
             with open(f, errors="replace") as fh:
                 out.append(f"{f}:\n{fh.read()}")
         return out
