@@ -59,6 +59,7 @@ PROXY_PRINCIPAL = "HTTP/proxy.example.test@EXAMPLE.TEST"
 BODY_2K = ("eas-bench-backend-" * 114)[:2048]
 FD_MARGIN = 0.8         # use at most this share of a process' descriptor limit
 PARK_POOL_IDLE = 5      # s: idle backend connections expire before parking
+WARM_CONNS = 16         # requests in flight while warming every device
 
 
 def log(msg):
@@ -437,6 +438,7 @@ class Bench:
         self.results = {}       # (mode, front label) -> list of Run
         self.notes = {}         # (mode, front label) -> failure reason
         self.extra = {}         # named figures
+        self.loads = []         # 1-minute load average after each run
 
     # -- setup -------------------------------------------------------------
     def make_pki(self):
@@ -597,6 +599,7 @@ http {{
         cpu1 = front.cpu()
         r.extra["cpu"] = {k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}
         r.extra["cpu"]["loadgen"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+        self.loads.append(os.getloadavg()[0])
         return r
 
     def record(self, key, front, run):
@@ -686,7 +689,8 @@ http {{
         t = threading.Thread(target=sample, daemon=True)
         t.start()
         r = self.loadgen("stream", front, "--direction", direction, "--size",
-                         self.a.stream_size, "-d", "600", "--timeout", "60")
+                         self.a.stream_size, "-d", "600", "--timeout", "60",
+                         certs_dir=self.probe_dir)
         stop.set()
         t.join()
         r.extra["rss_growth_kib"] = max(peak[0], front.rss_kib()) - base
@@ -705,10 +709,7 @@ http {{
         # cold start (which "cold" measures). Then the idle backend
         # connections this left expire (pool_idle), so every parked Ping
         # pays for its own backend connection.
-        w = self.loadgen("cold", front, "-d", "300", "--timeout", "120",
-                         "--max-handshakes", "16")
-        if not w.ok:
-            log(f"park warm-up {front.label}: {w.reason} ({w.fields.get('failures')} failures)")
+        w = self.warm_fleet(front)
         time.sleep(front.pool_idle + 2)
         base = front.rss_kib()
         lg, cmd = self.loadgen("park", front, "-c", n, "--procs", procs, "-d", "900",
@@ -744,7 +745,7 @@ http {{
         r = Run(cmd, subprocess.CompletedProcess(cmd, lg.returncode, out, err),
                 time.monotonic() - t0)
         r.extra.update(backend_parked=peak_parked, park_seconds=park_s, rss_base_kib=base,
-                       rss_parked_kib=parked_rss, warmup_failures=w.fields.get("failures"))
+                       rss_parked_kib=parked_rss, warmup_errors=w.fields.get("errors"))
         if parked_rss is not None and peak_parked:
             r.extra["kib_per_ping"] = (parked_rss - base) / peak_parked
         if stalled and r.ok:
@@ -779,6 +780,10 @@ http {{
 
     def fast_group(self, fronts):
         modes = self.a.modes
+        if "stream" in modes:
+            # first, on fresh fronts: memory growth is measured from a small
+            # base; the probe device streams, so the fleet stays cold
+            self.ab("stream_down", fronts, lambda fr: self.run_stream(fr, "down"))
         if "cold" in modes:
             # fresh fronts: the proxy's first requests for every user
             for fr in fronts:
@@ -789,8 +794,6 @@ http {{
             self.ab("rps", fronts, self.run_rps)
         if "handshake" in modes:
             self.ab("handshake", fronts, self.run_handshake)
-        if "stream" in modes:
-            self.ab("stream_down", fronts, lambda fr: self.run_stream(fr, "down"))
 
     def warm(self, fronts):
         """Credentials for the rps devices (SPEC §9: warm); a short run,
@@ -801,13 +804,24 @@ http {{
                 if not r.ok:
                     log(f"warm-up {fr.label}: {r.reason}")
 
+    def warm_fleet(self, front):
+        """One request per fleet device with at most WARM_CONNS requests in
+        flight (handshake mode rotates the devices: slot i uses devices i,
+        i + WARM_CONNS, ...), so even a slow KDC is not overrun."""
+        per = math.ceil(len(self.users) / WARM_CONNS)
+        w = self.loadgen("handshake", front, "-c", WARM_CONNS, "--requests", per, "-d", "600")
+        if not w.ok:
+            log(f"warm-up {front.label}: {w.reason} ({w.fields.get('errors')} errors)")
+        return w
+
     def park_group(self, fronts):
+        if "stream" in self.a.modes:
+            # before parking: 20,000 closed connections leave the heap large
+            self.ab("stream_up", fronts, lambda fr: self.run_stream(fr, "up"))
         if "park" in self.a.modes:
             for fr in fronts:
                 if self.usable(fr, "park"):
                     self.run_park(fr)
-        if "stream" in self.a.modes:
-            self.ab("stream_up", fronts, lambda fr: self.run_stream(fr, "up"))
 
     # -- report ---------------------------------------------------------------
     def figure(self, key, label, field):
@@ -867,10 +881,15 @@ http {{
             if key.startswith("stream"):
                 c3 = []
                 for label in (Ours.label, Nginx.label):
-                    g = self.extra_of(key, label, "rss_growth_kib")
-                    b0 = self.extra_of(key, label, "rss_base_kib")
-                    c3.append(f"+{g:,} of {b0:,} KiB" if g is not None else "-")
-                print(f"  {'RSS growth (peak)':<24} {c3[0]:>22} {c3[1]:>22}")
+                    runs = [r for r in self.results.get((key, label), [])
+                            if r.ok and "rss_growth_kib" in r.extra]
+                    if runs:
+                        worst = max(runs, key=lambda r: r.extra["rss_growth_kib"])
+                        c3.append(f"+{worst.extra['rss_growth_kib']:,} of "
+                                  f"{worst.extra['rss_base_kib']:,} KiB")
+                    else:
+                        c3.append("-")
+                print(f"  {'RSS growth (worst run)':<24} {c3[0]:>22} {c3[1]:>22}")
             if key in ("rps", "handshake"):
                 c4 = []
                 for label in (Ours.label, Nginx.label):
@@ -899,14 +918,20 @@ http {{
                 print(line)
             else:
                 print(f"cold {label:<21} {self.why('cold', label)}")
+        if self.loads:
+            print(f"1-minute load average after the runs: {min(self.loads):.1f} to "
+                  f"{max(self.loads):.1f} on {os.cpu_count()} CPUs (above the CPU count, "
+                  f"something else competed for the machine)")
         reasons = sorted({v for (k, lab_), v in self.notes.items()})
         if reasons:
             print("\nwhy figures are missing:")
             for (k, lab_), v in sorted(self.notes.items()):
                 print(f"  {k:<12} {lab_:<14} {v}")
 
-        def fmt(v, spec):
-            return format(v, spec) if v is not None else "failed"
+        def fmt(v, spec, mode):
+            if v is not None:
+                return format(v, spec)
+            return "failed" if mode in self.a.modes else "not_run"
         rps = self.ratio("rps", "rps")
         hs = self.ratio("handshake", "hps")
         up, down = self.ratio("stream_up", "mib_s"), self.ratio("stream_down", "mib_s")
@@ -917,12 +942,12 @@ http {{
             else None
         kdc = cold_runs[-1].extra.get("kdc_req_per_user") if cold_runs else None
         print()
-        print(f"bench: rps_ratio_vs_nginx={fmt(rps, '.2f')} "
-              f"handshake_ratio_vs_nginx={fmt(hs, '.2f')} "
-              f"stream_ratio_vs_nginx={fmt(stream, '.2f')} "
-              f"park_kib_per_ping={fmt(park, '.1f')} "
-              f"cold_failures={cold_f if cold_f is not None else 'failed'} "
-              f"kdc_req_per_user={fmt(kdc, '.2f')}", flush=True)
+        print(f"bench: rps_ratio_vs_nginx={fmt(rps, '.2f', 'rps')} "
+              f"handshake_ratio_vs_nginx={fmt(hs, '.2f', 'handshake')} "
+              f"stream_ratio_vs_nginx={fmt(stream, '.2f', 'stream')} "
+              f"park_kib_per_ping={fmt(park, '.1f', 'park')} "
+              f"cold_failures={fmt(cold_f, 'd', 'cold')} "
+              f"kdc_req_per_user={fmt(kdc, '.2f', 'cold')}", flush=True)
 
     # -- all -------------------------------------------------------------------
     def machine(self):
