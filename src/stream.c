@@ -102,6 +102,7 @@ enum st {
 	ST_PROXY,		/* [server] proxy_protocol: reading the PROXY header */
 	ST_HANDSHAKE,
 	ST_IDENTITY,		/* the embedding program's identity hook */
+	ST_DIRECTORY,		/* [ldap]: kcd's directory checks (IDENTIFY) */
 	ST_OCSP,		/* [tls] ocsp: the device certificate's status */
 	ST_HEAD,
 	ST_AUTHORIZE,		/* device policy, the authorize hook */
@@ -196,7 +197,9 @@ struct stream {
 	/* identity, mapped once per connection after the handshake */
 	int id_ok;
 	char principal[IDENTITY_PRINCIPAL_MAX];
+	enum reason id_reason;		/* why not id_ok: identity_unmapped, ldap_* */
 	char id_detail[DETAIL_MAX];
+	struct kcd_req *dirq;		/* directory check in flight */
 	struct http_msg *req_msg;	/* only while a request head is parsed */
 	struct ocsp_query *oq;		/* OCSP check in flight */
 	struct policy_call *idc;	/* identity hook call in flight */
@@ -231,6 +234,7 @@ static void on_be_write(struct bufferevent *bev, void *arg);
 static void on_be_event(struct bufferevent *bev, short what, void *arg);
 static void start_backend(struct stream *s);
 static void on_ocsp(enum reason r, const char *detail, void *arg);
+static void check_ocsp(struct stream *s);
 static void identity_set(struct stream *s, const struct policy_identity *pid);
 static void on_identity(const struct policy_identity *pid, void *arg);
 static void identified(struct stream *s);
@@ -395,6 +399,8 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 	if (s->pp != NULL)
 		pp_free(s, 1);
 	policy_cancel(s->idc);
+	if (s->dirq != NULL)
+		kcd_request_cancel(s->dirq);
 	if (s->oq != NULL)
 		ocsp_cancel(s->oq);
 	if (s->timer != NULL)
@@ -712,9 +718,76 @@ on_identity(const struct policy_identity *pid, void *arg)
 	identified(s);
 }
 
-/* The certificate is mapped: OCSP (if on), then the first request. */
+/* The directory answered (SPEC §7): the principal to use from now on
+ * (sAMAccountName@REALM), or why the user is refused. */
+static void
+on_directory(const struct kcd_answer *ans, void *arg)
+{
+	struct stream *s = stream_of(arg);
+
+	s->dirq = NULL;
+	if (ans->ok) {
+		if (strcmp(s->principal, ans->principal) != 0)
+			log_debug("directory", "%s: %s is %s in the directory", s->c_ip,
+			    s->principal[0] ? s->principal : "(certificate)", ans->principal);
+		s->id_ok = 1;
+		snprintf(s->principal, sizeof(s->principal), "%s", ans->principal);
+		if (ans->id_flags & KCD_ID_AUDIT)
+			log_warn("directory", "%s %s: strong_mapping = enforce would refuse this "
+			    "certificate (audit mode)", s->c_ip, s->principal);
+		if (ans->id_flags & KCD_ID_DIRECTORY_DOWN)
+			log_warn("directory", "%s %s: directory unreachable; allowed by "
+			    "on_failure = allow", s->c_ip, s->principal);
+	} else {
+		s->id_ok = 0;
+		s->id_reason = ans->cls == KCD_ERR_LDAP_DENIED ? REASON_LDAP_DENIED :
+		    REASON_LDAP_UNREACHABLE;
+		snprintf(s->id_detail, sizeof(s->id_detail), "%s", ans->name ? ans->name : "");
+		log_info("directory", "%s %s: %s: %s", s->c_ip,
+		    s->principal[0] ? s->principal : "-", ans->name ? ans->name : "?",
+		    ans->text ? ans->text : "");
+	}
+	s->state = ST_HEAD;
+	check_ocsp(s);
+}
+
+/* The certificate is mapped: the directory checks (when [ldap] uri is
+ * set), OCSP (if on), then the first request. */
 static void
 identified(struct stream *s)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+	X509 *cert = ssl != NULL ? SSL_get0_peer_certificate(ssl) : NULL;
+
+	if (env->cfg->ldap.uri != NULL && cert != NULL &&
+	    (s->id_ok || env->cfg->identity.source == ID_SRC_LDAP)) {
+		unsigned char *der = NULL;
+		int len = i2d_X509(cert, &der);
+
+		if (len <= 0) {
+			stream_close(s, REASON_OUT_OF_MEMORY, "certificate");
+			return;
+		}
+		s->state = ST_DIRECTORY;
+		s->dirq = kcd_identify_request(front_kcd(s->w), s->id_ok ? s->principal : "",
+		    der, (size_t)len, on_directory, s);
+		OPENSSL_free(der);
+		if (s->dirq == NULL) {
+			/* kcd cannot be asked: as if the directory were down */
+			s->id_ok = 0;
+			s->id_reason = REASON_LDAP_UNREACHABLE;
+			snprintf(s->id_detail, sizeof(s->id_detail), "kcd_unavailable");
+			s->state = ST_HEAD;
+			check_ocsp(s);
+		}
+		return;
+	}
+	check_ocsp(s);
+}
+
+/* OCSP (if on), then the first request. */
+static void
+check_ocsp(struct stream *s)
 {
 	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
 
@@ -877,7 +950,8 @@ accept_head(struct stream *s, const struct http_msg *m, const char *buf)
 	snprintf(rq->device_type, sizeof(rq->device_type), "%s", q.device_type);
 
 	if (!s->id_ok) {
-		respond_error(s, REASON_IDENTITY_UNMAPPED, s->id_detail);
+		respond_error(s, s->id_reason != REASON_OK ? s->id_reason :
+		    REASON_IDENTITY_UNMAPPED, s->id_detail);
 		return -1;
 	}
 	/* SPEC §4 names the plain User=; the base64 form carries User too
@@ -1835,6 +1909,9 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 		break;
 	case ST_IDENTITY:
 		stream_close(s, REASON_HEADER_TIMEOUT, "identity_hook");
+		break;
+	case ST_DIRECTORY:
+		stream_close(s, REASON_HEADER_TIMEOUT, "directory");
 		break;
 	case ST_HEAD:
 		if (s->head_bytes_seen) {

@@ -184,3 +184,64 @@ def test_daemon_delegates_through_samba(samba, exchange, make_proxy):
         recs = wait_until(lambda: [r for r in access_records(p) if r["username"] == want],
                           10, f"an access-log line for {want}")
         assert (recs[-1]["status"], recs[-1]["reason"]) == (403, "kdc_" + name), recs[-1]
+
+
+def test_daemon_applies_the_directory_checks(samba, exchange, make_proxy):
+    """[ldap] through the daemon (SPEC §7): kcd looks the certificate's user
+    up in AD (GSSAPI bind as the proxy) before any ticket is asked for.
+    The principal becomes sAMAccountName@REALM (bob.smith's UPN prefix is not
+    his logon name: Exchange must see bsmith), a nested group member passes,
+    and disabled accounts and users outside require_group get 403
+    ldap_<name> without a KDC exchange."""
+    import http.client
+    import socket
+    import ssl
+
+    import certs
+    from ekp import access_records, wait_until
+
+    p = make_proxy(workers=1, settings={
+        "identity": {"realm": samba.realm,
+                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
+        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
+                     "krb5_conf": samba.krb5_conf},
+        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
+                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
+                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
+        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
+                 "require_group": samba.group_dn("EAS Users")},
+    })
+    p.access_log = p.path("access.log")
+    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
+    p.start()
+
+    def request(cert_user, query_user):
+        dev = certs.device(p.path("pki"), "dir-" + cert_user, p.device_ca,
+                           upns=[f"{cert_user}@{samba.dns_domain}"], cn=cert_user)
+        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(dev.cert, dev.key)
+        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
+                                           context=ctx)
+        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
+                                    server_hostname="proxy.example.test")
+        try:
+            conn.request("GET", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User={query_user}"
+                         "&DeviceId=SAMBA2&DeviceType=TestPhone")
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    status, body = request("bob.smith", "bsmith")
+    assert status == 200, (status, body[:300], p.log_text()[-3000:])
+    assert json.loads(body)["remote_user"] == "bsmith@" + samba.realm
+    status, body = request("carol", "carol")
+    assert status == 200, (status, body[:300])
+    assert json.loads(body)["remote_user"] == "carol@" + samba.realm
+    for user, reason in (("disabled", "ldap_disabled"), ("dave", "ldap_not_in_group")):
+        status, body = request(user, user)
+        assert status == 403 and body == b"", (user, status, body[:300])
+        wait_until(lambda: [r for r in access_records(p) if r["reason"] == reason], 10,
+                   f"an access-log line with {reason}")
+    p.wait_for_log(r"info directory: 127\.0\.0\.1 disabled@" + samba.realm)
