@@ -88,6 +88,11 @@ struct doctor {
 	int user_refused;		/* the KDC or the directory refused the user */
 	char *token;			/* owned: base64 Negotiate token (s4u2proxy) */
 	uint32_t ctx_id;		/* its kept context, for mutual auth */
+	/* A non-forwardable S4U2Self ticket fails classic constrained
+	 * delegation but not resource-based (RBCD): its line waits for the
+	 * S4U2Proxy outcome (emitted just before the s4u2proxy line). */
+	int nofwd_pending;
+	char nofwd_detail[1280];
 };
 
 /* ---- output -------------------------------------------------------------- */
@@ -111,6 +116,14 @@ static void
 report(struct doctor *d, enum dstatus st, const char *check, const char *hint,
     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+static const char HINT_NOT_FORWARDABLE[] =
+    "set ok_to_auth_as_delegate / AD: 'Trust this user for delegation to specified services "
+    "only — Use any authentication protocol' on the proxy's account (MIT: kadmin modprinc "
+    "+ok_to_auth_as_delegate); if it is set, this user is 'sensitive and cannot be "
+    "delegated' (or in Protected Users)";
+
+static void emit_nofwd(struct doctor *d, int proxy_ok);
+
 static void
 report(struct doctor *d, enum dstatus st, const char *check, const char *hint,
     const char *fmt, ...)
@@ -118,6 +131,8 @@ report(struct doctor *d, enum dstatus st, const char *check, const char *hint,
 	char detail[4096];
 	va_list ap;
 
+	if (d->nofwd_pending && strcmp(check, "s4u2proxy") == 0)
+		emit_nofwd(d, st == D_OK);
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	va_end(ap);
@@ -130,6 +145,24 @@ report(struct doctor *d, enum dstatus st, const char *check, const char *hint,
 	putchar('\n');
 	fflush(stdout);
 	d->counts[st]++;
+}
+
+/* The s4u2self line of a non-forwardable ticket, once S4U2Proxy has been
+ * tried: it worked (the KDC used resource-based constrained delegation,
+ * which accepts such a ticket) or it did not. */
+static void
+emit_nofwd(struct doctor *d, int proxy_ok)
+{
+	d->nofwd_pending = 0;
+	if (proxy_ok)
+		report(d, D_WARN, "s4u2self", "fine with resource-based constrained delegation "
+		    "(msDS-AllowedToActOnBehalfOfOtherIdentity on Exchange's account); classic "
+		    "constrained delegation needs protocol transition: 'Use any authentication "
+		    "protocol'", "%s, but S4U2Proxy accepted it (resource-based delegation)",
+		    d->nofwd_detail);
+	else
+		report(d, D_FAIL, "s4u2self", HINT_NOT_FORWARDABLE, "%s: S4U2Proxy will be refused",
+		    d->nofwd_detail);
 }
 
 /* A continuation line under the last check (config errors, like -t). */
@@ -263,7 +296,7 @@ cleanup:
 static void
 addr_text(const struct sockaddr *sa, socklen_t len, char *buf, size_t buflen)
 {
-	char host[NI_MAXHOST], port[NI_MAXSERV];
+	char host[64], port[8];	/* numeric: an IPv6 literal with a scope fits */
 
 	if (getnameinfo(sa, len, host, sizeof(host), port, sizeof(port),
 	    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
@@ -942,7 +975,7 @@ cleanup:
 struct dconn {
 	int fd;
 	SSL *ssl;
-	char addr[80];			/* "127.0.0.1:443" */
+	char addr[96];			/* "127.0.0.1:443", "[::1]:443" */
 };
 
 static void
@@ -1471,12 +1504,6 @@ ccache_destroy(const char *name)
 	krb5_free_context(kc);
 }
 
-static const char HINT_NOT_FORWARDABLE[] =
-    "set ok_to_auth_as_delegate / AD: 'Trust this user for delegation to specified services "
-    "only — Use any authentication protocol' on the proxy's account (MIT: kadmin modprinc "
-    "+ok_to_auth_as_delegate); if it is set, this user is 'sensitive and cannot be "
-    "delegated' (or in Protected Users)";
-
 static void
 check_s4u2self(struct doctor *d)
 {
@@ -1554,9 +1581,12 @@ check_s4u2self(struct doctor *d)
 	if (fwd == 1)
 		report(d, D_OK, "s4u2self", NULL, "ticket for %s to %s, forwardable (protocol "
 		    "transition allowed)", d->principal, server);
-	else if (fwd == 0)
-		report(d, D_FAIL, "s4u2self", HINT_NOT_FORWARDABLE, "S4U2Self ticket for %s to %s "
-		    "is not forwardable: S4U2Proxy will be refused", d->principal, server);
+	else if (fwd == 0) {
+		/* reported with the S4U2Proxy outcome (emit_nofwd) */
+		d->nofwd_pending = 1;
+		snprintf(d->nofwd_detail, sizeof(d->nofwd_detail), "S4U2Self ticket for %s to %s "
+		    "is not forwardable", d->principal, server);
+	}
 	else
 		report(d, D_WARN, "s4u2self", "see s4u2proxy", "got a ticket for %s, but could not "
 		    "read whether it is forwardable", d->principal);
@@ -1937,6 +1967,8 @@ doctor_main(int argc, char **argv)
 	check_s4u2self(&d);
 	check_s4u2proxy(&d);
 	check_exchange(&d);
+	if (d.nofwd_pending)
+		emit_nofwd(&d, 0);
 summary:
 	printf("doctor: %u OK, %u WARN, %u FAIL, %u SKIP\n", d.counts[D_OK], d.counts[D_WARN],
 	    d.counts[D_FAIL], d.counts[D_SKIP]);
