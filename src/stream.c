@@ -207,6 +207,7 @@ struct stream {
 	unsigned nreq;
 	struct req *rq;
 	struct pp_read *pp;		/* only while the PROXY header is read */
+	int pp_local;			/* the header was LOCAL/UNKNOWN (a balancer's check) */
 	struct senv *env;		/* its worker's */
 	LIST_ENTRY(stream) link;
 };
@@ -594,6 +595,7 @@ on_pp_read(evutil_socket_t fd, short what, void *arg)
 	} else {
 		log_debug("stream", "%s: PROXY v%u header without a client address (LOCAL/UNKNOWN)",
 		    s->c_ip, res.version);
+		s->pp_local = 1;
 	}
 	pp_free(s, 0);
 	(void)start_tls(s, (int)fd);
@@ -833,6 +835,12 @@ handshake_failed(struct stream *s)
 	char detail[256];
 	enum reason r;
 
+	if (s->pp_local && ssl != NULL && BIO_number_read(SSL_get_rbio(ssl)) == 0) {
+		/* a PROXY LOCAL header and not one TLS byte: the balancer's
+		 * health check (HAProxy check-send-proxy), not a device */
+		stream_close(s, REASON_CLIENT_CLOSED, "health_check");
+		return;
+	}
 	r = tls_handshake_reason(ssl, detail, sizeof(detail));
 	metrics_self()->tls_failures[r]++;
 	log_info("tls", "%s: handshake refused: %s (%s)", s->c_ip, reason_token(r), detail);
