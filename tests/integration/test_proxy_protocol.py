@@ -21,7 +21,7 @@ import time
 import pytest
 
 import device
-from ekp import access_records, free_port, lab_proxy, wait_until
+from ekp import access_records, free_port, lab_proxy, listening_inodes, wait_until
 from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
 
 DEVICE_IP = "127.0.0.2"
@@ -62,6 +62,11 @@ frontend devices_v1
 
 backend eas_v1
     server ekp 127.0.0.1:{target_port} send-proxy
+
+# health checks as HAProxy makes them with check-send-proxy: connect, PROXY
+# v2 LOCAL, reset
+backend health
+    server ekp 127.0.0.1:{target_port} send-proxy-v2 check check-send-proxy inter 300ms
 """)
         self.proc = None
 
@@ -79,11 +84,8 @@ backend eas_v1
                 if self.proc.poll() is not None:
                     raise AssertionError(f"haproxy exited {self.proc.returncode}: "
                                          f"{open(self.log).read()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return True
-                except OSError:
-                    return False
+                # no test connection: it would reach the proxy as a device
+                return bool(listening_inodes(port))
             wait_until(up, 10, f"haproxy listening on {port}")
         return self
 
@@ -229,3 +231,17 @@ def test_proxy_protocol_off_treats_a_header_as_a_bad_handshake(lab):  # noqa: F8
         p.stop()
         if not os.environ.get("EKP_KEEP"):
             shutil.rmtree(p.dir, ignore_errors=True)
+
+
+def test_haproxy_health_checks_with_a_local_header_are_not_logged_as_devices(behind_haproxy):
+    """check-send-proxy: HAProxy connects, sends PROXY v2 LOCAL and resets.
+    That is no device and no failed handshake: no access line, no error."""
+    p, h = behind_haproxy
+    p.wait_for_log(r"127\.0\.0\.1: PROXY v2 header without a client address", count=3)
+    # a refused connection afterwards: once its line is in the log, every
+    # line before it (the worker's buffer is in order) is there too
+    raw(p, b"GET / HTTP/1.0\r\n\r\n", "127.0.0.11")
+    record_for(p, lambda x: x["c_ip"] == "127.0.0.11", "the sentinel record")
+    from_haproxy = [r for r in access_records(p) if r["c_ip"] == "127.0.0.1"]
+    assert from_haproxy == [], from_haproxy[:3]
+    assert not re.search(r"127\.0\.0\.1: handshake refused", p.log_text())
