@@ -1,6 +1,10 @@
 # eas-kcd-proxy — GNU make, pkg-config, no autotools.
 #
-#   make            release build: build/eas-kcd-proxy, build/libeaskcdproxy.a
+#   make            release build: build/eas-kcd-proxy, build/libeaskcdproxy.a,
+#                   build/libeaskcdproxy.so, build/eas-kcd-proxy.pc
+#   make examples   build/examples/mdm-gateway (the embedding example)
+#   make install    PREFIX=/usr/local (DESTDIR too): binary, library, header,
+#                   pkg-config file, man pages, example config, systemd unit
 #   make check      bootstrap if needed, sanitizer build, unit + integration tests
 #   make demo       local lab + proxy + a device's requests
 #   make fuzz       libFuzzer targets (clang)
@@ -46,10 +50,19 @@ SAN_OBJS  := $(LIB_SRCS:src/%.c=$(SAN)/obj/%.o)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(SAN)/tests/%)
 TOOL_BINS := $(TOOL_SRCS:tests/tools/%.c=$(SAN)/tools/%)
 
-.PHONY: all check unit integration demo fuzz clean bootstrap san tools bench
+.PHONY: all check unit integration demo fuzz clean bootstrap san tools bench examples install
 .DELETE_ON_ERROR:
 
-all: $(BUILD)/eas-kcd-proxy $(BUILD)/libeaskcdproxy.a
+# The shared library exports only the public API (include/eas_kcd_proxy.h):
+# the version script keeps every other symbol local. Its soname carries
+# EAS_KCD_PROXY_ABI_VERSION.
+ABI       := $(shell sed -n 's/^\#define EAS_KCD_PROXY_ABI_VERSION[[:space:]]*//p' include/eas_kcd_proxy.h)
+SONAME    := libeaskcdproxy.so.$(ABI)
+SO_MAP    := src/libeaskcdproxy.map
+EXAMPLE_SRCS := $(wildcard examples/*.c)
+
+all: $(BUILD)/eas-kcd-proxy $(BUILD)/libeaskcdproxy.a $(BUILD)/libeaskcdproxy.so \
+	$(BUILD)/eas-kcd-proxy.pc
 
 bootstrap:
 	@scripts/bootstrap --check 2>/dev/null || scripts/bootstrap
@@ -65,8 +78,56 @@ $(BUILD)/eas-kcd-proxy: src/main.c $(BUILD)/libeaskcdproxy.a $(HDRS)
 	$(CC) $(BASE_CFLAGS) $(OPT_CFLAGS) $(CFLAGS) -o $@ src/main.c \
 		$(BUILD)/libeaskcdproxy.a $(PKG_LIBS) $(LDFLAGS_HARDEN) $(LDFLAGS)
 
+# the same -fPIC objects as the .a
+$(BUILD)/$(SONAME): $(REL_OBJS) $(SO_MAP)
+	$(CC) -shared -o $@ -Wl,-soname,$(SONAME) -Wl,--version-script=$(SO_MAP) \
+		-Wl,--no-undefined $(REL_OBJS) $(PKG_LIBS) $(LDFLAGS_HARDEN) $(LDFLAGS)
+
+$(BUILD)/libeaskcdproxy.so: $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(BUILD)/eas-kcd-proxy.pc: eas-kcd-proxy.pc.in VERSION | $(BUILD)/obj
+	sed -e 's|@PREFIX@|$(abspath $(PREFIX))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# ---- examples (docs/embedding.md) ---------------------------------------------
+# Linked against the shared library, the way a vendor links it.
+examples: $(EXAMPLE_SRCS:examples/%.c=$(BUILD)/examples/%)
+
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libeaskcdproxy.so include/eas_kcd_proxy.h | $(BUILD)/examples
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(OPT_CFLAGS) $(CFLAGS) -Iinclude \
+		$(shell pkg-config --cflags libevent) -o $@ $< -L$(BUILD) -leaskcdproxy \
+		-Wl,-rpath,$(abspath $(BUILD)) $(shell pkg-config --libs libevent) $(LDFLAGS)
+
+# ---- install --------------------------------------------------------------------
+PREFIX  ?= /usr/local
+DESTDIR ?=
+IDIR    := $(DESTDIR)$(abspath $(PREFIX))
+MANS    := $(wildcard docs/*.[1-8])
+
+install: all
+	install -d $(IDIR)/sbin $(IDIR)/lib/pkgconfig $(IDIR)/include \
+		$(IDIR)/share/doc/eas-kcd-proxy/examples $(IDIR)/lib/systemd/system
+	install -m 0755 $(BUILD)/eas-kcd-proxy $(IDIR)/sbin/eas-kcd-proxy
+	install -m 0644 $(BUILD)/libeaskcdproxy.a $(IDIR)/lib/libeaskcdproxy.a
+	install -m 0755 $(BUILD)/$(SONAME) $(IDIR)/lib/$(SONAME)
+	ln -sf $(SONAME) $(IDIR)/lib/libeaskcdproxy.so
+	install -m 0644 include/eas_kcd_proxy.h $(IDIR)/include/eas_kcd_proxy.h
+	sed -e 's|@PREFIX@|$(abspath $(PREFIX))|' -e 's|@VERSION@|$(VERSION)|' \
+		eas-kcd-proxy.pc.in > $(IDIR)/lib/pkgconfig/eas-kcd-proxy.pc
+	install -m 0644 eas-kcd-proxy.conf.example README.md docs/*.md \
+		$(IDIR)/share/doc/eas-kcd-proxy/
+	install -m 0644 $(EXAMPLE_SRCS) $(IDIR)/share/doc/eas-kcd-proxy/examples/
+	sed -e 's|/usr/local/|$(abspath $(PREFIX))/|g' conf/eas-kcd-proxy.service \
+		> $(IDIR)/lib/systemd/system/eas-kcd-proxy.service
+	for m in $(MANS); do \
+		s=$${m##*.}; install -d $(IDIR)/share/man/man$$s && \
+		install -m 0644 $$m $(IDIR)/share/man/man$$s/ || exit 1; \
+	done
+
 # ---- sanitizer build (what make check runs) ------------------------------
-san: $(SAN)/eas-kcd-proxy $(UNIT_BINS) $(TOOL_BINS)
+SAN_EXAMPLES := $(EXAMPLE_SRCS:examples/%.c=$(SAN)/examples/%)
+
+san: $(SAN)/eas-kcd-proxy $(UNIT_BINS) $(TOOL_BINS) $(SAN_EXAMPLES)
 
 $(SAN)/obj/%.o: src/%.c $(HDRS) | $(SAN)/obj
 	$(CC) $(BASE_CFLAGS) $(SAN_CFLAGS) -c -o $@ $<
@@ -86,7 +147,12 @@ $(SAN)/tools/%: tests/tools/%.c $(SAN)/libeaskcdproxy.a $(HDRS) | $(SAN)/tools
 	$(CC) $(BASE_CFLAGS) $(SAN_CFLAGS) -o $@ $< \
 		$(SAN)/libeaskcdproxy.a $(PKG_LIBS) $(SAN_LDFLAGS)
 
-$(BUILD)/obj $(SAN)/obj $(SAN)/tests $(SAN)/tools $(BUILD)/fuzz:
+# the examples under the sanitizers, linked statically (tests drive them)
+$(SAN)/examples/%: examples/%.c $(SAN)/libeaskcdproxy.a $(HDRS) | $(SAN)/examples
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(SAN_CFLAGS) -Iinclude $(PKG_CFLAGS) -o $@ $< \
+		$(SAN)/libeaskcdproxy.a $(PKG_LIBS) $(SAN_LDFLAGS)
+
+$(BUILD)/obj $(SAN)/obj $(SAN)/tests $(SAN)/tools $(BUILD)/fuzz $(BUILD)/examples $(SAN)/examples:
 	mkdir -p $@
 
 # ---- tests ---------------------------------------------------------------

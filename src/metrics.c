@@ -87,6 +87,13 @@ metrics_attach(struct metrics_shm *m, int slot)
 	}
 }
 
+void
+metrics_detach(void)
+{
+	self = &dummy;
+	attached = NULL;
+}
+
 const struct metrics_shm *
 metrics_shm_self(void)
 {

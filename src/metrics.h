@@ -69,6 +69,9 @@ int metrics_ready(const struct metrics_shm *m, char *why, size_t len);
 
 /* Child: this process' slot (set once after fork). */
 void metrics_attach(struct metrics_shm *m, int slot);
+/* Back to the private dummy slot: the embedding library, before it unmaps
+ * the region it attached the process to. */
+void metrics_detach(void);
 /* The calling child's slot, or a private dummy when not attached (tests,
  * tools): callers never check for NULL. */
 struct metrics_slot *metrics_self(void);

@@ -229,8 +229,8 @@ addr_str(const struct config_addr *a, char *buf, size_t len)
 		snprintf(buf, len, "%s:%u", a->host, a->port);
 }
 
-static int
-addr_equal(const struct config_addr *a, const struct config_addr *b)
+int
+proc_addr_equal(const struct config_addr *a, const struct config_addr *b)
 {
 	if (!a->is_numeric || !b->is_numeric || a->ss.ss_family != b->ss.ss_family)
 		return 0;
@@ -246,9 +246,8 @@ addr_equal(const struct config_addr *a, const struct config_addr *b)
 	return 0;
 }
 
-/* Bind and listen on a; returns the fd or -1 with the cause in err. */
-static int
-bind_one(const struct config_addr *a, char *err, size_t errlen)
+int
+proc_listen_socket(const struct config_addr *a, char *err, size_t errlen)
 {
 	char as[300];
 	int fd = -1, one = 1;
@@ -296,14 +295,14 @@ listener_for(const struct config_addr *a, const struct gen *prev, char *err, siz
 		const struct config *pc = prev->cfg;
 
 		for (unsigned j = 0; j < prev->n_listen && have < 0; j++)
-			if (prev->listen_fd[j] >= 0 && addr_equal(a, &pc->server.listen[j]))
+			if (prev->listen_fd[j] >= 0 && proc_addr_equal(a, &pc->server.listen[j]))
 				have = prev->listen_fd[j];
 		if (have < 0 && prev->admin_fd >= 0 && pc->server.has_admin &&
-		    addr_equal(a, &pc->server.admin_listen))
+		    proc_addr_equal(a, &pc->server.admin_listen))
 			have = prev->admin_fd;
 	}
 	if (have < 0)
-		return bind_one(a, err, errlen);
+		return proc_listen_socket(a, err, errlen);
 	if ((fd = fcntl(have, F_DUPFD_CLOEXEC, 0)) < 0)
 		snprintf(err, errlen, "cannot keep a listening socket: dup: %s", strerror(errno));
 	return fd;

@@ -56,6 +56,14 @@ void proc_parent_death_signal(long parent);
  * Returns 0, or -1 with the cause in err. */
 int proc_drop_privileges(const char *user, long parent, char *err, size_t errlen);
 
+/* A non-blocking, close-on-exec TCP socket bound and listening on a (an IP
+ * literal), IPv6 sockets V6ONLY; the fd, or -1 with the cause in err. The
+ * parent's listeners, and the embedding library's. */
+struct config_addr;
+int proc_listen_socket(const struct config_addr *a, char *err, size_t errlen);
+/* 1 when a and b are the same numeric address and port. */
+int proc_addr_equal(const struct config_addr *a, const struct config_addr *b);
+
 /* Name this process for ps/top and /proc/PID/comm ("ekp-worker-3"). */
 void proc_set_title(const char *name);
 
