@@ -104,3 +104,22 @@ def test_a_second_sigusr1_without_a_move_adds_no_directives(w3c_proxy):
     wait_until(lambda: sorted(devices_in(read(p.access_log))) == ["ONE", "TWO"], 10,
                "both lines in the one file")
     assert len(re.findall(r"^#Fields:", read(p.access_log), re.M)) == 1
+
+
+def test_an_access_log_the_parent_cannot_open_fails_the_start_and_refuses_a_reload(make_proxy):
+    p = make_proxy(workers=1)
+    bad = p.path("no-such-dir", "access.log")
+    p.write_config(settings={"log": {"access_log": bad}})
+    p.start(wait_ready=False)
+    assert p.wait_exit(30) == 1
+    assert f"cannot open access_log {bad}: No such file or directory" in p.log_text()
+
+    q = make_proxy(workers=1)
+    q.write_config(settings={"log": {"access_log": q.path("access.log")}})
+    q.start()
+    before = {c["pid"] for c in q.children()}
+    q.write_config(settings={"log": {"access_log": q.path("no-such-dir", "access.log")}})
+    q.signal(signal.SIGHUP)
+    q.wait_for_log(r"reload refused: cannot open access_log .*no-such-dir/access\.log")
+    assert {c["pid"] for c in q.children()} == before
+    assert "generation 2" not in q.log_text()
