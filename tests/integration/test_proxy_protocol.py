@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
