@@ -740,7 +740,7 @@ check_tls_cert(struct doctor *d)
 	X509 *leaf;
 	enum dstatus worst = D_OK;
 	char err[1024], line[1024], first[1024] = "", anchor[512] = "", verify[600] = "";
-	int from_file = 0;
+	int from_file = 0, chain_bad = 0;
 
 	if ((ctx = tls_front_ctx_new(c, err, sizeof(err))) == NULL) {
 		report(d, D_FAIL, "tls-cert", "the workers cannot start with these files: fix "
@@ -805,11 +805,7 @@ check_tls_cert(struct doctor *d)
 		} else if (e != X509_V_ERR_CERT_HAS_EXPIRED && e != X509_V_ERR_CERT_NOT_YET_VALID) {
 			snprintf(verify, sizeof(verify), "the chain does not verify: %s (depth %d)",
 			    X509_verify_cert_error_string(e), X509_STORE_CTX_get_error_depth(vctx));
-			if (worst < D_WARN) {
-				worst = D_WARN;
-				snprintf(first, sizeof(first), "%s", verify);
-				verify[0] = '\0';
-			}
+			chain_bad = 1;
 		}
 	}
 	ERR_clear_error();
@@ -818,12 +814,13 @@ check_tls_cert(struct doctor *d)
 		report(d, D_FAIL, "tls-cert", "devices refuse it: install a current certificate "
 		    "(leaf first, then the intermediate CAs) and key, then SIGHUP the daemon",
 		    "%s", first);
-	else if (worst == D_WARN && verify[0] == '\0')
-		report(d, D_WARN, "tls-cert", "put the leaf first, then the intermediate CA "
-		    "certificates, in [tls] certificate; devices must trust its root", "%s", first);
-	else if (worst == D_WARN)
-		report(d, D_WARN, "tls-cert", "renew it before then; SIGHUP loads the new one "
-		    "without dropping connections", "%s; %s", first, verify);
+	else if (worst == D_WARN || chain_bad)
+		report(d, D_WARN, "tls-cert", chain_bad && worst == D_WARN ? "renew it soon, and "
+		    "put the leaf first, then the intermediate CA certificates, in [tls] "
+		    "certificate" : chain_bad ? "put the leaf first, then the intermediate CA "
+		    "certificates, in [tls] certificate; devices must trust its root" :
+		    "renew it before then; SIGHUP loads the new one without dropping connections",
+		    "%s; %s", first, verify);
 	else
 		report(d, D_OK, "tls-cert", NULL, "%s; key matches; %s", first, verify);
 cleanup:

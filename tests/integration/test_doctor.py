@@ -337,6 +337,17 @@ def test_proxy_certificate_near_expiry_is_a_warning(lab, proxies):
     d.expect("tls-cert", "WARN", "expires on", "in 10 days", "hint: renew it")
 
 
+def test_proxy_certificate_without_its_chain_is_a_warning(lab, proxies):
+    p = proxies(lab)
+    with open(p.path("server.pem"), "rb") as f:
+        leaf = f.read().split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    with open(p.path("server.pem"), "wb") as f:
+        f.write(leaf)
+    d = doctor(p, expected_code=0)
+    d.expect("tls-cert", "WARN", "the chain does not verify: unable to get local issuer "
+             "certificate", "hint: put the leaf first, then the intermediate CA")
+
+
 def test_expired_crl_fails_closed(lab, proxies):
     p = proxies(lab)
     now = datetime.datetime.now(datetime.timezone.utc)
