@@ -364,6 +364,8 @@ call_answered(struct policy_call *c)
 		call_free(c);
 		return;
 	}
+	log_debug("policy", "%s: the %s hook answered after it returned", c->kind == CALL_IDENTITY ?
+	    c->id.client_ip : c->rq.client_ip, c->kind == CALL_IDENTITY ? "identity" : "authorize");
 	event_active(c->ev, EV_TIMEOUT, 1);
 }
 
