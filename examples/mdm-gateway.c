@@ -21,6 +21,10 @@
  *       [-l mdm.log] [-d DELAY_MS] [-t]
  *   -t runs kcd as a thread instead of a helper process.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L		/* strdup, getopt: plain C11 has neither */
+#endif
+
 #include <ctype.h>
 #include <errno.h>
 #include <signal.h>
