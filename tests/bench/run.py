@@ -169,6 +169,18 @@ def stop_proc(proc, sig=signal.SIGTERM, timeout=15):
         pass
 
 
+def die_with_parent():
+    """preexec_fn: SIGTERM when the harness dies without its finally (a
+    safety net; cleanup() stops everything by pid)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+
+
+def spawn(args, out, **kw):
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent, **kw)
+
+
 def wait_listening(port, proc, what, timeout=20):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -289,9 +301,7 @@ access_log = {os.path.join(self.dir, 'access.log')}
             self.failed = "configuration refused: " + " | ".join(t.stdout.splitlines()[-3:])
             return self
         out = open(os.path.join(self.dir, "console.log"), "ab")
-        self.proc = subprocess.Popen([binary, "-c", conf], stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
-                                     env=b.lab.env)
+        self.proc = spawn([binary, "-c", conf], out, cwd=self.dir, env=b.lab.env)
         out.close()
         try:
             wait_listening(self.port, self.proc, "eas-kcd-proxy")
@@ -380,9 +390,7 @@ http {{
         with open(conf, "w") as f:
             f.write(self.config())
         out = open(os.path.join(self.dir, "console.log"), "ab")
-        self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-c", conf],
-                                     stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, cwd=self.dir)
+        self.proc = spawn([NGINX, "-p", self.dir, "-c", conf], out, cwd=self.dir)
         out.close()
         try:
             wait_listening(self.port, self.proc, "nginx")
@@ -539,8 +547,7 @@ http {{
 }}
 """)
         out = open(os.path.join(d, "console.log"), "ab")
-        p = subprocess.Popen([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")],
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        p = spawn([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")], out)
         out.close()
         self.procs.append(p)
         wait_listening(self.fast_port, p, "backend nginx")
@@ -550,11 +557,9 @@ http {{
         self.py_port = free_port()
         self.py_procs = max(2, math.ceil(self.a.park / (fd_limit() * FD_MARGIN)) + 1)
         out = open(os.path.join(self.py_dir, "console.log"), "ab")
-        self.py = subprocess.Popen([PYTHON, os.path.join(HERE, "backend.py"),
-                                    "--port", str(self.py_port), "--dir", self.py_dir,
-                                    "--procs", str(self.py_procs), "--hold", "900"],
-                                   stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        self.py = spawn([PYTHON, os.path.join(HERE, "backend.py"),
+                         "--port", str(self.py_port), "--dir", self.py_dir,
+                         "--procs", str(self.py_procs), "--hold", "900"], out)
         out.close()
         self.procs.append(self.py)
         end = time.monotonic() + 20
@@ -587,7 +592,7 @@ http {{
                certs_dir or self.fleet, "--server-name", SERVER_NAME] + [str(x) for x in args]
         if background:
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True), cmd
+                                    text=True, preexec_fn=die_with_parent), cmd
         import resource
         cpu0 = front.cpu()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1025,6 +1030,11 @@ def main():
     a.cold = min(a.cold, a.fleet)
     b = Bench(a)
     t = time.monotonic()
+
+    def terminate(signum, _frame):
+        raise SystemExit(f"bench: {signal.Signals(signum).name}: stopping")
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     try:
         b.run()
     finally:
