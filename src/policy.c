@@ -467,6 +467,8 @@ eas_kcd_proxy_identity_done(struct eas_kcd_proxy_call *call,
 	case EAS_KCD_PROXY_IDENTITY_KEEP:
 		break;
 	case EAS_KCD_PROXY_IDENTITY_REFUSE:
+		log_info("policy", "%s: the identity hook refused the certificate (%s)",
+		    c->id.client_ip, c->id.principal != NULL ? c->id.principal : c->id.detail);
 		memset(&c->ires, 0, sizeof(c->ires));
 		snprintf(c->ires.detail, sizeof(c->ires.detail), "refused_by_hook");
 		break;
