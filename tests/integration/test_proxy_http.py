@@ -563,6 +563,17 @@ class ScriptedBackend:
                 with self.lock:
                     self.requests.append((n, raw, body))
                 drop_next = path.endswith("/dropnext")
+                if path.endswith("/eofbody"):
+                    # an answer delimited by closing (HTTP/1.0 style)
+                    size = int(lines[0].split("size=")[1].split()[0].split("&")[0])
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                              b"Connection: close\r\n\r\n")
+                    block = bytes(range(256)) * 256
+                    while size:
+                        k = min(size, len(block))
+                        c.sendall(block[:k])
+                        size -= k
+                    return
                 if slow:
                     answer = ("200 OK", [("Content-Type", "application/json")],
                               json.dumps({"body_length": got[0],
@@ -1291,3 +1302,17 @@ def test_memory_bounded_while_1gb_goes_to_a_slow_backend(big_scripted):
     assert growth <= RSS_BOUND, (
         f"worker RSS grew by {growth / MB:.1f} MiB while {size // MB} MiB went to a slow "
         f"backend (bound {RSS_BOUND // MB} MiB)")
+
+
+def test_answer_delimited_by_close_reaches_the_device_chunked(scripted):
+    """A backend answer without Content-Length or chunking, ended by closing
+    the connection: the HTTP/1.1 device gets it chunked, intact, and keeps
+    its connection for the next request."""
+    size = 3 * MB + 5
+    with Device(scripted, scripted.alice) as d:
+        r = d.request("GET", f"{EAS}/eofbody?size={size}&DeviceId=EOF1", keep_body=False)
+        assert r.status == 200
+        assert r.header("Transfer-Encoding") == "chunked"
+        assert r.length == size and r.sha256 == pattern_sha256(size)
+        assert not r.closed
+        assert d.request("GET", f"{EAS}/echo?DeviceId=EOF2").status == 200
