@@ -1316,3 +1316,34 @@ def test_answer_delimited_by_close_reaches_the_device_chunked(scripted):
         assert r.length == size and r.sha256 == pattern_sha256(size)
         assert not r.closed
         assert d.request("GET", f"{EAS}/echo?DeviceId=EOF2").status == 200
+
+
+def test_oversized_requests_refused_before_the_backend(proxy, lab_session):
+    """A Content-Length over max_body_size (64m): 413; a head over
+    max_header_size (32k): 431; both too_large, neither at Apache."""
+    with Device(proxy, proxy.alice) as d:
+        d.send(head("POST", eas_target(device="BIG413"), body_len=65 * MB))
+        r = d.read_response()
+        assert (r.status, r.closed) == (413, True)
+    with Device(proxy, proxy.alice) as d:
+        d.send(head("GET", eas_target(device="BIG431"), [("X-Pad", "p" * 7000)] * 6))
+        r = d.read_response()
+        assert (r.status, r.closed) == (431, True)
+    rec = wait_access(proxy, lambda x: x["device_id"] == "BIG413", "the 413's line")
+    assert rec["reason"] == "too_large" and rec["backend"] is None
+    wait_access(proxy, lambda x: x["status"] == 431 and x["reason"] == "too_large", "the 431's line")
+    sentinel_seen(proxy, lab_session, "SENTBIG")
+    assert apache_entries(lab_session, "BIG41") == []
+
+
+def test_device_hanging_up_on_a_parked_request(proxy, lab_session):
+    """A device that gives up on a parked Ping: the request is logged as
+    client_closed (no status: nothing was answered) and the worker goes on
+    serving."""
+    with Device(proxy, proxy.alice) as d:
+        d.send(head("POST", f"{EAS}/sleep?seconds=2&Cmd=Ping&DeviceId=GONE1", body_len=0))
+        time.sleep(0.5)
+    rec = wait_access(proxy, lambda x: x["device_id"] == "GONE1", "GONE1's line")
+    assert rec["reason"] == "client_closed" and rec["status"] == 0
+    with Device(proxy, proxy.alice) as d:
+        assert d.request("GET", eas_target(device="GONE2")).status == 200
