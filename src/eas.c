@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "codec.h"
 #include "eas.h"
 
 static const struct {
@@ -263,54 +264,6 @@ decode_plain(const char *s, size_t len, struct eas_query *q, enum eas_error *err
 /* ---- base64 form --------------------------------------------------------- */
 
 static int
-b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/* Strict RFC 4648 base64 (padding optional, only at the end). */
-static long
-b64_decode(const unsigned char *s, size_t len, unsigned char *out, size_t cap)
-{
-	size_t o = 0, pad = 0, n;
-	uint32_t acc = 0;
-	unsigned bits = 0;
-
-	while (pad < 2 && len > pad && s[len - 1 - pad] == '=')
-		pad++;
-	n = len - pad;
-	if (pad != 0 && len % 4 != 0)
-		return -1;
-	if (n % 4 == 1)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		int v = b64val(s[i]);
-		if (v < 0)
-			return -1;
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (o >= cap)
-				return -2;
-			out[o++] = (unsigned char)(acc >> bits);
-			acc &= (1u << bits) - 1;
-		}
-	}
-	return (long)o;
-}
-
-static int
 decode_base64(const char *s, size_t len, struct eas_query *q, enum eas_error *err)
 {
 	unsigned char txt[EAS_QUERY_MAX], bin[EAS_B64_MAX];
@@ -325,7 +278,7 @@ decode_base64(const char *s, size_t len, struct eas_query *q, enum eas_error *er
 			*err = EAS_ERR_BAD_BASE64;
 		return -1;
 	}
-	bl = b64_decode(txt, (size_t)tl, bin, sizeof(bin));
+	bl = codec_b64_decode((const char *)txt, (size_t)tl, bin, sizeof(bin));
 	if (bl == -2) {
 		*err = EAS_ERR_TOO_LONG;
 		return -1;

@@ -33,6 +33,7 @@
 #include <gssapi/gssapi_krb5.h>
 #include <krb5.h>
 
+#include "codec.h"
 #include "credcache.h"
 #include "log.h"
 #include "pool.h"
@@ -281,85 +282,6 @@ s4u_classify_badoption(int evidence_fwd, int proxy_seen_ok, struct s4u_class *ou
 		out->hint = "the KDC refused S4U2Proxy: check the proxy's protocol transition right "
 		    "(ok_to_auth_as_delegate) and that the SPN is in its msDS-AllowedToDelegateTo";
 	}
-}
-
-/* ---- base64 ------------------------------------------------------------------ */
-
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Returns a NUL-terminated malloc'd string, or NULL. */
-static char *
-b64_encode(const unsigned char *in, size_t n)
-{
-	size_t olen = 4 * ((n + 2) / 3), o = 0, i;
-	char *out = malloc(olen + 1);
-
-	if (out == NULL)
-		return NULL;
-	for (i = 0; i + 2 < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		out[o++] = b64[v >> 18];
-		out[o++] = b64[(v >> 12) & 63];
-		out[o++] = b64[(v >> 6) & 63];
-		out[o++] = b64[v & 63];
-	}
-	if (i < n) {
-		uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-		out[o++] = b64[v >> 18];
-		out[o++] = b64[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
-		out[o++] = '=';
-	}
-	out[o] = '\0';
-	return out;
-}
-
-static int
-b64_val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/* Strict decoding (the text came from the backend): whole quads, '='
- * padding only at the end. Returns the length, or -1. out must hold
- * 3 * len / 4 bytes. */
-static long
-b64_decode(const char *in, size_t len, unsigned char *out)
-{
-	size_t o = 0;
-
-	if (len == 0 || len % 4 != 0)
-		return -1;
-	for (size_t i = 0; i < len; i += 4) {
-		int v[4], pad = 0;
-		for (int k = 0; k < 4; k++) {
-			unsigned char c = (unsigned char)in[i + k];
-			if (c == '=' && i + 4 == len && k >= 2 && (k == 3 || in[i + 3] == '=')) {
-				v[k] = 0;
-				pad++;
-				continue;
-			}
-			if (pad > 0 || (v[k] = b64_val(c)) < 0)
-				return -1;
-		}
-		uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-		out[o++] = (unsigned char)(x >> 16);
-		if (pad < 2)
-			out[o++] = (unsigned char)(x >> 8);
-		if (pad < 1)
-			out[o++] = (unsigned char)x;
-	}
-	return (long)o;
 }
 
 /* ---- SPNEGO NegTokenResp --------------------------------------------------------- */
@@ -872,7 +794,7 @@ init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step
 		    out.length);
 		goto cleanup;
 	}
-	if ((r->token = b64_encode(out.value, out.length)) == NULL) {
+	if ((r->token = codec_b64_encode(out.value, out.length)) == NULL) {
 		req_fail_text(r, KCD_ERR_INTERNAL, "NOMEM", "%s: out of memory", what);
 		goto cleanup;
 	}
@@ -1079,8 +1001,10 @@ s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64, struct 
 		    "mutual authentication: no kept context %u (expired, released or never kept)", ctx_id);
 		return -1;
 	}
-	if (len == 0 || len > KCD_TOKEN_MAX || (raw = malloc(len / 4 * 3 + 3)) == NULL ||
-	    (n = b64_decode(token_b64, len, raw)) <= 0) {
+	/* whole quads only: padding is not optional in a header token */
+	if (len == 0 || len > KCD_TOKEN_MAX || len % 4 != 0 ||
+	    (raw = malloc(len / 4 * 3 + 3)) == NULL ||
+	    (n = codec_b64_decode(token_b64, len, raw, len / 4 * 3 + 3)) <= 0) {
 		set_err(err, KCD_ERR_PROXY, "BAD_TOKEN",
 		    "mutual authentication: the backend's WWW-Authenticate token is not valid base64 "
 		    "(%zu characters)", len);

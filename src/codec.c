@@ -1,0 +1,83 @@
+/*
+ * codec.c — base64; see codec.h.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "codec.h"
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *
+codec_b64_encode(const unsigned char *in, size_t n)
+{
+	size_t olen = 4 * ((n + 2) / 3), o = 0, i;
+	char *out = malloc(olen + 1);
+
+	if (out == NULL)
+		return NULL;
+	for (i = 0; i + 2 < n; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+		out[o++] = b64[v >> 18];
+		out[o++] = b64[(v >> 12) & 63];
+		out[o++] = b64[(v >> 6) & 63];
+		out[o++] = b64[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+		out[o++] = b64[v >> 18];
+		out[o++] = b64[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+		out[o++] = '=';
+	}
+	out[o] = '\0';
+	return out;
+}
+
+static int
+b64_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+long
+codec_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap)
+{
+	const unsigned char *s = (const unsigned char *)in;
+	size_t o = 0, pad = 0, n;
+	uint32_t acc = 0;
+	unsigned bits = 0;
+
+	while (pad < 2 && len > pad && s[len - 1 - pad] == '=')
+		pad++;
+	n = len - pad;
+	if (pad != 0 && len % 4 != 0)
+		return -1;
+	if (n % 4 == 1)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		int v = b64_value(s[i]);
+		if (v < 0)
+			return -1;
+		acc = (acc << 6) | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o >= cap)
+				return -2;
+			out[o++] = (unsigned char)(acc >> bits);
+			acc &= (1u << bits) - 1;
+		}
+	}
+	return (long)o;
+}

@@ -1,0 +1,29 @@
+/*
+ * codec.h — small pure encoders and decoders that several parsers share:
+ * base64 (RFC 4648 §4, the standard alphabet).
+ *
+ * Format only, no policy: these functions refuse what is not the format;
+ * whatever a caller refuses beyond it (a padding it insists on, an
+ * escaped byte it does not allow, its own error names) stays with the
+ * caller. No allocation except codec_b64_encode's result, no I/O, no
+ * global state.
+ */
+#ifndef EKP_CODEC_H
+#define EKP_CODEC_H
+
+#include <stddef.h>
+
+/* Base64 of in[0..n), '=' padded to whole quads, as a NUL-terminated
+ * string the caller owns (free()). NULL when out of memory. */
+char *codec_b64_encode(const unsigned char *in, size_t n);
+
+/* Strict base64 decoding of in[0..len) into out[0..cap): only the
+ * alphabet A-Z a-z 0-9 + /; '=' padding is optional, but when present it
+ * is one or two '=' at the very end of a text whose length is a multiple
+ * of 4; a lone trailing character (6 bits, no whole byte) is refused.
+ * Unused low bits of the last character are not checked. No white space.
+ * Returns the decoded length (0 for an empty text), -1 when in is not
+ * base64, -2 when the bytes do not fit in cap (out then holds a prefix). */
+long codec_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap);
+
+#endif

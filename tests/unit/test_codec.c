@@ -1,0 +1,133 @@
+/*
+ * test_codec.c — codec.c: base64 (RFC 4648 §10 vectors both ways, the
+ * padding and alphabet rules, the output capacity).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "codec.h"
+
+static const struct {
+	const char *plain, *b64;
+} rfc4648[] = {
+	{ "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" }, { "foo", "Zm9v" },
+	{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+};
+
+static void
+test_b64_encode_rfc4648(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(rfc4648) / sizeof(rfc4648[0]); i++) {
+		char *e = codec_b64_encode((const unsigned char *)rfc4648[i].plain,
+		    strlen(rfc4648[i].plain));
+		assert_non_null(e);
+		assert_string_equal(e, rfc4648[i].b64);
+		free(e);
+	}
+}
+
+static void
+test_b64_decode_rfc4648(void **state)
+{
+	unsigned char out[16];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(rfc4648) / sizeof(rfc4648[0]); i++) {
+		size_t pl = strlen(rfc4648[i].plain);
+		long n = codec_b64_decode(rfc4648[i].b64, strlen(rfc4648[i].b64), out,
+		    sizeof(out));
+		assert_int_equal(n, (long)pl);
+		assert_memory_equal(out, rfc4648[i].plain, pl);
+	}
+}
+
+/* Every byte value and every length mod 3 survives a round trip. */
+static void
+test_b64_round_trip(void **state)
+{
+	unsigned char in[256], out[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(in); i++)
+		in[i] = (unsigned char)(255 - i);
+	for (size_t n = 0; n <= sizeof(in); n += 37) {
+		char *e = codec_b64_encode(in, n);
+		assert_non_null(e);
+		assert_int_equal(strlen(e), 4 * ((n + 2) / 3));
+		assert_int_equal(codec_b64_decode(e, strlen(e), out, sizeof(out)), (long)n);
+		assert_memory_equal(out, in, n);
+		free(e);
+	}
+}
+
+/* Padding is optional; a caller that insists on it checks len % 4. */
+static void
+test_b64_padding_optional(void **state)
+{
+	unsigned char out[8];
+
+	(void)state;
+	assert_int_equal(codec_b64_decode("Zg", 2, out, sizeof(out)), 1);
+	assert_int_equal(out[0], 'f');
+	assert_int_equal(codec_b64_decode("Zm8", 3, out, sizeof(out)), 2);
+	assert_memory_equal(out, "fo", 2);
+}
+
+static void
+test_b64_refusals(void **state)
+{
+	static const char *const bad[] = {
+		"Z",		/* 6 bits: no whole byte */
+		"Zm9vY",	/* the same after a quad */
+		"Zg=",		/* padded but not a whole quad */
+		"Zg===",	/* three '=' */
+		"Z===",		/* '=' where a character belongs */
+		"=Zg=",		/* '=' not at the end */
+		"Zg==Zg==",	/* padding in the middle */
+		"Zm 9v",	/* white space */
+		"Zm9v\n",	/* a line end */
+		"Zm-_",		/* the URL-safe alphabet */
+		"Zm9\x80",	/* not ASCII */
+	};
+	unsigned char out[16];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(codec_b64_decode(bad[i], strlen(bad[i]), out, sizeof(out)), -1);
+	/* a NUL inside the given length is not base64 either */
+	assert_int_equal(codec_b64_decode("Zm\0v", 4, out, sizeof(out)), -1);
+}
+
+static void
+test_b64_capacity(void **state)
+{
+	unsigned char out[3];
+
+	(void)state;
+	assert_int_equal(codec_b64_decode("Zm9v", 4, out, 3), 3);
+	assert_int_equal(codec_b64_decode("Zm9vYg==", 8, out, 3), -2);
+	assert_int_equal(codec_b64_decode("Zg==", 4, out, 0), -2);
+	assert_int_equal(codec_b64_decode("", 0, out, 0), 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_b64_encode_rfc4648),
+		cmocka_unit_test(test_b64_decode_rfc4648),
+		cmocka_unit_test(test_b64_round_trip),
+		cmocka_unit_test(test_b64_padding_optional),
+		cmocka_unit_test(test_b64_refusals),
+		cmocka_unit_test(test_b64_capacity),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
