@@ -476,6 +476,22 @@ check_crl(X509_STORE *store, X509_CRL *crl, const char *file, char *err, size_t 
 	return 0;
 }
 
+/* check_crl, then into store (which takes its own reference: the caller
+ * still frees crl). Returns 0, or -1 with err. */
+static int
+add_crl(X509_STORE *store, X509_CRL *crl, const char *file, char *err, size_t errlen)
+{
+	char ebuf[512];
+
+	if (check_crl(store, crl, file, err, errlen) != 0)
+		return -1;
+	if (X509_STORE_add_crl(store, crl) != 1) {
+		errf(err, errlen, "crl %s: cannot add: %s", file, log_ssl_errors(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	return 0;
+}
+
 /* Add every CRL in file (PEM with any number of X509 CRL blocks, or DER,
  * one or several concatenated) to store. Returns the number added, or -1. */
 static int
@@ -517,13 +533,8 @@ load_crl_file(X509_STORE *store, const char *file, char *err, size_t errlen)
 					    "parse: %s", file, log_ssl_errors(ebuf, sizeof(ebuf)));
 				goto cleanup;
 			}
-			if (check_crl(store, crl, file, err, errlen) != 0)
+			if (add_crl(store, crl, file, err, errlen) != 0)
 				goto cleanup;
-			if (X509_STORE_add_crl(store, crl) != 1) {
-				errf(err, errlen, "crl %s: cannot add: %s", file,
-				    log_ssl_errors(ebuf, sizeof(ebuf)));
-				goto cleanup;
-			}
 			X509_CRL_free(crl);
 			crl = NULL;
 			n++;
@@ -537,13 +548,8 @@ load_crl_file(X509_STORE *store, const char *file, char *err, size_t errlen)
 				    n ? " after the first" : "", log_ssl_errors(ebuf, sizeof(ebuf)));
 				goto cleanup;
 			}
-			if (check_crl(store, crl, file, err, errlen) != 0)
+			if (add_crl(store, crl, file, err, errlen) != 0)
 				goto cleanup;
-			if (X509_STORE_add_crl(store, crl) != 1) {
-				errf(err, errlen, "crl %s: cannot add: %s", file,
-				    log_ssl_errors(ebuf, sizeof(ebuf)));
-				goto cleanup;
-			}
 			X509_CRL_free(crl);
 			crl = NULL;
 			n++;
