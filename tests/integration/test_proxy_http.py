@@ -817,10 +817,10 @@ def refused(proxy, lab_session):
             d.send(raw)
             r = d.read_response()
             seen[name] = (r, d.closed_by_peer())
-    sentinel_seen(proxy, lab_session, "SENTINEL")
+    sentinel_seen(proxy, lab_session, "HTTPSENTINEL")
     recs = wait_until(lambda: (lambda a: a if len(a) >= len(shapes) + 1 else None)(
         access_records(proxy)[before:]), 10, "the access-log lines of the refusals")
-    assert recs[len(shapes)]["device_id"] == "SENTINEL", recs
+    assert recs[len(shapes)]["device_id"] == "HTTPSENTINEL", recs
     return {name: seen[name] + (recs[i],) for i, (name, _) in enumerate(shapes)}
 
 
@@ -874,13 +874,13 @@ def test_allow_list_matches_case_insensitively_on_segments(proxy, lab_session):
     /autodiscover/... are inside the allow-list and forwarded. (The lab's
     Apache is case-sensitive and answers the first with its own 404.)"""
     with Device(proxy, proxy.alice) as d:
-        d.request("GET", "/microsoft-server-activesync?Cmd=Sync&DeviceId=CASE1")
+        d.request("GET", "/microsoft-server-activesync?Cmd=Sync&DeviceId=HTTPCASE1")
         r = d.request("POST", "/autodiscover/autodiscover.xml", b"<x/>")
         assert r.status == 200
         assert r.json()["remote_user"] == "alice@EXAMPLE.TEST"
-    rec = wait_access(proxy, lambda x: x["device_id"] == "CASE1", "CASE1's access-log line")
+    rec = wait_access(proxy, lambda x: x["device_id"] == "HTTPCASE1", "HTTPCASE1's access-log line")
     assert rec["reason"] == "ok" and rec["backend"] is not None
-    assert [e["auth_scheme"] for e in apache_entries(lab_session, "CASE1")] == ["Negotiate"]
+    assert [e["auth_scheme"] for e in apache_entries(lab_session, "HTTPCASE1")] == ["Negotiate"]
 
 
 # ---------------------------------------------------------------------------
@@ -998,7 +998,7 @@ def test_two_users_interleaved_never_cross(proxy, lab_session):
         try:
             with Device(proxy, cert) as d:
                 for i in range(per_conn):
-                    tag = f"MIX{user}{k}x{i}"
+                    tag = f"HTTPMIX{user}{k}x{i}"
                     kind = i % 3
                     if kind == 0:
                         r = d.request("GET", eas_target("Sync", user, tag))
@@ -1037,11 +1037,11 @@ def test_two_users_interleaved_never_cross(proxy, lab_session):
     assert all(len(v) == 1 for v in ports.values()), ports
     # Apache's own view: per backend connection (remote port), one user
     entries = wait_until(
-        lambda: (lambda e: e if len(e) >= 8 * per_conn else None)(apache_entries(lab_session, "MIX")),
+        lambda: (lambda e: e if len(e) >= 8 * per_conn else None)(apache_entries(lab_session, "HTTPMIX")),
         15, "every MIX request in Apache's access log")
     by_port = {}
     for e in entries:
-        owner = "alice" if "MIXalice" in e["uri"] else "bob"
+        owner = "alice" if "HTTPMIXalice" in e["uri"] else "bob"
         assert e["user"] == f"{owner}@EXAMPLE.TEST", e
         by_port.setdefault(e["remote_port"], set()).add(owner)
     assert all(len(v) == 1 for v in by_port.values()), by_port
@@ -1049,7 +1049,7 @@ def test_two_users_interleaved_never_cross(proxy, lab_session):
     reused = [e for e in entries if e["keepalive"] > 0]
     assert len(by_port) < len(entries) and len(reused) > len(entries) // 2, \
         (len(by_port), len(entries), len(reused))
-    assert {("alice" if "MIXalice" in e["uri"] else "bob") for e in reused} == {"alice", "bob"}
+    assert {("alice" if "HTTPMIXalice" in e["uri"] else "bob") for e in reused} == {"alice", "bob"}
 
 
 def test_pipelined_requests_answered_in_order(proxy):
