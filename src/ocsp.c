@@ -127,30 +127,13 @@ fnv1a(const unsigned char *p, size_t n)
 	return h;
 }
 
+/* An OCSP time for a detail; "?" when absent or unreadable. */
 static void
 time_str(const ASN1_GENERALIZEDTIME *t, char *buf, size_t len)
 {
-	BIO *b = BIO_new(BIO_s_mem());
-	int n = 0;
-
-	buf[0] = '\0';
-	if (b != NULL && t != NULL && ASN1_GENERALIZEDTIME_print(b, t) == 1)
-		n = BIO_read(b, buf, (int)len - 1);
-	buf[n > 0 ? n : 0] = '\0';
+	tls_time_text(t, buf, len);
 	if (buf[0] == '\0')
 		snprintf(buf, len, "?");
-	BIO_free(b);
-}
-
-static void
-serial_str(X509 *cert, char *buf, size_t len)
-{
-	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
-	char *hex = bn ? BN_bn2hex(bn) : NULL;
-
-	snprintf(buf, len, "%s", hex ? hex : "?");
-	OPENSSL_free(hex);
-	BN_free(bn);
 }
 
 /* What the caller sees for an answer under the configured mode. */
@@ -602,7 +585,7 @@ fetch_start(struct ocsp *o, struct entry *e, X509 *cert, X509 *issuer, OCSP_CERT
 	}
 	f->magic = FETCH_MAGIC;
 	f->o = o;
-	serial_str(cert, f->serial, sizeof(f->serial));
+	tls_serial_text(cert, f->serial, sizeof(f->serial));
 	LIST_INSERT_HEAD(&o->fetches, f, link);
 	o->st.in_flight++;
 	if (responder_url(o, cert, f->url, sizeof(f->url)) != 0) {

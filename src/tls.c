@@ -178,8 +178,8 @@ name_str(const X509_NAME *name, char *buf, size_t len)
 	BIO_free(b);
 }
 
-static void
-serial_str(X509 *cert, char *buf, size_t len)
+void
+tls_serial_text(X509 *cert, char *buf, size_t len)
 {
 	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
 	char *hex = bn ? BN_bn2hex(bn) : NULL;
@@ -189,14 +189,14 @@ serial_str(X509 *cert, char *buf, size_t len)
 	BN_free(bn);
 }
 
-static void
-time_str(const ASN1_TIME *t, char *buf, size_t len)
+void
+tls_time_text(const ASN1_TIME *t, char *buf, size_t len)
 {
 	BIO *b = BIO_new(BIO_s_mem());
 	int n = 0;
 
 	buf[0] = '\0';
-	if (b != NULL && ASN1_TIME_print(b, t) == 1)
+	if (b != NULL && t != NULL && ASN1_TIME_print(b, t) == 1)
 		n = BIO_read(b, buf, (int)len - 1);
 	buf[n > 0 ? n : 0] = '\0';
 	BIO_free(b);
@@ -230,7 +230,7 @@ record_verify(SSL *ssl, int err, int depth, X509 *cert)
 	if (cert != NULL) {
 		name_str(X509_get_subject_name(cert), r->subject, sizeof(r->subject));
 		name_str(X509_get_issuer_name(cert), r->issuer, sizeof(r->issuer));
-		serial_str(cert, r->serial, sizeof(r->serial));
+		tls_serial_text(cert, r->serial, sizeof(r->serial));
 	}
 }
 
@@ -469,7 +469,7 @@ check_crl(X509_STORE *store, X509_CRL *crl, const char *file, char *err, size_t 
 		log_warn("tls", "crl %s: issuer '%s' is not in client_ca; this CRL checks nothing",
 		    file, issuer);
 	if (next != NULL && X509_cmp_current_time(next) <= 0) {
-		time_str(next, when, sizeof(when));
+		tls_time_text(next, when, sizeof(when));
 		log_warn("tls", "crl %s: the CRL of '%s' expired at %s (nextUpdate); every "
 		    "certificate of that CA is refused until it is refreshed", file, issuer, when);
 	}
@@ -577,7 +577,7 @@ warn_cert_expiry(SSL_CTX *ctx, const char *file)
 	if (leaf == NULL)
 		return;
 	soon = time(NULL) + (time_t)CERT_EXPIRY_WARN_DAYS * 86400;
-	time_str(X509_get0_notAfter(leaf), when, sizeof(when));
+	tls_time_text(X509_get0_notAfter(leaf), when, sizeof(when));
 	if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0)
 		log_warn("tls", "certificate %s expired at %s; devices will refuse it", file, when);
 	else if (X509_cmp_time(X509_get0_notAfter(leaf), &soon) <= 0)

@@ -135,4 +135,13 @@ SSL *tls_backend_ssl_new(SSL_CTX *ctx, const char *host);
  * undefined) or hashing failed; an error is then on OpenSSL's queue. */
 int tls_server_end_point(X509 *cert, unsigned char *out, unsigned *outlen);
 
+/* Log renderings of what a certificate says. Each fills buf (always
+ * NUL-terminated, cut to len).
+ * tls_serial_text: the serial number in upper-case hex, "?" when it cannot
+ *   be read.
+ * tls_time_text: as OpenSSL prints it ("Jan  2 03:04:05 2030 GMT"); empty
+ *   when t is NULL or does not print. */
+void tls_serial_text(X509 *cert, char *buf, size_t len);
+void tls_time_text(const ASN1_TIME *t, char *buf, size_t len);
+
 #endif
