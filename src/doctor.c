@@ -187,21 +187,6 @@ krb5_text(krb5_context kc, krb5_error_code code, char *buf, size_t len)
 }
 
 static void
-name_text(const X509_NAME *n, char *buf, size_t len)
-{
-	BIO *b = BIO_new(BIO_s_mem());
-	int got;
-
-	buf[0] = '\0';
-	if (b == NULL)
-		return;
-	if (X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253) >= 0 &&
-	    (got = BIO_read(b, buf, (int)len - 1)) > 0)
-		buf[got] = '\0';
-	BIO_free(b);
-}
-
-static void
 time_text(const ASN1_TIME *t, char *buf, size_t len)
 {
 	struct tm tm;
@@ -703,7 +688,7 @@ cert_dates(X509 *x, const char *what, char *buf, size_t len)
 	long long left, start;
 	int ok1, ok2;
 
-	name_text(X509_get_subject_name(x), subj, sizeof(subj));
+	tls_name_text(X509_get_subject_name(x), subj, sizeof(subj));
 	left = seconds_until(X509_get0_notAfter(x), &ok1);
 	start = seconds_until(X509_get0_notBefore(x), &ok2);
 	if (!ok1 || !ok2) {
@@ -795,7 +780,7 @@ check_tls_cert(struct doctor *d)
 		if (ok && chain != NULL && sk_X509_num(chain) > 0) {
 			X509 *top = sk_X509_value(chain, sk_X509_num(chain) - 1);
 
-			name_text(X509_get_subject_name(top), anchor, sizeof(anchor));
+			tls_name_text(X509_get_subject_name(top), anchor, sizeof(anchor));
 			for (int i = 1; i < sk_X509_num(sk); i++)
 				if (X509_cmp(sk_X509_value(sk, i), top) == 0)
 					from_file = 1;
@@ -851,7 +836,7 @@ check_client_ca(struct doctor *d)
 		if (st == D_OK && X509_check_ca(x) == 0) {
 			char subj[512];
 
-			name_text(X509_get_subject_name(x), subj, sizeof(subj));
+			tls_name_text(X509_get_subject_name(x), subj, sizeof(subj));
 			snprintf(line, sizeof(line), "%s is not a CA certificate", subj);
 			st = D_WARN;
 		}
@@ -915,7 +900,7 @@ check_crl(struct doctor *d)
 		long long left;
 		int ok;
 
-		name_text(X509_CRL_get_issuer(x), issuer, sizeof(issuer));
+		tls_name_text(X509_CRL_get_issuer(x), issuer, sizeof(issuer));
 		if (next == NULL) {
 			if (first[0] == '\0')
 				snprintf(first, sizeof(first), "CRL of %s has no next update", issuer);
@@ -943,7 +928,7 @@ check_crl(struct doctor *d)
 				found = X509_NAME_cmp(X509_CRL_get_issuer(sk_X509_CRL_value(all, j)),
 				    X509_get_subject_name(ca)) == 0;
 			if (!found && strlen(missing) < sizeof(missing) - 64) {
-				name_text(X509_get_subject_name(ca), issuer, sizeof(issuer));
+				tls_name_text(X509_get_subject_name(ca), issuer, sizeof(issuer));
 				snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing),
 				    "%s%s", missing[0] ? "; " : "", issuer);
 			}
@@ -1210,7 +1195,7 @@ check_backend(struct doctor *d)
 			dconn_close(&cn);
 			continue;
 		}
-		name_text(X509_get_subject_name(peer), subj, sizeof(subj));
+		tls_name_text(X509_get_subject_name(peer), subj, sizeof(subj));
 		st = cert_dates(peer, "certificate", line, sizeof(line));
 		ERR_clear_error();
 		if (tls_server_end_point(peer, cb, &cb_len) == 0) {

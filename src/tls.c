@@ -160,8 +160,8 @@ conn_rec(const SSL *ssl, int create)
 
 /* RFC 2253 rendering with control and non-ASCII bytes escaped: the name
  * comes from the peer. */
-static void
-name_str(const X509_NAME *name, char *buf, size_t len)
+void
+tls_name_text(const X509_NAME *name, char *buf, size_t len)
 {
 	BIO *b = BIO_new(BIO_s_mem());
 	int n;
@@ -173,9 +173,16 @@ name_str(const X509_NAME *name, char *buf, size_t len)
 		n = BIO_read(b, buf, (int)len - 1);
 		buf[n > 0 ? n : 0] = '\0';
 	}
+	BIO_free(b);
+}
+
+/* The same for the log, where an empty name would read as a missing word. */
+static void
+name_str(const X509_NAME *name, char *buf, size_t len)
+{
+	tls_name_text(name, buf, len);
 	if (buf[0] == '\0')
 		snprintf(buf, len, "(empty)");
-	BIO_free(b);
 }
 
 void

@@ -137,10 +137,13 @@ int tls_server_end_point(X509 *cert, unsigned char *out, unsigned *outlen);
 
 /* Log renderings of what a certificate says. Each fills buf (always
  * NUL-terminated, cut to len).
+ * tls_name_text: RFC 2253 with control and non-ASCII bytes escaped (the
+ *   name may come from a peer); empty when name is NULL or does not print.
  * tls_serial_text: the serial number in upper-case hex, "?" when it cannot
  *   be read.
  * tls_time_text: as OpenSSL prints it ("Jan  2 03:04:05 2030 GMT"); empty
  *   when t is NULL or does not print. */
+void tls_name_text(const X509_NAME *name, char *buf, size_t len);
 void tls_serial_text(X509 *cert, char *buf, size_t len);
 void tls_time_text(const ASN1_TIME *t, char *buf, size_t len);
 
