@@ -529,70 +529,96 @@ eas_kcd_proxy_set_log_hook(struct eas_kcd_proxy *p, eas_kcd_proxy_log_fn *fn, vo
 
 /* ---- listening sockets ------------------------------------------------------------ */
 
-/*
- * Make p's listening sockets those of cfg: the same socket for an address
- * that stays (no connection lost across a reload), a new one for a new
- * address; sockets for addresses that went are closed. All or nothing: on
- * failure p's sockets are untouched and the message is in p->errmsg.
- */
-static int
-listeners_sync(struct eas_kcd_proxy *p, const struct config *cfg)
-{
-	int fds[CONFIG_MAX_LISTEN], admin = -1, keep[CONFIG_MAX_LISTEN] = { 0 }, keep_admin = 0;
-	char err[512];
-	unsigned n = 0;
+/* The listening sockets a configuration needs: p's own where the address
+ * stays (so no connection is lost across a reload), new ones (fresh)
+ * elsewhere. */
+struct lset {
+	unsigned n;
+	int fd[CONFIG_MAX_LISTEN];
+	int fresh[CONFIG_MAX_LISTEN];
+	int admin;			/* -1 none */
+	int admin_fresh;
+};
 
-	for (; n < cfg->server.n_listen; n++) {
+static void
+listeners_abort(struct lset *ls)
+{
+	for (unsigned i = 0; i < ls->n; i++)
+		if (ls->fresh[i])
+			close(ls->fd[i]);
+	if (ls->admin >= 0 && ls->admin_fresh)
+		close(ls->admin);
+	ls->n = 0;
+	ls->admin = -1;
+}
+
+/* Bind what cfg needs and p does not have; 0, or -1 with p->errmsg set
+ * (nothing bound then). p's sockets are untouched. */
+static int
+listeners_prepare(struct eas_kcd_proxy *p, const struct config *cfg, struct lset *ls)
+{
+	int used[CONFIG_MAX_LISTEN] = { 0 };
+	char err[512];
+
+	memset(ls, 0, sizeof(*ls));
+	ls->admin = -1;
+	for (unsigned n = 0; n < cfg->server.n_listen; n++) {
 		const struct config_addr *a = &cfg->server.listen[n];
 
-		fds[n] = -1;
-		for (unsigned j = 0; j < p->n_listen && fds[n] < 0; j++)
-			if (p->listen_fd[j] >= 0 && !keep[j] && proc_addr_equal(a, &p->listen_addr[j])) {
-				fds[n] = p->listen_fd[j];
-				keep[j] = 1;
+		ls->fd[n] = -1;
+		for (unsigned j = 0; j < p->n_listen && ls->fd[n] < 0; j++)
+			if (p->listen_fd[j] >= 0 && !used[j] && proc_addr_equal(a, &p->listen_addr[j])) {
+				ls->fd[n] = p->listen_fd[j];
+				used[j] = 1;
 			}
-		if (fds[n] < 0 && (fds[n] = proc_listen_socket(a, err, sizeof(err))) < 0) {
-			set_err(p, "%s", err);
-			goto fail;
+		if (ls->fd[n] < 0) {
+			if ((ls->fd[n] = proc_listen_socket(a, err, sizeof(err))) < 0) {
+				set_err(p, "%s", err);
+				listeners_abort(ls);
+				return -1;
+			}
+			ls->fresh[n] = 1;
 		}
+		ls->n = n + 1;
 	}
 	if (cfg->server.has_admin) {
-		if (p->admin_fd >= 0 && proc_addr_equal(&cfg->server.admin_listen, &p->admin_addr)) {
-			admin = p->admin_fd;
-			keep_admin = 1;
-		} else if ((admin = proc_listen_socket(&cfg->server.admin_listen, err,
+		if (p->admin_fd >= 0 && proc_addr_equal(&cfg->server.admin_listen, &p->admin_addr))
+			ls->admin = p->admin_fd;
+		else if ((ls->admin = proc_listen_socket(&cfg->server.admin_listen, err,
 		    sizeof(err))) < 0) {
 			set_err(p, "admin_listen: %s", err);
-			goto fail;
+			listeners_abort(ls);
+			return -1;
 		}
+		else
+			ls->admin_fresh = 1;
 	}
-	/* commit: close what is no longer listened on (the workers of older
-	 * generations hold their own copies while they drain) */
-	for (unsigned j = 0; j < p->n_listen; j++)
-		if (!keep[j] && p->listen_fd[j] >= 0)
-			close(p->listen_fd[j]);
-	if (!keep_admin && p->admin_fd >= 0)
-		close(p->admin_fd);
-	for (unsigned i = 0; i < n; i++) {
-		p->listen_fd[i] = fds[i];
-		p->listen_addr[i] = cfg->server.listen[i];
-	}
-	for (unsigned i = n; i < CONFIG_MAX_LISTEN; i++)
-		p->listen_fd[i] = -1;
-	p->n_listen = n;
-	p->admin_fd = admin;
-	if (admin >= 0)
-		p->admin_addr = cfg->server.admin_listen;
 	return 0;
-fail:
-	for (unsigned i = 0; i < n; i++) {
-		int ours = 0;
-		for (unsigned j = 0; j < p->n_listen; j++)
-			ours |= fds[i] == p->listen_fd[j];
-		if (!ours)
-			close(fds[i]);
+}
+
+/* ls becomes p's: sockets for addresses cfg no longer has are closed (the
+ * workers of older generations hold their own copies while they drain). */
+static void
+listeners_commit(struct eas_kcd_proxy *p, const struct config *cfg, const struct lset *ls)
+{
+	for (unsigned j = 0; j < p->n_listen; j++) {
+		int kept = 0;
+
+		for (unsigned i = 0; i < ls->n; i++)
+			kept |= ls->fd[i] == p->listen_fd[j];
+		if (!kept && p->listen_fd[j] >= 0)
+			close(p->listen_fd[j]);
 	}
-	return -1;
+	if (p->admin_fd >= 0 && p->admin_fd != ls->admin)
+		close(p->admin_fd);
+	for (unsigned i = 0; i < CONFIG_MAX_LISTEN; i++)
+		p->listen_fd[i] = i < ls->n ? ls->fd[i] : -1;
+	for (unsigned i = 0; i < ls->n; i++)
+		p->listen_addr[i] = cfg->server.listen[i];
+	p->n_listen = ls->n;
+	p->admin_fd = ls->admin;
+	if (ls->admin >= 0)
+		p->admin_addr = cfg->server.admin_listen;
 }
 
 static void
@@ -1047,12 +1073,13 @@ gen_activate(struct egen *g)
 }
 
 /*
- * A new generation with cfg (taken over in every case) on p's current
- * listening sockets, its kcd started and its worker built (not accepting
- * until activated). Returns it, or NULL with p->errmsg set.
+ * A new generation with cfg (taken over in every case) on the listening
+ * sockets ls (duplicated: ls stays the caller's), its kcd started and its
+ * worker built (not accepting until activated). Returns it, or NULL with
+ * p->errmsg set.
  */
 static struct egen *
-gen_new(struct eas_kcd_proxy *p, struct config *cfg)
+gen_new(struct eas_kcd_proxy *p, struct config *cfg, const struct lset *ls)
 {
 	struct worker_params wp;
 	struct egen *g;
@@ -1087,8 +1114,8 @@ gen_new(struct eas_kcd_proxy *p, struct config *cfg)
 		set_err(p, "no random bytes for the TLS ticket keys");
 		goto fail;
 	}
-	for (unsigned i = 0; i < p->n_listen; i++) {
-		if ((wp.listen_fd[i] = fcntl(p->listen_fd[i], F_DUPFD_CLOEXEC, 0)) < 0) {
+	for (unsigned i = 0; i < ls->n; i++) {
+		if ((wp.listen_fd[i] = fcntl(ls->fd[i], F_DUPFD_CLOEXEC, 0)) < 0) {
 			set_err(p, "cannot share a listening socket: %s", strerror(errno));
 			for (unsigned j = 0; j < i; j++)
 				close(wp.listen_fd[j]);
@@ -1096,7 +1123,7 @@ gen_new(struct eas_kcd_proxy *p, struct config *cfg)
 		}
 		wp.n_listen = i + 1;
 	}
-	if (p->admin_fd >= 0 && (wp.admin_fd = fcntl(p->admin_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	if (ls->admin >= 0 && (wp.admin_fd = fcntl(ls->admin, F_DUPFD_CLOEXEC, 0)) < 0) {
 		set_err(p, "cannot share admin_listen: %s", strerror(errno));
 		for (unsigned j = 0; j < wp.n_listen; j++)
 			close(wp.listen_fd[j]);
@@ -1165,6 +1192,7 @@ eas_kcd_proxy_start(struct eas_kcd_proxy *p, struct event_base *base)
 	struct sigaction sa;
 	struct config *cfg;
 	struct egen *g;
+	struct lset ls;
 	int rc = EAS_KCD_PROXY_E_START;
 
 	if (!check(p))
@@ -1197,12 +1225,15 @@ eas_kcd_proxy_start(struct eas_kcd_proxy *p, struct event_base *base)
 	}
 	p->shm->slot[p->wslot].pid = (uint32_t)getpid();
 	metrics_attach(p->shm, p->wslot);
-	if (open_logs(p, p->cfg) != 0 || listeners_sync(p, p->cfg) != 0)
+	if (open_logs(p, p->cfg) != 0 || listeners_prepare(p, p->cfg, &ls) != 0)
 		goto fail;
 	cfg = p->cfg;
 	p->cfg = NULL;			/* the generation's from here */
-	if ((g = gen_new(p, cfg)) == NULL)
+	if ((g = gen_new(p, cfg, &ls)) == NULL) {
+		listeners_abort(&ls);
 		goto fail;
+	}
+	listeners_commit(p, cfg, &ls);
 	gen_activate(g);		/* devices may connect now; kcd answers when ready */
 	p->state = P_RUNNING;
 	log_info("embed", "eas-kcd-proxy %s started in %s mode", EKP_VERSION,
@@ -1236,25 +1267,38 @@ reload_config(struct eas_kcd_proxy *p)
 	return cfg;
 }
 
+/* A new generation with cfg (taken over); nothing changes on failure but
+ * the message. */
 static int
 reload(struct eas_kcd_proxy *p, struct config *cfg)
 {
 	struct egen *g;
+	struct lset ls;
 
-	if (listeners_sync(p, cfg) != 0 || open_logs(p, cfg) != 0) {
+	if (listeners_prepare(p, cfg, &ls) != 0) {
 		config_free(cfg);
 		return EAS_KCD_PROXY_E_START;
 	}
-	/* a generation still waiting for its kcd is superseded */
-	for (struct egen *o = p->gens; o != NULL; o = o->next)
+	if ((g = gen_new(p, cfg, &ls)) == NULL) {	/* takes cfg */
+		listeners_abort(&ls);
+		return EAS_KCD_PROXY_E_START;
+	}
+	if (open_logs(p, g->cfg) != 0) {
+		p->gens = g->next;	/* gen_new put it first */
+		g->retiring = 1;
+		gen_free(g);
+		listeners_abort(&ls);
+		return EAS_KCD_PROXY_E_START;
+	}
+	listeners_commit(p, g->cfg, &ls);
+	/* a generation still waiting for its kcd is superseded by this one */
+	for (struct egen *o = g->next; o != NULL; o = o->next)
 		if (!o->active && !o->retiring) {
 			o->retiring = 1;
 			worker_free(o->w);
 			o->w = NULL;
 			gen_kcd_stop(o, proc_now_ms());
 		}
-	if ((g = gen_new(p, cfg)) == NULL)
-		return EAS_KCD_PROXY_E_START;
 	log_info("embed", "reload: generation %u starts; generation %u serves until its kcd "
 	    "is ready", g->id, p->serving);
 	return EAS_KCD_PROXY_OK;

@@ -144,12 +144,14 @@ policy_list_parse(const char *name, const char *text, size_t len, char *err, siz
 			l->v = v;
 			cap = ncap;
 		}
-		if ((id = strndup(s, n)) == NULL) {
+		/* (not strndup: the text need not be NUL-terminated) */
+		if ((id = malloc(n + 1)) == NULL) {
 			snprintf(err, errlen, "%s: out of memory", name);
 			goto cleanup;
 		}
-		for (char *p = id; *p != '\0'; p++)
-			*p = (char)tolower((unsigned char)*p);
+		for (size_t i = 0; i < n; i++)
+			id[i] = (char)tolower((unsigned char)s[i]);
+		id[n] = '\0';
 		l->v[l->n++] = id;
 	}
 	if (l->n > 1)
@@ -200,6 +202,7 @@ policy_list_load(const char *path, char *err, size_t errlen)
 			break;		/* shrank meanwhile: take what is there */
 		got += (size_t)r;
 	}
+	buf[got] = '\0';
 	ret = policy_list_parse(path, buf, got, err, errlen);
 cleanup:
 	free(buf);

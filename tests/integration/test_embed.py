@@ -10,6 +10,10 @@ Exchange):
     authorize hook may answer later (kcd as a process and as a thread), the
     program's own log sink gets every record, SIGHUP reloads the list and
     the proxy (a new generation);
+  * the identity hook (tests/tools/embed_hooks.c) replaces a failed
+    mapping (a certificate without UPN reaches Exchange as the user the
+    hook names, through KCD for that user), refuses a good one (403
+    identity_unmapped), or keeps ours;
   * the daemon's [devices] deny_file / allow_file, read again on SIGHUP; a
     list that does not parse keeps the running generation;
   * `make install PREFIX=DIR` installs binary, library, header, pkg-config
@@ -30,6 +34,7 @@ import tempfile
 
 import pytest
 
+import certs
 from ekp import ProxyError, access_records, lab_proxy, socket_inodes, wait_until
 from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
 
@@ -57,10 +62,10 @@ def built(*parts):
 class Phone:
     """One device with user's certificate; one request per connection."""
 
-    def __init__(self, proxy, user="alice"):
+    def __init__(self, proxy, user="alice", cert=None):
         self.proxy = proxy
         self.user = user
-        cert = proxy.device_cert(user)
+        cert = cert or proxy.device_cert(user)
         self.ctx = ssl.create_default_context(cafile=proxy.server_ca.cert)
         self.ctx.check_hostname = False
         self.ctx.load_cert_chain(cert.cert, cert.key)
@@ -264,6 +269,48 @@ def test_gateway_sighup_reloads_the_list_and_the_proxy(lab, gateways):
     status, hdrs, body = phone.sync(OTHER)
     assert status == 200, f"{OTHER} after the reload: {status}\n{p.log_text()[-2000:]}"
     assert exchange_user(status, hdrs, body) == "alice@EXAMPLE.TEST"
+
+
+# --------------------------------------------------------- the identity hook --
+
+def start_hooks(lab, mode, args=()):
+    p = lab_proxy(lab, workers=1, binary=built("san", "tools", "embed_hooks"))
+    p.start(args=["-i", mode] + list(args), wait_ready=False)
+    p.wait_for_log(r"embed: generation 1: kcd ready", 30)
+    return p
+
+
+def test_identity_hook_replaces_a_failed_mapping_later(lab, gateways):
+    p = start_hooks(lab, "replace=bob@example.test", ["-d", "200", "-t"])
+    gateways.append(p)
+    phone = Phone(p, user="bob", cert=certs.no_upn(p.path("pki"), p.device_ca))
+    status, hdrs, body = phone.sync(GOOD)
+    assert status == 200, f"{status} {body[:200]!r}\n{p.log_text()[-3000:]}"
+    assert exchange_user(status, hdrs, body) == "bob@EXAMPLE.TEST", \
+        "Exchange must see the user the hook named, through KCD for that user"
+    rec = records(p, lambda r: r.get("device_id") == GOOD)[0]
+    assert (rec["status"], rec["username"]) == (200, "bob@EXAMPLE.TEST"), rec
+    assert re.search(r"identity: principal - detail no_upn der \d+ bytes -> replace",
+                     p.console_text()), p.console_text()
+    p.wait_for_log(r"policy: 127\.0\.0\.1: the identity hook answered after it returned")
+
+
+def test_identity_hook_refuses_or_keeps(lab, gateways):
+    p = start_hooks(lab, "refuse")
+    gateways.append(p)
+    status, _, _ = Phone(p).sync(GOOD)
+    assert status == 403
+    rec = records(p, lambda r: r.get("device_id") == GOOD)[0]
+    assert rec["reason"] == "identity_unmapped" and rec["username"] in (None, "-"), rec
+    p.wait_for_log(r"policy: 127\.0\.0\.1: the identity hook refused the certificate "
+                   r"\(alice@EXAMPLE\.TEST\)")
+
+    q = start_hooks(lab, "keep")
+    gateways.append(q)
+    status, hdrs, body = Phone(q).sync(OTHER)
+    assert status == 200 and exchange_user(status, hdrs, body) == "alice@EXAMPLE.TEST"
+    nu = Phone(q, user="bob", cert=certs.no_upn(q.path("pki"), q.device_ca))
+    assert nu.sync(OTHER)[0] == 403, "our failed mapping stands when the hook keeps it"
 
 
 # ------------------------------------------------------- the daemon's lists --
