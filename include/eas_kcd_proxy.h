@@ -175,7 +175,8 @@ int eas_kcd_proxy_reload_config(struct eas_kcd_proxy *p, const struct eas_kcd_pr
  * that took effect); 0 before start. */
 unsigned eas_kcd_proxy_generation(const struct eas_kcd_proxy *p);
 
-/* Reopen the error and access log files (after logrotate moved them). */
+/* Reopen the error and access log files (after logrotate moved them), in
+ * this process and in the kcd helper process. */
 int eas_kcd_proxy_reopen_logs(struct eas_kcd_proxy *p);
 
 /*

@@ -1371,6 +1371,11 @@ eas_kcd_proxy_reopen_logs(struct eas_kcd_proxy *p)
 		set_err(p, "cannot reopen the error log (see the error log)");
 		return EAS_KCD_PROXY_E_SYSTEM;
 	}
+	/* a kcd process has its own descriptor of the error log */
+	for (struct egen *g = p->gens; g != NULL; g = g->next)
+		if (g->kpid > 0 && g->kctl != NULL &&
+		    ipc_send(g->kctl, IPC_LOG_REOPEN, 0, NULL, 0, -1) != 0)
+			log_warn("embed", "generation %u: cannot ask kcd to reopen its log", g->id);
 	if (cfg != NULL && cfg->log.access_log != NULL &&
 	    access_log_open(cfg->log.access_log, cfg->log.access_format, 1, err,
 	    sizeof(err)) != 0) {
