@@ -122,7 +122,8 @@ const char *eas_kcd_proxy_errmsg(const struct eas_kcd_proxy *p);
  */
 struct eas_kcd_proxy_config *eas_kcd_proxy_config_new(void);	/* NULL: out of memory */
 /* E_INVALID when [section] key does not exist, or value holds a line
- * break or control character (eas_kcd_proxy_config_errmsg says which). */
+ * break or control character, or " ;" / " #" (a comment in the file's
+ * syntax); eas_kcd_proxy_config_errmsg says which. */
 int eas_kcd_proxy_config_set(struct eas_kcd_proxy_config *cfg, const char *section,
     const char *key, const char *value);
 const char *eas_kcd_proxy_config_errmsg(const struct eas_kcd_proxy_config *cfg);
@@ -155,7 +156,8 @@ int eas_kcd_proxy_set_kcd_mode(struct eas_kcd_proxy *p, enum eas_kcd_proxy_kcd_m
  * device lists, start kcd, and serve devices on base (borrowed: it must
  * outlive the proxy's use of it, i.e. until stop has finished or destroy
  * returned). Returns once devices can connect; requests wait for kcd's
- * first answer like any other. Once only (E_STATE after).
+ * first answer like any other. Once only (E_STATE after); a start that
+ * failed leaves p as it was and may be tried again.
  */
 int eas_kcd_proxy_start(struct eas_kcd_proxy *p, struct event_base *base);
 
