@@ -1405,7 +1405,7 @@ cleanup:
 	OPENSSL_free(der);
 }
 
-/* ---- S4U2Self (raw GSSAPI: the forwardable flag is not in s4u.h) --------------------- */
+/* ---- S4U2Self (raw GSSAPI; s4u_evidence_forwardable reads the ticket) -------------- */
 
 /* What a user refusal means, for the detail. */
 static const char *
@@ -1427,63 +1427,6 @@ user_error_meaning(const char *name)
 		if (strcmp(m[i].name, name) == 0)
 			return m[i].meaning;
 	return "the KDC refuses this user";
-}
-
-/* Was the S4U2Self ticket for user in imp forwardable? 1, 0, -1 unknown.
- * (The same reading as s4u.c, which keeps its copy private.) */
-static int
-evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size_t slen)
-{
-	krb5_context kc = NULL;
-	krb5_ccache cc = NULL;
-	krb5_cc_cursor cur;
-	krb5_creds cr;
-	krb5_principal up = NULL;
-	OM_uint32 major, minor;
-	int ret = -1;
-
-	if (krb5_init_context(&kc) != 0)
-		return -1;
-	if (krb5_parse_name(kc, user, &up) != 0 || krb5_cc_new_unique(kc, "MEMORY", NULL, &cc) != 0)
-		goto cleanup;
-	major = gss_krb5_copy_ccache(&minor, imp, cc);
-	if (GSS_ERROR(major) || krb5_cc_start_seq_get(kc, cc, &cur) != 0)
-		goto cleanup;
-	while (krb5_cc_next_cred(kc, cc, &cur, &cr) == 0) {
-		if (!krb5_is_config_principal(kc, cr.server) &&
-		    krb5_principal_compare(kc, cr.client, up) &&
-		    !(cr.server->length == 2 && cr.server->data[0].length == KRB5_TGS_NAME_SIZE &&
-		    memcmp(cr.server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0)) {
-			char *sname = NULL;
-
-			ret = (cr.ticket_flags & TKT_FLG_FORWARDABLE) ? 1 : 0;
-			if (krb5_unparse_name(kc, cr.server, &sname) == 0) {
-				snprintf(server, slen, "%s", sname);
-				krb5_free_unparsed_name(kc, sname);
-			}
-		}
-		krb5_free_cred_contents(kc, &cr);
-	}
-	krb5_cc_end_seq_get(kc, cc, &cur);
-cleanup:
-	if (cc != NULL)
-		krb5_cc_destroy(kc, cc);
-	krb5_free_principal(kc, up);
-	krb5_free_context(kc);
-	return ret;
-}
-
-static void
-ccache_destroy(const char *name)
-{
-	krb5_context kc;
-	krb5_ccache cc;
-
-	if (krb5_init_context(&kc) != 0)
-		return;
-	if (krb5_cc_resolve(kc, name, &cc) == 0)
-		krb5_cc_destroy(kc, cc);
-	krb5_free_context(kc);
 }
 
 static void
@@ -1559,7 +1502,7 @@ check_s4u2self(struct doctor *d)
 		}
 		goto cleanup;
 	}
-	fwd = evidence_forwardable(imp, d->principal, server, sizeof(server));
+	fwd = s4u_evidence_forwardable(imp, d->principal, server, sizeof(server));
 	if (fwd == 1)
 		report(d, D_OK, "s4u2self", NULL, "ticket for %s to %s, forwardable (protocol "
 		    "transition allowed)", d->principal, server);
@@ -1581,7 +1524,7 @@ cleanup:
 		gss_release_name(&minor, &user);
 	if (me != GSS_C_NO_NAME)
 		gss_release_name(&minor, &me);
-	ccache_destroy(ccname);
+	s4u_ccache_destroy(ccname);
 }
 
 /* ---- S4U2Proxy through the daemon's own Kerberos core ------------------------------- */

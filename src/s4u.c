@@ -489,8 +489,8 @@ s4u_env_init(const char *krb5_conf, char *err, size_t errlen)
 
 /* ---- the proxy's credential (pool threads) ----------------------------------------- */
 
-static void
-ccache_destroy(const char *name)
+void
+s4u_ccache_destroy(const char *name)
 {
 	krb5_context kc;
 	krb5_ccache cc;
@@ -509,7 +509,7 @@ proxy_free(struct proxy_cred *pc)
 
 	if (pc->cred != GSS_C_NO_CREDENTIAL)
 		gss_release_cred(&min, &pc->cred);
-	ccache_destroy(pc->ccname);
+	s4u_ccache_destroy(pc->ccname);
 	free(pc);
 }
 
@@ -685,12 +685,11 @@ cleanup:
 
 /* ---- pool work ----------------------------------------------------------------------- */
 
-/* Was the S4U2Self ticket in imp forwardable? 1, 0, or -1 unknown. The
- * impersonated credential's ccache holds that ticket (client = the user,
- * server = the proxy, under whatever name the KDC canonicalised it to) and
- * a copy of the proxy's TGT (client = the proxy). */
-static int
-evidence_forwardable(gss_cred_id_t imp, const char *user)
+/* The impersonated credential's ccache holds the S4U2Self ticket (client =
+ * the user, server = the proxy, under whatever name the KDC canonicalised
+ * it to) and a copy of the proxy's TGT (client = the proxy). */
+int
+s4u_evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size_t slen)
 {
 	krb5_context kc = NULL;
 	krb5_ccache cc = NULL;
@@ -712,8 +711,16 @@ evidence_forwardable(gss_cred_id_t imp, const char *user)
 		if (!krb5_is_config_principal(kc, c.server) &&
 		    krb5_principal_compare(kc, c.client, up) &&
 		    !(c.server->length == 2 && c.server->data[0].length == KRB5_TGS_NAME_SIZE &&
-		    memcmp(c.server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0))
+		    memcmp(c.server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0)) {
+			char *sname = NULL;
+
 			ret = (c.ticket_flags & TKT_FLG_FORWARDABLE) ? 1 : 0;
+			if (server != NULL && slen > 0 &&
+			    krb5_unparse_name(kc, c.server, &sname) == 0) {
+				snprintf(server, slen, "%s", sname);
+				krb5_free_unparsed_name(kc, sname);
+			}
+		}
 		krb5_free_cred_contents(kc, &c);
 	}
 	krb5_cc_end_seq_get(kc, cc, &cur);
@@ -778,7 +785,7 @@ init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step
 		if ((long)(int32_t)minor == KRB5KDC_ERR_BADOPTION) {
 			/* S4U2Proxy refused; the code does not say whose fault */
 			struct s4u_class c;
-			s4u_classify_badoption(evidence_forwardable(cred, r->principal),
+			s4u_classify_badoption(s4u_evidence_forwardable(cred, r->principal, NULL, 0),
 			    proxy_seen_ok(s), &c);
 			r->ok = 0;
 			r->cls = c.cls;

@@ -42,6 +42,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <gssapi/gssapi.h>
+
 #include "kcd_proto.h"
 
 struct event_base;
@@ -181,5 +183,15 @@ void s4u_classify(enum s4u_step step, unsigned major, long code, struct s4u_clas
  *                                     (no ok_to_auth_as_delegate)
  * evidence_fwd: 1, 0, or -1 when it could not be read (-> PROXY BADOPTION). */
 void s4u_classify_badoption(int evidence_fwd, int proxy_seen_ok, struct s4u_class *out);
+
+/* Pieces doctor shares (it runs S4U2Self itself to read the ticket):
+ * s4u_evidence_forwardable: was the S4U2Self ticket for user (as parsed by
+ *   krb5_parse_name) in the impersonated credential imp forwardable? 1, 0,
+ *   or -1 unknown. When server is not NULL it gets (slen bytes) the name
+ *   the ticket was issued to, and is left alone when none was found.
+ * s4u_ccache_destroy: destroys the credential cache called name (a
+ *   MEMORY: one the caller named), if it exists. */
+int s4u_evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size_t slen);
+void s4u_ccache_destroy(const char *name);
 
 #endif
