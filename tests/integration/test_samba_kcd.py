@@ -245,3 +245,57 @@ def test_daemon_applies_the_directory_checks(samba, exchange, make_proxy):
         wait_until(lambda: [r for r in access_records(p) if r["reason"] == reason], 10,
                    f"an access-log line with {reason}")
     p.wait_for_log(r"info directory: 127\.0\.0\.1 disabled@" + samba.realm)
+
+
+def test_daemon_enforces_strong_certificate_mapping(samba, exchange, make_proxy):
+    """strong_mapping = enforce through the daemon (KB5014754): a certificate
+    whose SID extension names alice passes; one carrying another account's
+    SID, and one with no strong binding at all, get 403 ldap_<name>."""
+    import http.client
+    import socket
+    import ssl
+
+    from ekp import access_records, wait_until
+
+    p = make_proxy(workers=1, files={"device-ca.pem": samba.device_ca.cert}, settings={
+        "identity": {"realm": samba.realm,
+                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
+        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
+                     "krb5_conf": samba.krb5_conf},
+        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
+                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
+                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
+        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
+                 "strong_mapping": "enforce"},
+    })
+    p.access_log = p.path("access.log")
+    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
+    p.start()
+
+    def request(name):
+        dev = samba.cert(name)
+        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(dev.cert, dev.key)
+        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
+                                           context=ctx)
+        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
+                                    server_hostname="proxy.example.test")
+        try:
+            conn.request("GET", "/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice"
+                         "&DeviceId=SAMBA3&DeviceType=TestPhone")
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    status, body = request("alice_sid")
+    assert status == 200, (status, body[:300], p.log_text()[-3000:])
+    assert json.loads(body)["remote_user"] == "alice@" + samba.realm
+    for name in ("alice_badsid", "alice"):
+        status, body = request(name)
+        assert status == 403 and body == b"", (name, status, body[:300])
+    recs = wait_until(lambda: [r for r in access_records(p)
+                               if r["status"] == 403 and r["reason"].startswith("ldap_")],
+                      10, "two ldap_ refusals")
+    assert len(recs) >= 2, recs
