@@ -1304,6 +1304,7 @@ static const struct key keys[] = {
 	{ SEC_SERVER, "workers", &KIND_WORKERS, S(workers), 0, "auto", 0, 1, 256, NULL, NULL },
 	{ SEC_SERVER, "user", &KIND_STR, S(user), 0, "eas-kcd-proxy", K_NOSPACE, 0, 0, NULL, NULL },
 	{ SEC_SERVER, "pid_file", &KIND_PATH, S(pid_file), 0, "", 0, 0, 0, NULL, NULL },
+	{ SEC_SERVER, "chroot", &KIND_PATH, S(chroot), 0, "", 0, 0, 0, NULL, NULL },
 	{ SEC_SERVER, "admin_listen", &KIND_ADDR_OPT, S(admin_listen), S(has_admin),
 	  "127.0.0.1:9090", K_NUMERIC, 0, 0, NULL, NULL },
 	{ SEC_SERVER, "proxy_protocol", &KIND_BOOL, S(proxy_protocol), 0, "off", 0, 0, 0, NULL, NULL },
@@ -1877,6 +1878,15 @@ config_validate(struct ctx *c)
 			WARN(c, line_of(c, SEC_SERVER, "admin_listen"), "admin_listen "
 			    "is plain HTTP without authentication and not on "
 			    "loopback; keep it on 127.0.0.1 or firewall it");
+	}
+	if (cfg->server.chroot != NULL) {
+		struct stat cst;
+
+		if (stat(cfg->server.chroot, &cst) < 0 || !S_ISDIR(cst.st_mode))
+			ERR(c, line_of(c, SEC_SERVER, "chroot"), "chroot %s is not a "
+			    "directory; create it (empty is fine: workers load "
+			    "everything before they enter it) or leave chroot empty",
+			    cfg->server.chroot);
 	}
 	if (geteuid() == 0 && !key_failed(c, SEC_SERVER, "user")) {
 		unsigned line = line_of(c, SEC_SERVER, "user");

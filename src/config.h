@@ -65,6 +65,7 @@ struct config {
 		unsigned workers;	/* resolved: "auto" = online CPUs */
 		char *user;
 		char *pid_file;		/* NULL = none */
+		char *chroot;		/* workers chroot here after loading; NULL = none */
 		int has_admin;		/* admin_listen not empty */
 		struct config_addr admin_listen;
 		int proxy_protocol;

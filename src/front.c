@@ -587,7 +587,8 @@ worker_main(const struct front_args *a)
 		log_error("front", "worker %u: cannot watch SIGTERM", a->slot);
 		goto cleanup;
 	}
-	if (proc_drop_privileges(a->cfg->server.user, wp.parent, err, sizeof(err)) != 0) {
+	if (proc_drop_privileges(a->cfg->server.user, a->cfg->server.chroot, wp.parent,
+	    err, sizeof(err)) != 0) {
 		log_error("front", "worker %u: cannot drop privileges: %s", a->slot, err);
 		goto cleanup;
 	}

@@ -74,6 +74,10 @@ struct child {
 	uint64_t started_ms;
 	unsigned backoff_ms;		/* 0 until the first unexpected exit */
 	struct event *restart_ev;
+	/* a worker slot's own listening sockets, one per cfg->server.listen
+	 * address, in that address's SO_REUSEPORT group (see gen_listeners);
+	 * owned, -1 none. The slot's worker gets them at every (re)start. */
+	int listen_fd[CONFIG_MAX_LISTEN];
 };
 
 struct gen {
@@ -81,8 +85,7 @@ struct gen {
 	unsigned id;
 	enum gen_state state;
 	struct config *cfg;		/* owned */
-	unsigned n_listen;
-	int listen_fd[CONFIG_MAX_LISTEN];	/* owned; dups of the previous generation's */
+	unsigned n_listen;		/* cfg->server.n_listen once gen_listeners ran */
 	int admin_fd;			/* owned; -1 none. Bound for admin.c, not served yet */
 	struct child kcd;
 	unsigned n_workers;
@@ -151,7 +154,8 @@ proc_set_title(const char *name)
 }
 
 int
-proc_drop_privileges(const char *user, long parent, char *err, size_t errlen)
+proc_drop_privileges(const char *user, const char *chroot_dir, long parent,
+    char *err, size_t errlen)
 {
 	struct passwd *pw;
 
@@ -172,6 +176,14 @@ proc_drop_privileges(const char *user, long parent, char *err, size_t errlen)
 	if (pw->pw_uid == 0) {
 		log_warn("proc", "[server] user '%s' is root: workers keep root privileges", user);
 		goto nnp;
+	}
+	/* [server] chroot: everything a worker needs is loaded or open by now
+	 * (TLS material, resolv.conf, log fds); the user was looked up above */
+	if (chroot_dir != NULL && *chroot_dir != '\0') {
+		if (chroot(chroot_dir) != 0 || chdir("/") != 0) {
+			snprintf(err, errlen, "chroot %s: %s", chroot_dir, strerror(errno));
+			return -1;
+		}
 	}
 	/* no supplementary groups at all: a worker reads nothing after this */
 	if (setgroups(0, NULL) != 0) {
@@ -246,8 +258,11 @@ proc_addr_equal(const struct config_addr *a, const struct config_addr *b)
 	return 0;
 }
 
-int
-proc_listen_socket(const struct config_addr *a, char *err, size_t errlen)
+/* A listening socket on a; with reuseport, a member of a's SO_REUSEPORT
+ * group, where the kernel spreads new connections over the members by a
+ * hash of the peer's address and port. */
+static int
+listen_socket(const struct config_addr *a, int reuseport, char *err, size_t errlen)
 {
 	char as[300];
 	int fd = -1, one = 1;
@@ -263,6 +278,10 @@ proc_listen_socket(const struct config_addr *a, char *err, size_t errlen)
 	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
 		snprintf(err, errlen, "cannot listen on %s: SO_REUSEADDR: %s", as, strerror(errno));
+		goto fail;
+	}
+	if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+		snprintf(err, errlen, "cannot listen on %s: SO_REUSEPORT: %s", as, strerror(errno));
 		goto fail;
 	}
 	if (a->ss.ss_family == AF_INET6 &&
@@ -284,28 +303,103 @@ fail:
 	return -1;
 }
 
-/* The socket for a: a dup of prev's when prev listens there already (the
- * same socket, so no connection is lost across a reload), else a new one. */
-static int
-listener_for(const struct config_addr *a, const struct gen *prev, char *err, size_t errlen)
+int
+proc_listen_socket(const struct config_addr *a, char *err, size_t errlen)
 {
-	int have = -1, fd;
+	return listen_socket(a, 0, err, errlen);
+}
 
-	if (prev != NULL) {
-		const struct config *pc = prev->cfg;
+/* Is a free? A bind without SO_REUSEPORT fails with EADDRINUSE while anyone
+ * listens there, also a SO_REUSEPORT group of another process of the same
+ * user (root), which a reuseport bind would silently join: a second
+ * instance started on our address fails as it always did. */
+static int
+address_free(const struct config_addr *a, char *err, size_t errlen)
+{
+	int fd = listen_socket(a, 0, err, errlen);
 
-		for (unsigned j = 0; j < prev->n_listen && have < 0; j++)
-			if (prev->listen_fd[j] >= 0 && proc_addr_equal(a, &pc->server.listen[j]))
-				have = prev->listen_fd[j];
-		if (have < 0 && prev->admin_fd >= 0 && pc->server.has_admin &&
-		    proc_addr_equal(a, &pc->server.admin_listen))
-			have = prev->admin_fd;
-	}
-	if (have < 0)
-		return proc_listen_socket(a, err, errlen);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+/* prev's socket for address a in worker slot `slot`, -1 none. */
+static int
+prev_slot_fd(const struct gen *prev, const struct config_addr *a, unsigned slot)
+{
+	if (prev == NULL || slot >= prev->n_workers)
+		return -1;
+	for (unsigned j = 0; j < prev->n_listen; j++)
+		if (prev->workers[slot].listen_fd[j] >= 0 &&
+		    proc_addr_equal(a, &prev->cfg->server.listen[j]))
+			return prev->workers[slot].listen_fd[j];
+	return -1;
+}
+
+/* prev's plain (non-reuseport) admin socket when it is bound to a, -1 none. */
+static int
+prev_admin_fd(const struct gen *prev, const struct config_addr *a)
+{
+	if (prev == NULL || prev->admin_fd < 0 || !prev->cfg->server.has_admin ||
+	    !proc_addr_equal(a, &prev->cfg->server.admin_listen))
+		return -1;
+	return prev->admin_fd;
+}
+
+static int
+dup_kept(int have, char *err, size_t errlen)
+{
+	int fd;
+
 	if ((fd = fcntl(have, F_DUPFD_CLOEXEC, 0)) < 0)
 		snprintf(err, errlen, "cannot keep a listening socket: dup: %s", strerror(errno));
 	return fd;
+}
+
+/* The sockets of listen address i for every worker slot of g. Each slot
+ * has a socket of its own in the address's SO_REUSEPORT group, so the
+ * kernel wakes one worker per connection and spreads connections evenly
+ * (one shared socket woke every worker, and whoever was idle first took
+ * the connection: one worker served most of them). A slot prev has too
+ * keeps prev's socket (a dup: the same socket, nothing in its backlog is
+ * lost across a reload); a new slot joins the group with a new socket. An
+ * address that was prev's admin socket (plain, no group to join) is shared
+ * by every slot, as one socket. */
+static int
+address_listeners(struct gen *g, unsigned i, const struct gen *prev, char *err, size_t errlen)
+{
+	const struct config_addr *a = &g->cfg->server.listen[i];
+	int in_group = 0, shared = -1;
+
+	for (unsigned k = 0; prev != NULL && k < prev->n_workers && !in_group; k++)
+		in_group = prev_slot_fd(prev, a, k) >= 0;
+	if (!in_group) {
+		shared = prev_admin_fd(prev, a);
+		if (shared < 0 && address_free(a, err, errlen) != 0)
+			return -1;
+	}
+	for (unsigned k = 0; k < g->n_workers; k++) {
+		int have = shared >= 0 ? shared : prev_slot_fd(prev, a, k);
+		int fd = have >= 0 ? dup_kept(have, err, errlen) : listen_socket(a, 1, err, errlen);
+
+		if (fd < 0)
+			return -1;
+		g->workers[k].listen_fd[i] = fd;
+	}
+	return 0;
+}
+
+/* The admin socket: a dup of prev's when prev listens there already (its
+ * admin socket, or a listen address's group: slot 0's member), else new. */
+static int
+admin_listener(const struct config_addr *a, const struct gen *prev, char *err, size_t errlen)
+{
+	int have = prev_admin_fd(prev, a);
+
+	for (unsigned k = 0; prev != NULL && k < prev->n_workers && have < 0; k++)
+		have = prev_slot_fd(prev, a, k);
+	return have >= 0 ? dup_kept(have, err, errlen) : proc_listen_socket(a, err, errlen);
 }
 
 static int
@@ -313,13 +407,12 @@ gen_listeners(struct gen *g, const struct gen *prev, char *err, size_t errlen)
 {
 	const struct config *cfg = g->cfg;
 
-	for (unsigned i = 0; i < cfg->server.n_listen; i++) {
-		if ((g->listen_fd[i] = listener_for(&cfg->server.listen[i], prev, err, errlen)) < 0)
+	g->n_listen = cfg->server.n_listen;	/* unset sockets are -1: gen_free copes */
+	for (unsigned i = 0; i < cfg->server.n_listen; i++)
+		if (address_listeners(g, i, prev, err, errlen) != 0)
 			return -1;
-		g->n_listen = i + 1;
-	}
 	if (cfg->server.has_admin &&
-	    (g->admin_fd = listener_for(&cfg->server.admin_listen, prev, err, errlen)) < 0)
+	    (g->admin_fd = admin_listener(&cfg->server.admin_listen, prev, err, errlen)) < 0)
 		return -1;
 	return 0;
 }
@@ -327,6 +420,7 @@ gen_listeners(struct gen *g, const struct gen *prev, char *err, size_t errlen)
 /* ---- generations ------------------------------------------------------------ */
 
 static void child_init(struct child *c, struct gen *g, enum child_kind kind, unsigned slot);
+static void gen_close_listeners(struct gen *g);
 
 /* Children of a generation by index: 0 is kcd, 1..n_workers the workers. */
 static unsigned
@@ -389,11 +483,7 @@ gen_free(struct gen *g)
 	}
 	if (g->kill_ev != NULL)
 		event_free(g->kill_ev);
-	for (unsigned i = 0; i < g->n_listen; i++)
-		if (g->listen_fd[i] >= 0)
-			close(g->listen_fd[i]);
-	if (g->admin_fd >= 0)
-		close(g->admin_fd);
+	gen_close_listeners(g);
 	config_free(g->cfg);
 	free(g->workers);
 	g->magic = 0;
@@ -407,11 +497,13 @@ gen_free(struct gen *g)
 static void
 gen_close_listeners(struct gen *g)
 {
-	for (unsigned i = 0; i < g->n_listen; i++) {
-		if (g->listen_fd[i] >= 0)
-			close(g->listen_fd[i]);
-		g->listen_fd[i] = -1;
-	}
+	for (unsigned k = 0; k < g->n_workers; k++)
+		for (unsigned i = 0; i < g->n_listen; i++) {
+			int *fd = &g->workers[k].listen_fd[i];
+			if (*fd >= 0)
+				close(*fd);
+			*fd = -1;
+		}
 	if (g->admin_fd >= 0)
 		close(g->admin_fd);
 	g->admin_fd = -1;
@@ -473,6 +565,8 @@ child_init(struct child *c, struct gen *g, enum child_kind kind, unsigned slot)
 	c->kind = kind;
 	c->slot = slot;
 	c->metrics_slot = -1;
+	for (unsigned i = 0; i < CONFIG_MAX_LISTEN; i++)
+		c->listen_fd[i] = -1;
 	if (kind == CHILD_KCD)
 		snprintf(c->name, sizeof(c->name), "kcd");
 	else
@@ -612,8 +706,8 @@ child_run(struct child *c, int ctl_fd, int kcd_fd, int mslot)
 		fa.kcd_fd = kcd_fd;
 		fa.n_listen = g->n_listen;
 		for (unsigned i = 0; i < g->n_listen; i++) {
-			fa.listen_fd[i] = g->listen_fd[i];
-			g->listen_fd[i] = -1;
+			fa.listen_fd[i] = c->listen_fd[i];	/* this slot's own */
+			c->listen_fd[i] = -1;
 		}
 		fa.admin_fd = g->admin_fd;	/* every worker answers /metrics */
 		g->admin_fd = -1;
@@ -790,6 +884,12 @@ gen_retire(struct gen *g, uint64_t deadline)
 	}
 	g->state = GEN_RETIRING;
 	g->deadline = deadline;
+	/* nothing restarts a retiring generation's children: the parent's
+	 * copies go now, so a socket that no newer generation kept (an
+	 * address or a worker slot the reload dropped) closes as soon as its
+	 * worker stops accepting, instead of queueing connections in a backlog
+	 * nobody accepts from for the whole drain */
+	gen_close_listeners(g);
 	log_info("proc", "generation %u: draining, deadline in %llu ms", g->id,
 	    (unsigned long long)(deadline > now ? deadline - now : 0));
 	for (unsigned i = 0; i < gen_nchildren(g); i++)

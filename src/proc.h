@@ -54,7 +54,8 @@ void proc_parent_death_signal(long parent);
  * setuid, then verify that root cannot be regained (setuid(0) must fail)
  * and set PR_SET_NO_NEW_PRIVS. A no-op when not running as root (logged).
  * Returns 0, or -1 with the cause in err. */
-int proc_drop_privileges(const char *user, long parent, char *err, size_t errlen);
+int proc_drop_privileges(const char *user, const char *chroot_dir, long parent,
+    char *err, size_t errlen);
 
 /* A non-blocking, close-on-exec TCP socket bound and listening on a (an IP
  * literal), IPv6 sockets V6ONLY; the fd, or -1 with the cause in err. The

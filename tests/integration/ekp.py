@@ -307,6 +307,10 @@ class Proxy:
             opts = [o for o in env.get(var, "").split(":") if o and not o.startswith("log_path=")]
             opts.append("log_path=" + os.path.join(self.san_dir(), "san"))
             env[var] = ":".join(opts)
+        # a test's own additions: sanitizer options are appended (the last
+        # occurrence of an option wins), other variables replaced
+        for k, v in getattr(self, "extra_env", {}).items():
+            env[k] = env[k] + ":" + v if k.endswith("_OPTIONS") and env.get(k) else v
         return env
 
     def sanitizer_reports(self):
