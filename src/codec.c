@@ -1,5 +1,5 @@
 /*
- * codec.c — base64; see codec.h.
+ * codec.c — base64, hex digits, percent escapes, ASCII case; see codec.h.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -80,4 +80,45 @@ codec_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 		}
 	}
 	return (long)o;
+}
+
+int
+codec_hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int
+codec_pct_byte(const char *s, size_t len, unsigned char *out)
+{
+	int hi, lo;
+
+	if (len < 3 || s[0] != '%' || (hi = codec_hex_value((unsigned char)s[1])) < 0 ||
+	    (lo = codec_hex_value((unsigned char)s[2])) < 0)
+		return -1;
+	*out = (unsigned char)(hi * 16 + lo);
+	return 0;
+}
+
+static unsigned char
+lower(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+}
+
+int
+codec_eq_ci(const char *a, size_t alen, const char *b, size_t blen)
+{
+	if (alen != blen)
+		return 0;
+	for (size_t i = 0; i < alen; i++)
+		if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+			return 0;
+	return 1;
 }

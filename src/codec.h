@@ -1,6 +1,7 @@
 /*
  * codec.h — small pure encoders and decoders that several parsers share:
- * base64 (RFC 4648 §4, the standard alphabet).
+ * base64 (RFC 4648 §4, the standard alphabet), hex digits, percent
+ * escapes (RFC 3986 §2.1) and ASCII case-insensitive comparison.
  *
  * Format only, no policy: these functions refuse what is not the format;
  * whatever a caller refuses beyond it (a padding it insists on, an
@@ -25,5 +26,18 @@ char *codec_b64_encode(const unsigned char *in, size_t n);
  * Returns the decoded length (0 for an empty text), -1 when in is not
  * base64, -2 when the bytes do not fit in cap (out then holds a prefix). */
 long codec_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap);
+
+/* The value of the hex digit c (0-9, a-f, A-F), or -1. */
+int codec_hex_value(unsigned char c);
+
+/* s[0..len) starts with '%': the byte its "%XX" escape stands for, in
+ * *out. Returns 0, or -1 (*out untouched) when len < 3 or either of the two
+ * bytes after '%' is not a hex digit. What a decoded byte may be (NUL, '/',
+ * '%' again, ...) is the caller's rule; the escape is 3 bytes long. */
+int codec_pct_byte(const char *s, size_t len, unsigned char *out);
+
+/* Whether a[0..alen) and b[0..blen) are equal ignoring ASCII case (A-Z
+ * only: bytes >= 0x80 compare as they are, whatever the locale). */
+int codec_eq_ci(const char *a, size_t alen, const char *b, size_t blen);
 
 #endif

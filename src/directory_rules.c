@@ -21,6 +21,7 @@
 #include <openssl/objects.h>
 #include <openssl/x509v3.h>
 
+#include "codec.h"
 #include "directory.h"
 
 #define SID_URL_PREFIX	"tag:microsoft.com,2022-09-14:sid:"
@@ -308,18 +309,6 @@ cert_dn(const X509_NAME *name, char *norm, char *text, size_t len)
 	return n.err || t.err ? -1 : 0;
 }
 
-static int
-hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Normalise a DN written in altSecurityIdentities (len bytes) into out.
  * Accepts ',' or ';' between RDNs, '+' inside one, "quoted" values with ""
  * for a quote, and RFC 4514 backslash escapes (\, or \2C). 0 or -1. */
@@ -379,8 +368,8 @@ parse_dn(const char *s, size_t len, char *out, size_t outlen)
 
 					if (i + 1 >= len)
 						return -1;
-					if (i + 2 < len && (h = hexval(s[i + 1])) >= 0 &&
-					    (l = hexval(s[i + 2])) >= 0) {
+					if (i + 2 < len && (h = codec_hex_value((unsigned char)s[i + 1])) >= 0 &&
+					    (l = codec_hex_value((unsigned char)s[i + 2])) >= 0) {
 						c = (unsigned char)(h << 4 | l);
 						i += 2;
 					} else {
@@ -628,7 +617,7 @@ hex_equal(const char *s, size_t len, const char *want, int trim_zero)
 	if (len == 0 || len % 2 != 0 || wl == 0)
 		return 0;
 	for (size_t i = 0; i < len; i++)
-		if (hexval(s[i]) < 0)
+		if (codec_hex_value((unsigned char)s[i]) < 0)
 			return 0;
 	if (trim_zero)
 		while (len > 2 && s[len - 2] == '0' && s[len - 1] == '0')
@@ -729,7 +718,7 @@ directory_cert_filter(const struct directory_cert *c, int allow_weak, char *out,
 	    put_raw(out, outlen, &o, c->serial_rev) || put_raw(out, outlen, &o, ")"))
 		return -1;
 	/* the same with Windows' sign byte, when the top bit is set */
-	hi = hexval(c->serial_rev[strlen(c->serial_rev) - 2]);
+	hi = codec_hex_value((unsigned char)c->serial_rev[strlen(c->serial_rev) - 2]);
 	if (hi >= 8 && (put_raw(out, outlen, &o, "(altSecurityIdentities=X509:<I>*<SR>") ||
 	    put_raw(out, outlen, &o, c->serial_rev) || put_raw(out, outlen, &o, "00)")))
 		return -1;

@@ -74,36 +74,6 @@ eas_cmd_name(unsigned code)
 	return cmd_names[code];
 }
 
-static unsigned char
-lower(unsigned char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
-}
-
-static int
-eq_ci(const char *a, size_t alen, const char *b)
-{
-	size_t blen = strlen(b);
-
-	if (alen != blen)
-		return 0;
-	for (size_t i = 0; i < alen; i++)
-		if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
-			return 0;
-	return 1;
-}
-
-static int
-hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = lower(c);
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 /* Log-safe copy into out[0..cap): 0x21..0x7e kept, others '?', at most
  * cap - 1 bytes with "..." marking a cut (cap >= 8). */
 static void
@@ -156,13 +126,10 @@ pct_decode(const char *s, size_t len, int plus_space, unsigned char *out, size_t
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c == '%') {
-			int hi, lo;
-			if (len - i < 3 || (hi = hexval((unsigned char)s[i + 1])) < 0 ||
-			    (lo = hexval((unsigned char)s[i + 2])) < 0) {
+			if (codec_pct_byte(s + i, len - i, &c) != 0) {
 				*err = EAS_ERR_BAD_PERCENT;
 				return -1;
 			}
-			c = (unsigned char)(hi * 16 + lo);
 			i += 2;
 		} else if (c == '+' && plus_space) {
 			c = ' ';
@@ -213,7 +180,8 @@ decode_plain(const char *s, size_t len, struct eas_query *q, enum eas_error *err
 			continue;	/* a long name is no name we know */
 		}
 		for (int k = 0; k < P__COUNT; k++)
-			if (eq_ci((const char *)name, (size_t)nl, plain_names[k]))
+			if (codec_eq_ci((const char *)name, (size_t)nl, plain_names[k],
+			    strlen(plain_names[k])))
 				p = k;
 		if (p < 0)
 			continue;	/* unknown: kept out, forwarded as is */
@@ -444,10 +412,5 @@ eas_user_matches(const char *query_user, const char *principal)
 	lp = principal;
 	pat = strrchr(principal, '@');
 	plen = pat != NULL ? (size_t)(pat - principal) : strlen(principal);
-	if (plen != ulen)
-		return 0;
-	for (size_t i = 0; i < ulen; i++)
-		if (lower((unsigned char)u[i]) != lower((unsigned char)lp[i]))
-			return 0;
-	return 1;
+	return codec_eq_ci(u, ulen, lp, plen);
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "codec.h"
 #include "http.h"
 
 enum err_kind { EK_NONE, EK_BAD, EK_HEADER_LARGE, EK_BODY_LARGE };
@@ -45,45 +46,16 @@ is_tchar(unsigned char c)
 	return 0;
 }
 
-static unsigned char
-lower(unsigned char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
-}
-
-/* ASCII case-insensitive equality of a[0..alen) and b[0..blen). */
-static int
-eq_ci(const char *a, size_t alen, const char *b, size_t blen)
-{
-	if (alen != blen)
-		return 0;
-	for (size_t i = 0; i < alen; i++)
-		if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
-			return 0;
-	return 1;
-}
-
 static int
 eq_ci_str(const char *a, size_t alen, const char *s)
 {
-	return eq_ci(a, alen, s, strlen(s));
+	return codec_eq_ci(a, alen, s, strlen(s));
 }
 
 static int
 is_ows(char c)
 {
 	return c == ' ' || c == '\t';
-}
-
-static int
-hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = lower(c);
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
 }
 
 static struct http_slice
@@ -176,7 +148,7 @@ http_header_find(const struct http_msg *m, const char *buf, const char *name)
 
 	for (unsigned i = 0; i < m->n_headers; i++) {
 		const struct http_header *h = &m->headers[i];
-		if (eq_ci(buf + h->name.off, h->name.len, name, nl))
+		if (codec_eq_ci(buf + h->name.off, h->name.len, name, nl))
 			return (int)i;
 	}
 	return -1;
@@ -246,7 +218,7 @@ parse_hostport(const char *v, size_t len, size_t *hlen, unsigned *port)
 		return -1;
 	if (v[0] == '[') {
 		for (i = 1; i < len && v[i] != ']'; i++)
-			if (!(hexval((unsigned char)v[i]) >= 0 || v[i] == ':' || v[i] == '.'))
+			if (!(codec_hex_value((unsigned char)v[i]) >= 0 || v[i] == ':' || v[i] == '.'))
 				return -1;
 		if (i >= len || i < 3)
 			return -1;
@@ -297,7 +269,7 @@ authority_allowed(const struct http_limits *lim, const char *a, size_t alen, uns
 		unsigned ep;
 		if (e == NULL || parse_hostport(e, strlen(e), &ehl, &ep) != 0)
 			continue;
-		if (eq_ci(a, ahl, e, ehl) && (ep == 0 || ep == ap))
+		if (codec_eq_ci(a, ahl, e, ehl) && (ep == 0 || ep == ap))
 			return 1;
 	}
 	return 0;
@@ -654,7 +626,7 @@ mark_hop(const char *e, size_t n, void *arg)
 
 	for (unsigned i = 0; i < ma->m->n_headers; i++) {
 		struct http_header *h = &ma->m->headers[i];
-		if (eq_ci(ma->buf + h->name.off, h->name.len, e, n))
+		if (codec_eq_ci(ma->buf + h->name.off, h->name.len, e, n))
 			h->flags |= HTTP_HF_HOP;
 	}
 	return 0;
@@ -677,7 +649,7 @@ finish_head(struct http_msg *m, const char *buf)
 				 * ports when both name one */
 				(void)parse_hostport(buf + m->authority.off, m->authority.len, &ahl, &ap);
 				(void)parse_hostport(buf + m->host.off, m->host.len, &hhl, &hp);
-				if (!eq_ci(buf + m->authority.off, ahl, buf + m->host.off, hhl) ||
+				if (!codec_eq_ci(buf + m->authority.off, ahl, buf + m->host.off, hhl) ||
 				    (ap != 0 && hp != 0 && ap != hp))
 					return fail(m, HTTP_ERR_HOST_MISMATCH);
 			}
@@ -961,7 +933,7 @@ size_line_byte(struct http_body *b, unsigned char c)
 	}
 	switch (b->state) {
 	case BS_SIZE_START:
-		if ((d = hexval(c)) < 0) {
+		if ((d = codec_hex_value(c)) < 0) {
 			body_fail(b, HTTP_ERR_CHUNK_SIZE);
 			return;
 		}
@@ -969,7 +941,7 @@ size_line_byte(struct http_body *b, unsigned char c)
 		b->state = BS_SIZE;
 		return;
 	case BS_SIZE:
-		if ((d = hexval(c)) >= 0) {
+		if ((d = codec_hex_value(c)) >= 0) {
 			if (b->chunk_size > (HTTP_CHUNK_SIZE_MAX - (uint64_t)d) / 16) {
 				body_fail(b, HTTP_ERR_CHUNK_SIZE_OVERFLOW);
 				return;
@@ -1206,13 +1178,10 @@ http_path_check(const char *path, size_t len, char *out, size_t outlen,
 			continue;
 		}
 		if (c == '%') {
-			int hi, lo;
-			if (len - i < 3 || (hi = hexval((unsigned char)path[i + 1])) < 0 ||
-			    (lo = hexval((unsigned char)path[i + 2])) < 0) {
+			if (codec_pct_byte(path + i, len - i, &c) != 0) {
 				e = HTTP_ERR_BAD_PERCENT;
 				goto done;
 			}
-			c = (unsigned char)(hi * 16 + lo);
 			i += 2;
 			if (c == 0)
 				e = HTTP_ERR_ENCODED_NUL;
@@ -1269,7 +1238,7 @@ http_path_allowed(const char *path, const struct config_list *paths)
 			n--;
 		if (n == 1)
 			return 1;	/* "/" */
-		if (plen >= n && eq_ci(path, n, p, n) && (path[n] == '\0' || path[n] == '/'))
+		if (plen >= n && codec_eq_ci(path, n, p, n) && (path[n] == '\0' || path[n] == '/'))
 			return 1;
 	}
 	return 0;

@@ -1,6 +1,7 @@
 /*
  * test_codec.c — codec.c: base64 (RFC 4648 §10 vectors both ways, the
- * padding and alphabet rules, the output capacity).
+ * padding and alphabet rules, the output capacity), hex digit values,
+ * percent escapes, ASCII case-insensitive equality.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,6 +118,55 @@ test_b64_capacity(void **state)
 	assert_int_equal(codec_b64_decode("", 0, out, 0), 0);
 }
 
+static void
+test_hex_value(void **state)
+{
+	(void)state;
+	for (int c = 0; c < 256; c++) {
+		int want = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+		    c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		assert_int_equal(codec_hex_value((unsigned char)c), want);
+	}
+}
+
+static void
+test_pct_byte(void **state)
+{
+	unsigned char b = 0x55;
+
+	(void)state;
+	assert_int_equal(codec_pct_byte("%2F", 3, &b), 0);
+	assert_int_equal(b, '/');
+	assert_int_equal(codec_pct_byte("%2fxyz", 6, &b), 0);
+	assert_int_equal(b, '/');
+	assert_int_equal(codec_pct_byte("%00", 3, &b), 0);	/* NUL is the caller's rule */
+	assert_int_equal(b, 0);
+	assert_int_equal(codec_pct_byte("%ff", 3, &b), 0);
+	assert_int_equal(b, 0xff);
+	b = 0x55;
+	assert_int_equal(codec_pct_byte("%2F", 2, &b), -1);	/* cut by len */
+	assert_int_equal(codec_pct_byte("%2", 2, &b), -1);
+	assert_int_equal(codec_pct_byte("%", 1, &b), -1);
+	assert_int_equal(codec_pct_byte("%G0", 3, &b), -1);
+	assert_int_equal(codec_pct_byte("%0G", 3, &b), -1);
+	assert_int_equal(codec_pct_byte("%+1", 3, &b), -1);
+	assert_int_equal(codec_pct_byte("x2F", 3, &b), -1);
+	assert_int_equal(b, 0x55);				/* untouched on failure */
+}
+
+static void
+test_eq_ci(void **state)
+{
+	(void)state;
+	assert_true(codec_eq_ci("Content-Length", 14, "content-length", 14));
+	assert_true(codec_eq_ci("", 0, "", 0));
+	assert_false(codec_eq_ci("close", 5, "closed", 6));
+	assert_false(codec_eq_ci("close", 5, "clos", 4));
+	assert_false(codec_eq_ci("[", 1, "{", 1));	/* 0x5b vs 0x7b: not letters */
+	assert_false(codec_eq_ci("\xc9", 1, "\xe9", 1));	/* not ASCII: as it is */
+	assert_true(codec_eq_ci("a\0b", 3, "A\0B", 3));	/* lengths, not NULs */
+}
+
 int
 main(void)
 {
@@ -127,6 +177,9 @@ main(void)
 		cmocka_unit_test(test_b64_padding_optional),
 		cmocka_unit_test(test_b64_refusals),
 		cmocka_unit_test(test_b64_capacity),
+		cmocka_unit_test(test_hex_value),
+		cmocka_unit_test(test_pct_byte),
+		cmocka_unit_test(test_eq_ci),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
