@@ -106,6 +106,19 @@ on_ready(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Tells every thread to stop and waits for them: a thread finishes the job
+ * it runs, queued jobs stay queued. Needs p->mu and p->cv initialised. */
+static void
+stop_threads(struct pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stopping = 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < p->n_threads; i++)
+		pthread_join(p->threads[i], NULL);
+}
+
 struct pool *
 pool_new(struct event_base *base, unsigned nthreads, char *err, size_t errlen)
 {
@@ -164,14 +177,8 @@ pool_new(struct event_base *base, unsigned nthreads, char *err, size_t errlen)
 
 fail:
 	if (p != NULL) {
-		if (p->n_threads > 0) {
-			pthread_mutex_lock(&p->mu);
-			p->stopping = 1;
-			pthread_cond_broadcast(&p->cv);
-			pthread_mutex_unlock(&p->mu);
-			for (unsigned i = 0; i < p->n_threads; i++)
-				pthread_join(p->threads[i], NULL);
-		}
+		if (p->n_threads > 0)
+			stop_threads(p);
 		if (p->ev != NULL)
 			event_free(p->ev);
 		if (p->efd >= 0)
@@ -208,12 +215,7 @@ pool_free(struct pool *p)
 
 	if (p == NULL)
 		return;
-	pthread_mutex_lock(&p->mu);
-	p->stopping = 1;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	for (unsigned i = 0; i < p->n_threads; i++)
-		pthread_join(p->threads[i], NULL);
+	stop_threads(p);
 
 	/* No thread left: the lists are ours. */
 	while ((job = p->q_head) != NULL) {
