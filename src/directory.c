@@ -949,6 +949,18 @@ fail:
 	return NULL;
 }
 
+/* The answer every waiter still unanswered gets from directory_free. */
+static void
+shutdown_result(struct directory_result *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->cancelled = 1;
+	res->cls = KCD_ERR_LDAP_UNREACHABLE;
+	res->name = "shutdown";
+	res->text = "the directory checks are shutting down";
+	res->principal = "";
+}
+
 void
 directory_free(struct directory *d)
 {
@@ -966,12 +978,7 @@ directory_free(struct directory *d)
 
 		d->inflight = r->next;
 		r->next = NULL;
-		memset(&res, 0, sizeof(res));
-		res.cancelled = 1;
-		res.cls = KCD_ERR_LDAP_UNREACHABLE;
-		res.name = "shutdown";
-		res.text = "the directory checks are shutting down";
-		res.principal = "";
+		shutdown_result(&res);
 		for (w = r->waiters; w != NULL; w = next) {
 			next = w->next;
 			w->fn(&res, w->arg);
@@ -985,12 +992,7 @@ directory_free(struct directory *d)
 		struct directory_result res;
 
 		d->ready_head = q->next;
-		memset(&res, 0, sizeof(res));
-		res.cancelled = 1;
-		res.cls = KCD_ERR_LDAP_UNREACHABLE;
-		res.name = "shutdown";
-		res.text = "the directory checks are shutting down";
-		res.principal = "";
+		shutdown_result(&res);
 		q->w.fn(&res, q->w.arg);
 		free(q);
 	}
