@@ -9,12 +9,9 @@ The lab (KDC, slapd, Apache) has its own fixtures in lab_fixtures.py; these
 do not depend on it.
 """
 
-import os
-import shutil
-
 import pytest
 
-from ekp import Proxy, ProxyError
+from ekp import Proxy, stop_all
 
 
 @pytest.fixture
@@ -27,17 +24,7 @@ def make_proxy():
         return p
 
     yield make
-    problems = []
-    for p in made:
-        try:
-            p.stop()
-        except ProxyError as e:
-            problems.append(f"{p.dir}: {e}")
-        finally:
-            if not os.environ.get("EKP_KEEP"):
-                shutil.rmtree(p.dir, ignore_errors=True)
-    if problems:
-        pytest.fail("at teardown:\n" + "\n".join(problems))
+    stop_all(made)
 
 
 @pytest.fixture

@@ -52,6 +52,26 @@ class ProxyError(AssertionError):
     """A proxy did not do what a test expected; the message says what."""
 
 
+def stop_all(made):
+    """Teardown for fixtures that make proxies: stop every one in made (a
+    proxy that would not stop or left a sanitizer report raises an
+    AssertionError), remove its directory unless EKP_KEEP=1, then fail once
+    naming every problem."""
+    import pytest
+
+    problems = []
+    for p in made:
+        try:
+            p.stop()
+        except AssertionError as e:
+            problems.append(f"{p.dir}: {e}")
+        finally:
+            if not os.environ.get("EKP_KEEP"):
+                shutil.rmtree(p.dir, ignore_errors=True)
+    if problems:
+        pytest.fail("at teardown:\n" + "\n".join(problems))
+
+
 def binary():
     """The daemon under test; a missing binary fails the test, never skips."""
     if not os.access(EKP_BIN, os.X_OK):

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import certs
-from ekp import binary, free_port, lab_proxy
+from ekp import binary, free_port, lab_proxy, stop_all
 from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
 
 LINE_RE = re.compile(r"^(OK|WARN|FAIL|SKIP) +(\S+) +(.*)$")
@@ -101,15 +101,7 @@ def proxies():
         return p
 
     yield make
-    problems = []
-    for p in made:
-        try:
-            p.stop()
-        except AssertionError as e:
-            problems.append(str(e))
-        finally:
-            shutil.rmtree(p.dir, ignore_errors=True)
-    assert not problems, "\n".join(problems)
+    stop_all(made)
 
 
 def with_crl(p):

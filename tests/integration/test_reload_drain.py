@@ -7,9 +7,7 @@ Each device connection comes from its own loopback address (127.0.0.x), so
 the error log's "[pid] worker debug stream: 127.0.0.x: certificate maps
 to ..." line names the worker process that served it.
 """
-import os
 import re
-import shutil
 import signal
 import socket
 import threading
@@ -18,7 +16,7 @@ import urllib.request
 import pytest
 
 import device
-from ekp import access_records, alive, lab_proxy, listening_inodes, wait_until
+from ekp import access_records, alive, lab_proxy, listening_inodes, stop_all, wait_until
 from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
 
 PARK_SECONDS = 7
@@ -34,17 +32,7 @@ def make_lab_proxy(lab):  # noqa: F811
         return p
 
     yield make
-    problems = []
-    for p in made:
-        try:
-            p.stop()
-        except AssertionError as e:
-            problems.append(f"{p.dir}: {e}")
-        finally:
-            if not os.environ.get("EKP_KEEP"):
-                shutil.rmtree(p.dir, ignore_errors=True)
-    if problems:
-        pytest.fail("at teardown:\n" + "\n".join(problems))
+    stop_all(made)
 
 
 class Parked:
