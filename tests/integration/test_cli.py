@@ -4,6 +4,8 @@ import os
 import re
 import socket
 
+import pytest
+
 from ekp import SRCDIR, ProxyError, run
 
 
@@ -90,9 +92,14 @@ def test_start_with_a_bad_config_exits_1_with_file_line(make_proxy):
     assert f"{p.conf}:{line_no}: " in r.stderr, r.stderr
 
 
-def test_start_fails_when_the_port_is_taken(make_proxy):
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "reuseport"])
+def test_start_fails_when_the_port_is_taken(make_proxy, reuseport):
+    # the workers' sockets form a SO_REUSEPORT group; a holder that is one
+    # too (same user: root) must still make the start fail, not be joined
     p = make_proxy()
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if reuseport:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         holder.bind(("127.0.0.1", p.port))
         holder.listen(1)

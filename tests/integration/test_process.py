@@ -36,16 +36,47 @@ def test_workers_run_as_the_configured_user_and_kcd_as_root(started_proxy):
     assert re.search(r"^Uid:\s+0\s", st, re.M), "the parent stays root to bind on reload"
 
 
-def test_workers_hold_the_listening_socket_and_kcd_does_not(started_proxy):
-    p = started_proxy
-    listen = listening_inodes(p.port)
-    assert listen, f"nothing listens on 127.0.0.1:{p.port}"
-    for c in p.wait_children(p.expected_comms(2)):
+def worker_listeners(p, listen):
+    """{worker comm: the listening sockets it holds} (kcd must hold none)."""
+    out = {}
+    for c in p.children():
         held = socket_inodes(c["pid"]) & listen
         if c["comm"] == "ekp-kcd":
             assert not held, "kcd must never hold a listening socket"
         else:
-            assert held, f"{c['comm']} does not hold the listening socket"
+            out[c["comm"]] = held
+    return out
+
+
+def test_each_worker_holds_a_listening_socket_of_its_own_and_kcd_none(started_proxy):
+    # one socket per worker slot in a SO_REUSEPORT group: the kernel hands
+    # each connection to one worker
+    p = started_proxy
+    p.wait_children(p.expected_comms(2))
+    listen = listening_inodes(p.port)
+    assert len(listen) == 2, f"want one listening socket per worker on 127.0.0.1:{p.port}: {listen}"
+    held = worker_listeners(p, listen)
+    assert sorted(held) == ["ekp-worker-0", "ekp-worker-1"], held
+    assert all(len(h) == 1 for h in held.values()), held
+    assert held["ekp-worker-0"] != held["ekp-worker-1"], held
+
+
+def test_connections_are_spread_over_the_workers(started_proxy):
+    # 64 connections from 64 source ports: each worker accepts some (the
+    # group's hash sends all 64 to one socket with probability 2**-63)
+    p = started_proxy
+    kids = [c for c in p.wait_children(p.expected_comms(2)) if c["comm"] != "ekp-kcd"]
+    before = {c["pid"]: len(socket_inodes(c["pid"])) for c in kids}
+    conns = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(64)]
+    try:
+        wait_until(lambda: sum(len(socket_inodes(pid)) - n for pid, n in before.items()) >= 64,
+                   10, "the workers to accept 64 connections")
+        for c in kids:
+            assert len(socket_inodes(c["pid"])) > before[c["pid"]], \
+                f"{c['comm']} accepted none of 64 connections"
+    finally:
+        for s in conns:
+            s.close()
 
 
 def test_a_killed_worker_is_restarted_with_a_fresh_pid(started_proxy):
@@ -128,9 +159,42 @@ def test_sighup_with_a_good_config_replaces_the_generation(started_proxy):
     assert not (old & {c["pid"] for c in kids}), "an old child survived the reload"
     for pid in old:
         assert not alive(pid), f"old child {pid} still running"
-    # the same listening socket, not a new bind
-    assert listening_inodes(p.port) == listen_before
+    # workers 0 and 1 kept their sockets (no new bind, nothing in their
+    # backlogs lost); worker 2 joined the group with a socket of its own
+    after = listening_inodes(p.port)
+    assert listen_before < after and len(after) == 3, (listen_before, after)
+    held = worker_listeners(p, after)
+    assert sorted(held) == ["ekp-worker-0", "ekp-worker-1", "ekp-worker-2"], held
+    assert held["ekp-worker-0"] | held["ekp-worker-1"] == listen_before, held
+    assert len(held["ekp-worker-2"]) == 1 and not (held["ekp-worker-2"] & listen_before), held
     assert p.exited() is None
+
+
+def test_sighup_to_fewer_workers_closes_the_dropped_slot_socket(started_proxy):
+    # a slot the reload drops must not keep a socket in the group: the
+    # kernel would queue its share of connections where nobody accepts
+    p = started_proxy
+    p.wait_children(p.expected_comms(2))
+    listen_before = listening_inodes(p.port)
+    p.write_config(settings={"server": {"workers": 1}})
+    p.signal(signal.SIGHUP)
+    p.wait_ready(2)
+    p.wait_for_log(r"generation 1 finished")
+    after = listening_inodes(p.port)
+    assert len(after) == 1 and after < listen_before, (listen_before, after)
+    assert worker_listeners(p, after) == {"ekp-worker-0": after}
+    # every connection reaches the worker left (a dropped slot's backlog
+    # would leave some waiting): it answers plain HTTP by closing (EOF or
+    # RST), never by silence
+    for _ in range(16):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            s.settimeout(10)
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
 
 
 def test_reload_binds_a_new_listen_address_and_drops_the_old_one(started_proxy):
