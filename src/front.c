@@ -27,13 +27,14 @@
 #include "metrics.h"
 #include "policy.h"
 #include "proc.h"
+#include "s4u.h"
 #include "stream.h"
 
 #define WORKER_MAGIC	0x574b5231u	/* "WKR1" */
 #define LISTENER_MAGIC	0x4c53544eu	/* "LSTN" */
 #define ACCEPT_BURST	64		/* accepts per wake-up, then let the loop breathe */
 #define ACCEPT_PAUSE_MS	1000		/* out of descriptors: stop accepting this long */
-#define KCD_MARGIN_MS	1000		/* over kdc_timeout, for the kcd round trip */
+#define KCD_MARGIN_MS	1000		/* over kcd's own bounds, for the round trip */
 
 struct listener {
 	unsigned magic;
@@ -363,8 +364,11 @@ worker_new(struct event_base *base, const struct worker_params *p, char *err, si
 		w->ls[i].w = w;
 		w->ls[i].fd = p->listen_fd[i];
 	}
+	/* kcd answers TIMEOUT itself after at most the wait bound plus one
+	 * kdc_timeout for the exchange (s4u.h, Timeouts): wait for that, so
+	 * kcd never runs an exchange for a device we already answered */
 	if ((w->kcd = kcd_client_new(w->base, -1,
-	    w->cfg->kerberos.kdc_timeout + KCD_MARGIN_MS)) == NULL) {
+	    (S4U_QUEUE_FACTOR + 1) * w->cfg->kerberos.kdc_timeout + KCD_MARGIN_MS)) == NULL) {
 		snprintf(err, errlen, "cannot set up the kcd client");
 		goto fail;
 	}

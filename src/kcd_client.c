@@ -107,7 +107,7 @@ on_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	assert(r->magic == KCD_REQ_MAGIC);
 	r->kc->st.timeouts++;
-	fail_req(r, "unreachable", "no answer from kcd within kdc_timeout");
+	fail_req(r, "unreachable", "no answer from kcd within its bounds (wait + kdc_timeout) and a margin");
 }
 
 /* Parse an answer; a malformed one from kcd is a bug or a compromise of kcd

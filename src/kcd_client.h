@@ -36,7 +36,8 @@ struct kcd_answer {
 typedef void kcd_answer_fn(const struct kcd_answer *ans, void *arg);
 
 /* Takes ownership of fd (the worker's end of its kcd channel).
- * timeout_ms bounds every request (kdc_timeout + margin). */
+ * timeout_ms bounds every request ((S4U_QUEUE_FACTOR + 1) x kdc_timeout
+ * + margin: longer than kcd's own bounds). */
 struct kcd_client *kcd_client_new(struct event_base *base, int fd, uint64_t timeout_ms);
 /* kcd was restarted: switch to a new channel (ownership of fd taken).
  * Requests pending on the old channel fail as unreachable. */

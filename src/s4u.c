@@ -429,6 +429,11 @@ struct s4u {
 
 enum req_kind { K_NONE, K_LEAD, K_INIT };
 
+/* Who got to a waiting request first (claim/on_timer): its pool thread
+ * (RS_RUN: the exchange runs, kdc_timeout from started_ms) or the loop's
+ * wait bound (RS_GIVEN_UP: answered TIMEOUT, the job must not run). */
+enum req_state { RS_WAIT, RS_RUN, RS_GIVEN_UP };
+
 struct s4u_req {
 	unsigned magic;
 	struct s4u *s;
@@ -450,7 +455,9 @@ struct s4u_req {
 	size_t cb_len;
 	s4u_done_fn *fn;
 	void *arg;
-	uint64_t t0, deadline;		/* mono ms */
+	uint64_t t0, deadline;		/* mono ms; deadline: end of the wait */
+	_Atomic int state;		/* enum req_state */
+	_Atomic uint64_t started_ms;	/* mono ms, set by the thread before RS_RUN */
 	struct credcache_cred *ccred;	/* K_INIT: the reference it uses */
 
 	/* results, written by the job */
@@ -826,17 +833,28 @@ cleanup:
 	return ret;
 }
 
+/* On the pool thread, before anything else: start r's exchange (1), or
+ * find that its wait bound passed or was answered already (0: fail it
+ * without contacting the KDC; the loop drops the result when answered). */
 static int
-past_deadline(struct s4u_req *r)
+claim(struct s4u_req *r)
 {
-	if (mono_ms() < r->deadline)
-		return 0;
+	int expect = RS_WAIT;
+	uint64_t now = mono_ms();
+
+	if (now < r->deadline) {
+		atomic_store(&r->started_ms, now);
+		if (atomic_compare_exchange_strong(&r->state, &expect, RS_RUN))
+			return 1;
+	} else {
+		(void)atomic_compare_exchange_strong(&r->state, &expect, RS_GIVEN_UP);
+	}
 	r->expired_in_queue = 1;
 	req_fail_text(r, KCD_ERR_UNREACHABLE, "TIMEOUT",
-	    "no free KDC slot within kdc_timeout (%llu ms) for %s to %s: every one of the "
+	    "no free KDC slot within %llu ms for %s to %s: every one of the "
 	    "kdc_concurrency threads is busy with a slow or unreachable KDC",
-	    (unsigned long long)r->s->p.kdc_timeout_ms, r->principal, r->spn);
-	return 1;
+	    (unsigned long long)r->s->p.queue_timeout_ms, r->principal, r->spn);
+	return 0;
 }
 
 /* Leader: proxy credential, S4U2Self, then the first token (S4U2Proxy). */
@@ -852,7 +870,7 @@ work_lead(struct pool_job *job)
 	OM_uint32 major, minor, lifetime = 0;
 	char what[1200];
 
-	if (past_deadline(r) || (pc = proxy_get(s, r)) == NULL)
+	if (!claim(r) || (pc = proxy_get(s, r)) == NULL)
 		goto cleanup;
 	snprintf(what, sizeof(what), "S4U2Self (gss_acquire_cred_impersonate_name) for %s by %s",
 	    r->principal, s->principal);
@@ -892,7 +910,7 @@ work_init(struct pool_job *job)
 {
 	struct s4u_req *r = CONTAINER_OF(job, struct s4u_req, job);
 
-	if (past_deadline(r))
+	if (!claim(r))
 		return;
 	init_context(r->s, r, (gss_cred_id_t)credcache_cred_get(r->ccred), S4U_STEP_INIT);
 }
@@ -1148,10 +1166,25 @@ deliver(struct s4u_req *r)
 }
 
 static void
+arm(struct s4u_req *r, uint64_t ms)
+{
+	struct timeval tv;
+
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(r->ev, &tv);
+}
+
+/* r's bounds (s4u.h, Timeouts): the wait until a thread starts its job,
+ * then kdc_timeout for the exchange. Looks again whenever the earlier of
+ * the two could have passed. */
+static void
 on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct s4u_req *r = arg;
 	struct s4u_result res;
+	uint64_t now;
+	int running = 1;
 
 	(void)fd;
 	(void)what;
@@ -1164,19 +1197,51 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 	if (r->answered)
 		return;
-	/* kdc_timeout: answer now; r lives on until its job or exchange
-	 * comes back (in_flight), and that answer is dropped. */
+	now = mono_ms();
+	for (;;) {
+		int st = atomic_load(&r->state);
+
+		if (st == RS_RUN) {
+			uint64_t end = atomic_load(&r->started_ms) + r->s->p.kdc_timeout_ms;
+			if (now < end) {
+				arm(r, end - now);
+				return;
+			}
+			break;		/* the exchange took kdc_timeout */
+		}
+		if (now < r->deadline) {
+			/* still waiting: look again when the wait ends, or
+			 * when an exchange starting now would have timed out */
+			arm(r, r->deadline - now < r->s->p.kdc_timeout_ms ?
+			    r->deadline - now : r->s->p.kdc_timeout_ms);
+			return;
+		}
+		if (st == RS_GIVEN_UP ||
+		    atomic_compare_exchange_strong(&r->state, &st, RS_GIVEN_UP)) {
+			running = 0;
+			break;		/* the wait ended: its job will not run */
+		}
+		/* its thread started it just now: RS_RUN, look again */
+	}
+	/* answer now; r lives on until its job or exchange comes back
+	 * (in_flight), and that answer is dropped. */
 	r->answered = 1;
 	r->s->st.timeouts++;
 	r->s->st.errors_unreachable++;
 	memset(&res, 0, sizeof(res));
 	res.cls = KCD_ERR_UNREACHABLE;
 	res.name = "TIMEOUT";
-	snprintf(r->text, sizeof(r->text),
-	    "no answer within kdc_timeout (%llu ms) for %s to %s: %s",
-	    (unsigned long long)r->s->p.kdc_timeout_ms, r->principal, r->spn,
-	    r->waiting ? "waiting for the KDC exchange of an earlier request for this user" :
-	    "the KDC exchange is still running (slow or unreachable KDC)");
+	if (running)
+		snprintf(r->text, sizeof(r->text),
+		    "no answer within kdc_timeout (%llu ms) for %s to %s: the KDC exchange is "
+		    "still running (slow or unreachable KDC)",
+		    (unsigned long long)r->s->p.kdc_timeout_ms, r->principal, r->spn);
+	else
+		snprintf(r->text, sizeof(r->text),
+		    "no answer within %llu ms (the wait bound) for %s to %s: %s",
+		    (unsigned long long)r->s->p.queue_timeout_ms, r->principal, r->spn, r->waiting ?
+		    "waiting for the KDC exchange of an earlier request for this user" :
+		    "waiting for a free KDC slot (every one of the kdc_concurrency threads busy)");
 	res.text = r->text;
 	res.kdc = 1;
 	res.exchange = r->kind == K_LEAD;
@@ -1345,7 +1410,6 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 {
 	struct s4u_req *r = NULL;
 	struct credcache_lookup l;
-	struct timeval tv;
 	size_t plen, slen;
 
 	if (s == NULL || s->magic != S4U_MAGIC || fn == NULL)
@@ -1393,7 +1457,9 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 	r->ctx = GSS_C_NO_CONTEXT;
 	r->target = GSS_C_NO_NAME;
 	r->t0 = mono_ms();
-	r->deadline = r->t0 + s->p.kdc_timeout_ms;
+	r->deadline = r->t0 + s->p.queue_timeout_ms;
+	atomic_init(&r->state, RS_WAIT);
+	atomic_init(&r->started_ms, 0);
 	r->next = s->reqs;
 	if (s->reqs != NULL)
 		s->reqs->prev = r;
@@ -1439,9 +1505,8 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 		req_fail_text(r, KCD_ERR_INTERNAL, "NOMEM", "out of memory in the credential cache");
 		goto immediate;
 	}
-	tv.tv_sec = (time_t)(s->p.kdc_timeout_ms / 1000);
-	tv.tv_usec = (suseconds_t)(s->p.kdc_timeout_ms % 1000) * 1000;
-	evtimer_add(r->ev, &tv);
+	arm(r, s->p.kdc_timeout_ms < s->p.queue_timeout_ms ?
+	    s->p.kdc_timeout_ms : s->p.queue_timeout_ms);
 	return 0;
 
 immediate:
@@ -1505,6 +1570,8 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 	s->magic = S4U_MAGIC;
 	s->base = base;
 	s->p = *p;
+	if (s->p.queue_timeout_ms == 0)
+		s->p.queue_timeout_ms = S4U_QUEUE_FACTOR * s->p.kdc_timeout_ms;
 	if (s->p.ctx_ttl_ms == 0)
 		s->p.ctx_ttl_ms = DEFAULT_CTX_TTL_MS;
 	if (s->p.max_contexts == 0)

@@ -25,13 +25,23 @@
  * they are step 3 without a KDC exchange.
  *
  * Timeouts: libkrb5 (1.20) has no per-call timeout, only its own retry
- * schedule per KDC. So every request carries a deadline of kdc_timeout:
- * when it passes, the request is answered UNREACHABLE/TIMEOUT at once on
- * the loop (the thread still finishes its exchange, and a credential it
- * gets is cached for the next request), and a job that waited in the
- * pool's queue past its deadline fails without contacting the KDC. A KDC
- * that does not answer thus ties up at most kdc_concurrency threads and
- * never the loop or other users' requests beyond that.
+ * schedule per KDC. A request has two bounds, both kept by a timer on the
+ * loop, each answering UNREACHABLE/TIMEOUT at once when it passes:
+ *   - the wait: from its arrival until a pool thread starts its job, for a
+ *     free thread (all kdc_concurrency busy) or for the exchange of an
+ *     earlier request for the same user: at most queue_timeout
+ *     (S4U_QUEUE_FACTOR x kdc_timeout unless given). A device would rather
+ *     wait than get a 503: a cold start of thousands of users queues for as
+ *     long as the KDC needs to serve them at kdc_concurrency in flight;
+ *   - the exchange: kdc_timeout from when its thread started it (the thread
+ *     still finishes a timed-out exchange, and a credential it gets is
+ *     cached for the next request).
+ * A job whose wait was answered TIMEOUT is cancelled: its thread finds it
+ * so and never contacts the KDC (a claim, atomic between the thread and
+ * the loop, decides which came first). A KDC that does not answer thus
+ * ties up at most kdc_concurrency threads and never the loop or other
+ * users' requests beyond that. kcd's client (the worker) waits for the sum
+ * of both bounds plus a margin, so kcd answers first.
  *
  * Threads: every function here is for the loop thread that owns base;
  * callbacks run there too, never from inside the call that queued them.
@@ -52,13 +62,19 @@ struct s4u;
 #define S4U_PROXY_MARGIN_MS	(5 * 60 * 1000)	/* renew the proxy credential */
 #define S4U_TICKET_MARGIN_MS	(60 * 1000)	/* stop reusing before ticket end */
 #define S4U_CB_PREFIX		"tls-server-end-point:"
+/* The default wait bound (queue_timeout = 0): this many kdc_timeouts. At
+ * kdc_timeout = 5 s, 30 s; the lab KDC serves 250 to 300 new users a second
+ * (docs/performance.md), so a cold start of 5,000 users fits. */
+#define S4U_QUEUE_FACTOR	6
 
 struct s4u_params {
 	const char *keytab;		/* [kerberos] keytab */
 	const char *principal;		/* [kerberos] principal */
 	uint64_t credential_ttl_ms;
 	uint64_t negative_ttl_ms;
-	uint64_t kdc_timeout_ms;
+	uint64_t kdc_timeout_ms;	/* one exchange, from when its thread starts it */
+	uint64_t queue_timeout_ms;	/* waiting for a thread or another request's
+					 * exchange; 0 = S4U_QUEUE_FACTOR x kdc_timeout */
 	unsigned kdc_concurrency;	/* pool threads */
 	unsigned max_entries;		/* credential cache; 0 = 100000 */
 	/* Contexts kept for mutual authentication live this long (the

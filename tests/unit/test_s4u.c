@@ -525,13 +525,21 @@ test_silent_kdc_times_out_on_the_loop(void **state)
 		assert_int_equal(ans.a[i].cls, KCD_ERR_UNREACHABLE);
 		assert_string_equal(ans.a[i].name, "TIMEOUT");
 	}
+	/* carol's running exchange took kdc_timeout from its start; the two
+	 * waiting requests were answered when their wait bound (default
+	 * S4U_QUEUE_FACTOR x kdc_timeout, s4u.h) ended, not at kdc_timeout */
+	assert_non_null(strstr(ans.a[0].text, "within kdc_timeout (300 ms)"));
+	assert_non_null(strstr(ans.a[0].text, "still running"));
+	assert_non_null(strstr(ans.a[1].text, "within 1800 ms (the wait bound)"));
 	assert_non_null(strstr(ans.a[1].text, "earlier request for this user"));
+	assert_non_null(strstr(ans.a[2].text, "within 1800 ms (the wait bound)"));
+	assert_non_null(strstr(ans.a[2].text, "free KDC slot"));
 	s4u_stats(w.s, &st);
 	assert_int_equal(st.timeouts, 3);
 	assert_int_equal(st.in_flight, 3);	/* carol's exchange still runs */
 
-	/* The "KDC" goes away: libkrb5 gives up on its next try; dave's job
-	 * then finds its deadline passed and never asks the KDC. */
+	/* The "KDC" goes away: libkrb5 gives up on its next try; dave's job,
+	 * answered already, then finds itself given up and never asks the KDC. */
 	close(w.udp);
 	close(w.tcp);
 	w.udp = w.tcp = -1;
