@@ -396,7 +396,15 @@ struct s4u_req;
 struct s4u {
 	unsigned magic;
 	struct event_base *base;
-	struct pool *pool;
+	struct pool *pool;		/* KDC exchanges: kdc_concurrency threads */
+	/* Tokens on a cached credential (K_INIT: step 3 with the service
+	 * ticket already in the credential's ccache, no KDC exchange) are CPU
+	 * work only: one thread per CPU. Kept apart from the exchanges, so a
+	 * cold start's queue does not hold up warm users' tokens, and so that
+	 * kdc_concurrency threads do not take turns at GSSAPI's and malloc's
+	 * locks for them (on 2 CPUs, 16 threads spent a third of kcd's time
+	 * in futex wake-ups: docs/performance.md). */
+	struct pool *ipool;
 	struct credcache *cc;
 	struct event *sweep;
 	char *keytab, *principal;
@@ -1262,7 +1270,7 @@ submit(struct s4u *s, struct s4u_req *r, enum req_kind kind)
 	r->job.done = job_done;
 	r->job.drop = job_drop;
 	r->in_flight = 1;
-	if (pool_submit(s->pool, &r->job) != 0) {
+	if (pool_submit(kind == K_LEAD ? s->pool : s->ipool, &r->job) != 0) {
 		r->in_flight = 0;
 		req_fail_text(r, KCD_ERR_INTERNAL, "SHUTDOWN", "kcd is stopping");
 		return -1;
@@ -1550,6 +1558,7 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 	struct credcache_params cp;
 	struct timeval tv = { SWEEP_MS / 1000, 0 };
 	unsigned nb = 64;
+	long ncpu;
 
 	if (p->keytab == NULL || p->keytab[0] == '\0' || p->principal == NULL ||
 	    p->principal[0] == '\0') {
@@ -1610,6 +1619,10 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 	}
 	if ((s->pool = pool_new(base, p->kdc_concurrency, err, errlen)) == NULL)
 		goto fail;
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	if ((s->ipool = pool_new(base, ncpu < 1 ? 1u : ncpu > 16 ? 16u : (unsigned)ncpu,
+	    err, errlen)) == NULL)
+		goto fail;
 	return s;
 
 fail:
@@ -1626,6 +1639,8 @@ s4u_free(struct s4u *s)
 		abort();
 	pool_free(s->pool);		/* joins the threads; drops what they had */
 	s->pool = NULL;
+	pool_free(s->ipool);
+	s->ipool = NULL;
 	while (s->reqs != NULL)
 		req_free(s->reqs);
 	while (s->ctx_head != NULL)
@@ -1657,4 +1672,7 @@ s4u_stats(const struct s4u *s, struct s4u_stats *st)
 	pool_stats(s->pool, &ps);
 	st->pool_queued = ps.queued;
 	st->pool_busy = ps.busy;
+	pool_stats(s->ipool, &ps);
+	st->pool_queued += ps.queued;
+	st->pool_busy += ps.busy;
 }
