@@ -299,3 +299,66 @@ def test_daemon_enforces_strong_certificate_mapping(samba, exchange, make_proxy)
                                if r["status"] == 403 and r["reason"].startswith("ldap_")],
                       10, "two ldap_ refusals")
     assert len(recs) >= 2, recs
+
+
+def test_daemon_finds_the_user_by_certificate_and_honours_on_failure(samba, exchange, make_proxy):
+    """[identity] source = ldap through the daemon: a certificate without a
+    UPN (erin, bound by altSecurityIdentities X509:<I>..<SR>..) reaches
+    Exchange as the account that names it; mallory (bound to nobody) gets
+    403. With the directory gone, on_failure = deny answers 503
+    ldap_unreachable."""
+    import http.client
+    import socket
+    import ssl
+
+    from ekp import access_records, wait_until
+
+    p = make_proxy(workers=1, files={"device-ca.pem": samba.device_ca.cert}, settings={
+        "identity": {"realm": samba.realm, "source": "ldap", "check_user_param": "no"},
+        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
+                     "krb5_conf": samba.krb5_conf},
+        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
+                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
+                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
+        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
+                 "on_failure": "deny", "cache_ttl": "1s", "timeout": "2s"},
+    })
+    p.access_log = p.path("access.log")
+    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
+    p.start()
+
+    def request(name):
+        dev = samba.cert(name)
+        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(dev.cert, dev.key)
+        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
+                                           context=ctx)
+        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
+                                    server_hostname="proxy.example.test")
+        try:
+            conn.request("GET", "/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=SAMBA4"
+                         "&DeviceType=TestPhone")
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    status, body = request("erin")
+    assert status == 200, (status, body[:300], p.log_text()[-3000:])
+    assert json.loads(body)["remote_user"] == "erin@" + samba.realm
+    status, body = request("mallory")
+    assert status == 403, (status, body[:300])
+    wait_until(lambda: [r for r in access_records(p)
+                        if r["status"] == 403 and r["reason"].startswith("ldap_")],
+               10, "mallory refused with an ldap_ reason")
+    samba.stop_samba()
+    try:
+        import time
+        time.sleep(1.5)          # past cache_ttl
+        status, body = request("erin")
+        assert status == 503, (status, body[:300])
+        wait_until(lambda: [r for r in access_records(p) if r["reason"] == "ldap_unreachable"],
+                   10, "reason ldap_unreachable with the directory gone")
+    finally:
+        samba.start_samba()
