@@ -1152,6 +1152,18 @@ same_str(const char *a, const char *b)
 	return strcmp(a != NULL ? a : "", b != NULL ? b : "") == 0;
 }
 
+/* The newest generation that still holds its listening sockets: a
+ * retiring one closed them (gen_retire), and a reload right after a failed
+ * one must take the sockets of the generation still serving. */
+static const struct gen *
+listening_gen(void)
+{
+	for (const struct gen *g = P.gens; g != NULL; g = g->next)
+		if (g->state != GEN_RETIRING)
+			return g;
+	return NULL;
+}
+
 static void
 reload(void)
 {
@@ -1182,7 +1194,7 @@ reload(void)
 		config_free(cfg);
 		return;
 	}
-	if (gen_listeners(g, cur, err, sizeof(err)) != 0 ||
+	if (gen_listeners(g, listening_gen(), err, sizeof(err)) != 0 ||
 	    prepare_access_log(cfg, err, sizeof(err)) != 0) {
 		log_error("proc", "reload refused: %s", err);
 		goto fail;
