@@ -129,19 +129,10 @@ def test_only_the_delegation_target(samba, kcd):
 
 # ---- the daemon itself in front of the AD domain -----------------------------------
 
-def test_daemon_delegates_through_samba(samba, exchange, make_proxy):
-    """eas-kcd-proxy (workers + kcd) with the AD service account's keytab:
-    a device's request reaches Exchange as the certificate's user, and the
-    KDC's refusals come back as 403 kdc_<NAME> (sensitive: NOT_DELEGABLE,
-    once kcd has seen a forwardable ticket for someone else)."""
-    import http.client
-    import socket
-    import ssl
-
-    import certs
-    from ekp import access_records, wait_until
-
-    p = make_proxy(workers=1, settings={
+def samba_proxy(samba, exchange, make_proxy, ldap=None, identity=None, files=None):
+    """A started one-worker daemon with the AD service account's keytab in
+    front of the lab's Exchange, JSON access log at p.access_log."""
+    settings = {
         "identity": {"realm": samba.realm,
                      "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
         "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
@@ -149,29 +140,58 @@ def test_daemon_delegates_through_samba(samba, exchange, make_proxy):
         "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
                     "connect_to": f"127.0.0.1:{exchange.backend_port}",
                     "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
-    })
+    }
+    if identity:
+        settings["identity"].update(identity)
+    if ldap:
+        settings["ldap"] = dict({"uri": samba.ldap_uri, "bind": "gssapi",
+                                 "base_dn": samba.base_dn}, **ldap)
+    p = make_proxy(workers=1, files=files, settings=settings)
     p.access_log = p.path("access.log")
     p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
-    p.start()
+    return p.start()
+
+
+def device_get(p, dev, query):
+    """GET /Microsoft-Server-ActiveSync?QUERY as the device dev (certs.Issued);
+    returns (status, body)."""
+    import http.client
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=p.server_ca.cert)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(dev.cert, dev.key)
+    conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60, context=ctx)
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
+                                server_hostname="proxy.example.test")
+    try:
+        conn.request("GET", "/Microsoft-Server-ActiveSync?" + query,
+                     headers={"MS-ASProtocolVersion": "14.1"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def upn_device(p, samba, user, prefix):
+    """A device certificate from p's own device CA with UPN user@<AD DNS domain>."""
+    import certs
+    return certs.device(p.path("pki"), prefix + user, p.device_ca,
+                        upns=[f"{user}@{samba.dns_domain}"], cn=user)
+
+def test_daemon_delegates_through_samba(samba, exchange, make_proxy):
+    """eas-kcd-proxy (workers + kcd) with the AD service account's keytab:
+    a device's request reaches Exchange as the certificate's user, and the
+    KDC's refusals come back as 403 kdc_<NAME> (sensitive: NOT_DELEGABLE,
+    once kcd has seen a forwardable ticket for someone else)."""
+    from ekp import access_records, wait_until
+
+    p = samba_proxy(samba, exchange, make_proxy)
 
     def request(user):
-        dev = certs.device(p.path("pki"), "dev-" + user, p.device_ca,
-                           upns=[f"{user}@{samba.dns_domain}"], cn=user)
-        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
-        ctx.check_hostname = False
-        ctx.load_cert_chain(dev.cert, dev.key)
-        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
-                                           context=ctx)
-        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
-                                    server_hostname="proxy.example.test")
-        try:
-            conn.request("GET", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User={user}"
-                         "&DeviceId=SAMBA1&DeviceType=TestPhone",
-                         headers={"MS-ASProtocolVersion": "14.1"})
-            r = conn.getresponse()
-            return r.status, r.read()
-        finally:
-            conn.close()
+        return device_get(p, upn_device(p, samba, user, "dev-"),
+                          f"Cmd=Sync&User={user}&DeviceId=SAMBA1&DeviceType=TestPhone")
 
     status, body = request("alice")
     assert status == 200, (status, body[:300], p.log_text()[-3000:])
@@ -193,45 +213,14 @@ def test_daemon_applies_the_directory_checks(samba, exchange, make_proxy):
     his logon name: Exchange must see bsmith), a nested group member passes,
     and disabled accounts and users outside require_group get 403
     ldap_<name> without a KDC exchange."""
-    import http.client
-    import socket
-    import ssl
-
-    import certs
     from ekp import access_records, wait_until
 
-    p = make_proxy(workers=1, settings={
-        "identity": {"realm": samba.realm,
-                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
-        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
-                     "krb5_conf": samba.krb5_conf},
-        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
-                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
-                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
-        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
-                 "require_group": samba.group_dn("EAS Users")},
-    })
-    p.access_log = p.path("access.log")
-    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
-    p.start()
+    p = samba_proxy(samba, exchange, make_proxy,
+                    ldap={"require_group": samba.group_dn("EAS Users")})
 
     def request(cert_user, query_user):
-        dev = certs.device(p.path("pki"), "dir-" + cert_user, p.device_ca,
-                           upns=[f"{cert_user}@{samba.dns_domain}"], cn=cert_user)
-        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
-        ctx.check_hostname = False
-        ctx.load_cert_chain(dev.cert, dev.key)
-        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
-                                           context=ctx)
-        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
-                                    server_hostname="proxy.example.test")
-        try:
-            conn.request("GET", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User={query_user}"
-                         "&DeviceId=SAMBA2&DeviceType=TestPhone")
-            r = conn.getresponse()
-            return r.status, r.read()
-        finally:
-            conn.close()
+        return device_get(p, upn_device(p, samba, cert_user, "dir-"),
+                          f"Cmd=Sync&User={query_user}&DeviceId=SAMBA2&DeviceType=TestPhone")
 
     status, body = request("bob.smith", "bsmith")
     assert status == 200, (status, body[:300], p.log_text()[-3000:])
@@ -251,43 +240,14 @@ def test_daemon_enforces_strong_certificate_mapping(samba, exchange, make_proxy)
     """strong_mapping = enforce through the daemon (KB5014754): a certificate
     whose SID extension names alice passes; one carrying another account's
     SID, and one with no strong binding at all, get 403 ldap_<name>."""
-    import http.client
-    import socket
-    import ssl
-
     from ekp import access_records, wait_until
 
-    p = make_proxy(workers=1, files={"device-ca.pem": samba.device_ca.cert}, settings={
-        "identity": {"realm": samba.realm,
-                     "suffix_realms": f"{samba.dns_domain}:{samba.realm}"},
-        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
-                     "krb5_conf": samba.krb5_conf},
-        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
-                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
-                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
-        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
-                 "strong_mapping": "enforce"},
-    })
-    p.access_log = p.path("access.log")
-    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
-    p.start()
+    p = samba_proxy(samba, exchange, make_proxy, ldap={"strong_mapping": "enforce"},
+                    files={"device-ca.pem": samba.device_ca.cert})
 
     def request(name):
-        dev = samba.cert(name)
-        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
-        ctx.check_hostname = False
-        ctx.load_cert_chain(dev.cert, dev.key)
-        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
-                                           context=ctx)
-        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
-                                    server_hostname="proxy.example.test")
-        try:
-            conn.request("GET", "/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice"
-                         "&DeviceId=SAMBA3&DeviceType=TestPhone")
-            r = conn.getresponse()
-            return r.status, r.read()
-        finally:
-            conn.close()
+        return device_get(p, samba.cert(name),
+                          "Cmd=Sync&User=alice&DeviceId=SAMBA3&DeviceType=TestPhone")
 
     status, body = request("alice_sid")
     assert status == 200, (status, body[:300], p.log_text()[-3000:])
@@ -307,42 +267,15 @@ def test_daemon_finds_the_user_by_certificate_and_honours_on_failure(samba, exch
     Exchange as the account that names it; mallory (bound to nobody) gets
     403. With the directory gone, on_failure = deny answers 503
     ldap_unreachable."""
-    import http.client
-    import socket
-    import ssl
-
     from ekp import access_records, wait_until
 
-    p = make_proxy(workers=1, files={"device-ca.pem": samba.device_ca.cert}, settings={
-        "identity": {"realm": samba.realm, "source": "ldap", "check_user_param": "no"},
-        "kerberos": {"keytab": samba.keytab, "principal": f"{samba.proxy}@{samba.realm}",
-                     "krb5_conf": samba.krb5_conf},
-        "backend": {"servers": f"exchange.example.test:{exchange.backend_port}",
-                    "connect_to": f"127.0.0.1:{exchange.backend_port}",
-                    "ca": exchange.backend_ca, "spn": "HTTP/exchange.example.test"},
-        "ldap": {"uri": samba.ldap_uri, "bind": "gssapi", "base_dn": samba.base_dn,
-                 "on_failure": "deny", "cache_ttl": "1s", "timeout": "2s"},
-    })
-    p.access_log = p.path("access.log")
-    p.write_config(settings={"log": {"access_log": p.access_log, "access_format": "json"}})
-    p.start()
+    p = samba_proxy(samba, exchange, make_proxy,
+                    identity={"source": "ldap", "check_user_param": "no"},
+                    ldap={"on_failure": "deny", "cache_ttl": "1s", "timeout": "2s"},
+                    files={"device-ca.pem": samba.device_ca.cert})
 
     def request(name):
-        dev = samba.cert(name)
-        ctx = ssl.create_default_context(cafile=p.server_ca.cert)
-        ctx.check_hostname = False
-        ctx.load_cert_chain(dev.cert, dev.key)
-        conn = http.client.HTTPSConnection("proxy.example.test", p.port, timeout=60,
-                                           context=ctx)
-        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), 60),
-                                    server_hostname="proxy.example.test")
-        try:
-            conn.request("GET", "/Microsoft-Server-ActiveSync?Cmd=Sync&DeviceId=SAMBA4"
-                         "&DeviceType=TestPhone")
-            r = conn.getresponse()
-            return r.status, r.read()
-        finally:
-            conn.close()
+        return device_get(p, samba.cert(name), "Cmd=Sync&DeviceId=SAMBA4&DeviceType=TestPhone")
 
     status, body = request("erin")
     assert status == 200, (status, body[:300], p.log_text()[-3000:])
