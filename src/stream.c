@@ -1239,6 +1239,68 @@ on_token(const struct kcd_answer *ans, void *arg)
 		pump_response(s);
 }
 
+/* ---- bodies ------------------------------------------------------------------- */
+
+enum pump {
+	PUMP_DRY,	/* the input ran out before the body's end */
+	PUMP_FULL,	/* out holds PIPE_HIGH: stop reading in until it drains */
+	PUMP_DONE,	/* the body ended (and its last chunk was written) */
+	PUMP_ERROR,	/* bad framing: b->error says which rule */
+};
+
+/*
+ * Move body b from in to out, both ways of the proxy: data bytes without a
+ * copy (evbuffer_remove_buffer), re-encoded as chunks when chunk_out, and
+ * the framing bytes (chunk lines, trailers) consumed by the decoder and
+ * dropped. Adds the data bytes moved to *data and the framing bytes taken
+ * to *framing. The caller decides what each outcome means for its side.
+ */
+static enum pump
+pump_body(struct http_body *b, struct evbuffer *in, struct evbuffer *out, int chunk_out,
+    uint64_t *data, uint64_t *framing)
+{
+	char ch[HTTP_CHUNK_HDR_MAX];
+
+	while (!http_body_done(b)) {
+		size_t avail = evbuffer_get_length(in);
+		uint64_t pending = http_body_data_pending(b);
+
+		if (evbuffer_get_length(out) >= PIPE_HIGH)
+			return PUMP_FULL;
+		if (avail == 0)
+			return PUMP_DRY;
+		if (pending > 0) {
+			size_t n = pending < avail ? (size_t)pending : avail;
+			if (n > PIPE_HIGH)
+				n = PIPE_HIGH;
+			if (chunk_out)
+				evbuffer_add(out, ch, http_chunk_header(ch, n));
+			evbuffer_remove_buffer(in, out, n);
+			if (chunk_out)
+				evbuffer_add(out, HTTP_CHUNK_CRLF, 2);
+			http_body_data_consumed(b, n);
+			*data += n;
+		} else {
+			struct evbuffer_iovec v;
+			size_t used = 0;
+			enum http_result r;
+
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				return PUMP_DRY;
+			r = http_body_framing(b, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(in, used);
+			*framing += used;
+			if (r == HTTP_ERROR)
+				return PUMP_ERROR;
+			if (used == 0 && http_body_data_pending(b) == 0 && !http_body_done(b))
+				return PUMP_DRY;	/* a framing line is not complete yet */
+		}
+	}
+	if (chunk_out)
+		evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+	return PUMP_DONE;
+}
+
 /* ---- request body ------------------------------------------------------------ */
 
 /* The whole request is at the backend and its answer is awaited: the
@@ -1261,63 +1323,33 @@ static void
 pump_request_body(struct stream *s)
 {
 	struct req *rq = s->rq;
-	struct evbuffer *in = bufferevent_get_input(s->dev);
-	struct evbuffer *out;
 	struct http_body *b = &rq->reqb;
-	char ch[HTTP_CHUNK_HDR_MAX];
+	uint64_t framing = 0;
+	enum pump p;
 
 	if (rq->req_body_done || rq->bc == NULL || s->state < ST_FORWARD)
 		return;
-	out = bufferevent_get_output(bconn_bev(rq->bc));
-	while (!http_body_done(b)) {
-		size_t avail = evbuffer_get_length(in);
-		uint64_t pending = http_body_data_pending(b);
-
-		if (evbuffer_get_length(out) >= PIPE_HIGH) {
-			bufferevent_disable(s->dev, EV_READ);
-			return;
-		}
-		if (avail == 0)
-			break;
-		if (pending > 0) {
-			size_t n = pending < avail ? (size_t)pending : avail;
-			if (n > PIPE_HIGH)
-				n = PIPE_HIGH;
-			if (b->kind == HTTP_BODY_CHUNKED)
-				evbuffer_add(out, ch, http_chunk_header(ch, n));
-			evbuffer_remove_buffer(in, out, n);
-			if (b->kind == HTTP_BODY_CHUNKED)
-				evbuffer_add(out, HTTP_CHUNK_CRLF, 2);
-			http_body_data_consumed(b, n);
-			rq->cs_bytes += n;
-		} else {
-			struct evbuffer_iovec v;
-			size_t used = 0;
-			enum http_result r;
-
-			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-				break;
-			r = http_body_framing(b, v.iov_base, v.iov_len, &used);
-			evbuffer_drain(in, used);
-			rq->cs_bytes += used;
-			if (r == HTTP_ERROR) {
-				backend_release(rq->bc, 0);
-				rq->bc = NULL;
-				respond_error(s, http_error_reason(b->error, 0),
-				    http_error_token(b->error));
-				return;
-			}
-			if (used == 0 && r == HTTP_NEED_MORE && http_body_data_pending(b) == 0)
-				break;
-		}
-	}
-	bufferevent_enable(s->dev, EV_READ);
-	if (http_body_done(b)) {
-		if (b->kind == HTTP_BODY_CHUNKED)
-			evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+	p = pump_body(b, bufferevent_get_input(s->dev),
+	    bufferevent_get_output(bconn_bev(rq->bc)), b->kind == HTTP_BODY_CHUNKED,
+	    &rq->cs_bytes, &framing);
+	rq->cs_bytes += framing;	/* cs-bytes counts what the device sent */
+	switch (p) {
+	case PUMP_FULL:
+		bufferevent_disable(s->dev, EV_READ);	/* on_be_write resumes */
+		return;
+	case PUMP_ERROR:
+		backend_release(rq->bc, 0);
+		rq->bc = NULL;
+		respond_error(s, http_error_reason(b->error, 0), http_error_token(b->error));
+		return;
+	case PUMP_DONE:
 		rq->req_body_done = 1;
 		set_parked(rq);
+		break;
+	case PUMP_DRY:
+		break;
 	}
+	bufferevent_enable(s->dev, EV_READ);
 	arm_timer(s, env->cfg->server.request_timeout);
 }
 
@@ -1662,7 +1694,7 @@ pump_response(struct stream *s)
 	struct req *rq = s->rq;
 	struct bufferevent *be;
 	struct evbuffer *in, *out;
-	char ch[HTTP_CHUNK_HDR_MAX];
+	uint64_t framing = 0;
 
 	if (rq == NULL || rq->bc == NULL || rq->kr != NULL)
 		return;		/* (kr: kcd is verifying the response head) */
@@ -1712,55 +1744,26 @@ pump_response(struct stream *s)
 	if (s->state != ST_RESPONSE)
 		return;
 
-	while (!http_body_done(&rq->respb)) {
-		size_t avail = evbuffer_get_length(in);
-		uint64_t pending = http_body_data_pending(&rq->respb);
-
-		if (evbuffer_get_length(out) >= PIPE_HIGH) {
-			bufferevent_disable(be, EV_READ);
-			bufferevent_setwatermark(s->dev, EV_WRITE, PIPE_LOW, 0);
-			return;
-		}
-		if (avail == 0)
-			break;
-		if (pending > 0) {
-			size_t n = pending < avail ? (size_t)pending : avail;
-			if (n > PIPE_HIGH)
-				n = PIPE_HIGH;
-			if (rq->resp_chunk_out)
-				evbuffer_add(out, ch, http_chunk_header(ch, n));
-			evbuffer_remove_buffer(in, out, n);
-			if (rq->resp_chunk_out)
-				evbuffer_add(out, HTTP_CHUNK_CRLF, 2);
-			http_body_data_consumed(&rq->respb, n);
-			rq->sc_bytes += n;
-		} else {
-			struct evbuffer_iovec v;
-			size_t used = 0;
-			enum http_result r;
-
-			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-				break;
-			r = http_body_framing(&rq->respb, v.iov_base, v.iov_len, &used);
-			evbuffer_drain(in, used);
-			if (r == HTTP_ERROR) {
-				backend_report_failure(rq->bc, http_error_text(rq->respb.error));
-				stream_close(s, REASON_BACKEND_BAD_RESPONSE,
-				    http_error_token(rq->respb.error));
-				return;
-			}
-			if (used == 0 && http_body_data_pending(&rq->respb) == 0)
-				break;
-		}
-	}
-	bufferevent_enable(be, EV_READ);
-	if (http_body_done(&rq->respb)) {
-		if (rq->resp_chunk_out)
-			evbuffer_add(out, HTTP_CHUNK_LAST, sizeof(HTTP_CHUNK_LAST) - 1);
+	/* sc-bytes counts the body's data; the backend's framing is ours to redo */
+	switch (pump_body(&rq->respb, in, out, rq->resp_chunk_out, &rq->sc_bytes, &framing)) {
+	case PUMP_FULL:
+		/* on_dev_write reads the backend again once the device drained */
+		bufferevent_disable(be, EV_READ);
+		bufferevent_setwatermark(s->dev, EV_WRITE, PIPE_LOW, 0);
+		return;
+	case PUMP_ERROR:
+		backend_report_failure(rq->bc, http_error_text(rq->respb.error));
+		stream_close(s, REASON_BACKEND_BAD_RESPONSE, http_error_token(rq->respb.error));
+		return;
+	case PUMP_DONE:
+		bufferevent_enable(be, EV_READ);
 		finish_request(s, rq->respb.kind != HTTP_BODY_EOF &&
 		    evbuffer_get_length(in) == 0);
 		return;
+	case PUMP_DRY:
+		break;
 	}
+	bufferevent_enable(be, EV_READ);
 	arm_timer(s, env->cfg->server.request_timeout);
 }
 
