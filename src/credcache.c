@@ -281,6 +281,20 @@ credcache_lookup(struct credcache *cc, const void *key, size_t keylen,
 	return CREDCACHE_LEAD;
 }
 
+struct credcache_cred *
+credcache_peek(struct credcache *cc, const void *key, size_t keylen)
+{
+	struct entry *e = find(cc, key, keylen, hash_key(cc->seed, key, keylen));
+
+	if (e == NULL || e->st != ST_POSITIVE || cc->p.now_ms(cc->p.clock_arg) >= e->expires)
+		return NULL;
+	lru_unlink(cc, e);
+	lru_push(cc, e);
+	credcache_cred_hold(e->cred);
+	cc->hits++;
+	return e->cred;
+}
+
 static struct credcache_waiter *
 detach_waiters(struct entry *e)
 {

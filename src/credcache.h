@@ -74,6 +74,12 @@ void credcache_free(struct credcache *cc);
 enum credcache_result credcache_lookup(struct credcache *cc, const void *key, size_t keylen,
     struct credcache_waiter *w, struct credcache_lookup *out);
 
+/* A POSITIVE, unexpired entry's credential, as a reference for the caller
+ * (counted as a hit, moved to the LRU front), else NULL with nothing
+ * changed: unlike credcache_lookup it never starts an exchange, queues a
+ * waiter or drops an expired entry. For kcd's synchronous fast path. */
+struct credcache_cred *credcache_peek(struct credcache *cc, const void *key, size_t keylen);
+
 /* The leader's exchange succeeded. cred is handed over (the cache frees it
  * through cred_free when the last reference goes); ticket_end_ms is on the
  * injected clock. Returns the detached waiters (FIFO order; NULL when

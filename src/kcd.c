@@ -103,6 +103,16 @@ answer_error(struct kpeer *p, uint32_t id, enum kcd_err_class cls, const char *n
 	reply(p, IPC_TOKEN_ERR, id);
 }
 
+static void
+answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
+{
+	ipc_buf_init(&p->k->out);
+	ipc_put_str(&p->k->out, res->token);
+	ipc_put_u32(&p->k->out, res->ctx_id);
+	ipc_put_u64(&p->k->out, res->ticket_end_ms);
+	reply(p, IPC_TOKEN_OK, id);
+}
+
 /* s4u.c answered a TOKEN_REQ (on this loop). */
 static void
 on_token(const struct s4u_result *res, void *arg)
@@ -133,13 +143,9 @@ on_token(const struct s4u_result *res, void *arg)
 		free(pd);
 		return;
 	}
-	if (res->ok) {
-		ipc_buf_init(&p->k->out);
-		ipc_put_str(&p->k->out, res->token);
-		ipc_put_u32(&p->k->out, res->ctx_id);
-		ipc_put_u64(&p->k->out, res->ticket_end_ms);
-		reply(p, IPC_TOKEN_OK, pd->id);
-	} else
+	if (res->ok)
+		answer_token(p, pd->id, res);
+	else
 		answer_error(p, pd->id, res->cls, res->name, res->text ? res->text : "");
 	free(pd);
 }
@@ -154,6 +160,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	uint32_t flags;
 	struct pending *pd;
 	struct s4u_error serr;
+	struct s4u_result res;
 
 	ipc_rd_init(&rd, msg->data, msg->len);
 	ipc_get_str(&rd, p->k->principal, sizeof(p->k->principal));
@@ -168,6 +175,19 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 		snprintf(why, whylen, "token_req with %zu bytes of channel bindings (at most %d)",
 		    cb_len, KCD_CB_MAX);
 		return -1;
+	}
+	/* a warm user: the token is made here and now (s4u.h, Warm tokens) */
+	switch (s4u_token_now(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len,
+	    flags, &res, &serr)) {
+	case 1:
+		metrics_self()->kcd_cache_hits++;
+		answer_token(p, msg->id, &res);
+		return 0;
+	case -1:
+		answer_error(p, msg->id, serr.cls, serr.name, serr.text);
+		return 0;
+	default:
+		break;			/* the pool's route */
 	}
 	if ((pd = malloc(sizeof(*pd))) == NULL) {
 		answer_error(p, msg->id, KCD_ERR_INTERNAL, "out_of_memory", "kcd is out of memory");

@@ -32,6 +32,7 @@
 #include <gssapi/gssapi_ext.h>
 #include <gssapi/gssapi_krb5.h>
 #include <krb5.h>
+#include <openssl/evp.h>
 
 #include "codec.h"
 #include "credcache.h"
@@ -373,6 +374,116 @@ s4u_spnego_unwrap(const unsigned char *in, size_t len, const unsigned char **tok
 	return 0;
 }
 
+/* ---- the fast path's encodings (pure) ----------------------------------------------- */
+
+/* The krb5 mechanism's OID (1.2.840.113554.1.2.2), DER-encoded with its tag. */
+static const unsigned char KRB5_OID_TLV[] = {
+	0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02
+};
+
+static void
+put_le32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)v;
+	p[1] = (unsigned char)(v >> 8);
+	p[2] = (unsigned char)(v >> 16);
+	p[3] = (unsigned char)(v >> 24);
+}
+
+int
+s4u_cb_md5(const unsigned char *appdata, size_t len, unsigned char bnd[16])
+{
+	unsigned char buf[20 + 256];
+	unsigned int mdlen = 0;
+
+	if (appdata == NULL) {
+		memset(bnd, 0, 16);
+		return 0;
+	}
+	if (len > sizeof(buf) - 20)
+		return -1;
+	/* initiator addrtype, address length, acceptor addrtype, address
+	 * length (GSS_C_AF_UNSPEC, none), application data length + bytes */
+	memset(buf, 0, 16);
+	put_le32(buf + 16, (uint32_t)len);
+	if (len > 0)
+		memcpy(buf + 20, appdata, len);
+	if (EVP_Digest(buf, 20 + len, bnd, &mdlen, EVP_md5(), NULL) != 1 || mdlen != 16)
+		return -1;
+	return 0;
+}
+
+uint32_t
+s4u_gss_flags(uint32_t kcd_flags)
+{
+	uint32_t f = GSS_C_CONF_FLAG | GSS_C_INTEG_FLAG | GSS_C_TRANS_FLAG;
+
+	if (kcd_flags & KCD_F_MUTUAL)
+		f |= GSS_C_MUTUAL_FLAG;
+	return f;
+}
+
+void
+s4u_gss_checksum(const unsigned char bnd[16], uint32_t gss_flags,
+    unsigned char out[S4U_GSS_CKSUM_LEN])
+{
+	put_le32(out, 16);
+	memcpy(out + 4, bnd, 16);
+	put_le32(out + 20, gss_flags);
+}
+
+size_t
+s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
+    unsigned char *out, size_t outlen)
+{
+	size_t inner, hdr, n = 0;
+
+	if (len > 0xffffff - sizeof(KRB5_OID_TLV) - 2)
+		return 0;
+	inner = sizeof(KRB5_OID_TLV) + 2 + len;
+	hdr = inner < 0x80 ? 2 : inner < 0x100 ? 3 : inner < 0x10000 ? 4 : 5;
+	if (outlen < hdr + inner)
+		return 0;
+	out[n++] = 0x60;
+	if (inner < 0x80) {
+		out[n++] = (unsigned char)inner;
+	} else {
+		out[n++] = (unsigned char)(0x80 | (hdr - 2));
+		for (size_t k = hdr - 2; k > 0; k--)
+			out[n++] = (unsigned char)(inner >> (8 * (k - 1)));
+	}
+	memcpy(out + n, KRB5_OID_TLV, sizeof(KRB5_OID_TLV));
+	n += sizeof(KRB5_OID_TLV);
+	out[n++] = (unsigned char)(tok_id >> 8);
+	out[n++] = (unsigned char)tok_id;
+	if (len > 0)
+		memcpy(out + n, msg, len);
+	return n + len;
+}
+
+int
+s4u_token_unframe(const unsigned char *in, size_t len, unsigned *tok_id,
+    const unsigned char **msg, size_t *msglen)
+{
+	const unsigned char *p = in, *v;
+	size_t vlen;
+	unsigned char tag;
+
+	if (in == NULL || der_tlv(&p, in + len, &tag, &v, &vlen) != 0 || tag != 0x60 ||
+	    p != in + len)
+		return -1;
+	/* the length must be minimal DER: no long form below 128 */
+	if (in[1] & 0x80 && (vlen < 0x80 || in[2] == 0))
+		return -1;
+	if (vlen < sizeof(KRB5_OID_TLV) + 2 ||
+	    memcmp(v, KRB5_OID_TLV, sizeof(KRB5_OID_TLV)) != 0)
+		return -1;
+	*tok_id = (unsigned)v[sizeof(KRB5_OID_TLV)] << 8 | v[sizeof(KRB5_OID_TLV) + 1];
+	*msg = v + sizeof(KRB5_OID_TLV) + 2;
+	*msglen = vlen - sizeof(KRB5_OID_TLV) - 2;
+	return 0;
+}
+
 /* ---- the state ----------------------------------------------------------------- */
 
 struct proxy_cred {
@@ -382,10 +493,22 @@ struct proxy_cred {
 	char ccname[96];		/* its private MEMORY ccache */
 };
 
+/* An impersonated credential as credcache holds it (its opaque cred). */
+struct imp_cred {
+	gss_cred_id_t gss;		/* pool threads: the GSS route */
+	/* The S4U2Proxy service ticket its first token got, copied out of
+	 * gss's ccache once by the leader (NULL: none found, the fast path
+	 * is not used). Read-only from then on; the loop's. */
+	krb5_creds *svc;
+};
+
+/* A context kept for mutual authentication: a GSS one (ctx, target) from
+ * the GSS route, or the krb5 auth context of a fast-path token (ac). */
 struct kept_ctx {
 	uint32_t id;
 	gss_ctx_id_t ctx;
 	gss_name_t target;		/* the continuation call needs it again */
+	krb5_auth_context ac;		/* s->kctx's */
 	uint64_t expires;		/* mono ms */
 	struct kept_ctx *hnext;
 	struct kept_ctx *prev, *next;	/* FIFO: oldest first (one TTL for all) */
@@ -407,6 +530,12 @@ struct s4u {
 	struct pool *ipool;
 	struct credcache *cc;
 	struct event *sweep;
+	/* The fast path's krb5 context, kept for the process's life and used
+	 * on the loop thread only (NULL: it could not be made; every token
+	 * goes the GSS way). */
+	krb5_context kctx;
+	char *fast_tok;			/* s4u_token_now's last token (base64) */
+	char fast_key[KCD_SPN_MAX + KCD_PRINCIPAL_MAX];
 	char *keytab, *principal;
 	struct s4u_params p;
 
@@ -474,10 +603,11 @@ struct s4u_req {
 	enum kcd_err_class cls;
 	char name[KCD_NAME_MAX];
 	char text[KCD_TEXT_MAX];
-	gss_cred_id_t imp;		/* K_LEAD: the new impersonated credential */
+	struct imp_cred *ic;		/* K_LEAD: the new impersonated credential */
 	uint64_t imp_end;		/* mono ms */
 	gss_ctx_id_t ctx;		/* KCD_F_MUTUAL: kept for verification */
 	gss_name_t target;		/* with ctx */
+	krb5_auth_context ac;		/* KCD_F_MUTUAL, fast path: kept instead */
 	char *token;
 	uint64_t ticket_end;		/* unix ms */
 };
@@ -748,6 +878,71 @@ cleanup:
 	return ret;
 }
 
+/* Is c's server service/host (any realm: whatever the KDC canonicalised
+ * the host-based name to)? */
+static int
+server_is(const krb5_creds *c, const char *service, size_t slen, const char *host)
+{
+	const krb5_data *d;
+
+	if (c->server == NULL || c->server->length != 2)
+		return 0;
+	d = &c->server->data[0];
+	if (d->length != slen || memcmp(d->data, service, slen) != 0)
+		return 0;
+	d = &c->server->data[1];
+	return d->length == strlen(host) && strncasecmp(d->data, host, d->length) == 0;
+}
+
+/* The service ticket the S4U2Proxy just put in imp's ccache, copied out for
+ * the fast path: client = user, server = spn's service/host (not the
+ * S4U2Self evidence ticket, whose server is the proxy, nor the proxy's
+ * TGT); the one ending last when there are several. NULL when none is
+ * found. Pool thread: a krb5 context of its own, once per credential. */
+static krb5_creds *
+svc_extract(gss_cred_id_t imp, const char *user, const char *spn)
+{
+	krb5_context kc = NULL;
+	krb5_ccache cc = NULL;
+	krb5_cc_cursor cur;
+	krb5_creds c, *best = NULL, *ret = NULL;
+	krb5_principal up = NULL;
+	OM_uint32 major, minor;
+	const char *at = strchr(spn, '@');
+
+	if (at == NULL || krb5_init_context(&kc) != 0)
+		return NULL;
+	if (krb5_parse_name(kc, user, &up) != 0 ||
+	    krb5_cc_new_unique(kc, "MEMORY", NULL, &cc) != 0)
+		goto cleanup;
+	major = gss_krb5_copy_ccache(&minor, imp, cc);
+	if (GSS_ERROR(major) || krb5_cc_start_seq_get(kc, cc, &cur) != 0)
+		goto cleanup;
+	while (krb5_cc_next_cred(kc, cc, &cur, &c) == 0) {
+		if (!krb5_is_config_principal(kc, c.server) && c.ticket.length > 0 &&
+		    krb5_principal_compare(kc, c.client, up) &&
+		    server_is(&c, spn, (size_t)(at - spn), at + 1) &&
+		    (best == NULL || c.times.endtime > best->times.endtime)) {
+			krb5_free_creds(kc, best);
+			best = NULL;
+			if (krb5_copy_creds(kc, &c, &best) != 0)
+				best = NULL;
+		}
+		krb5_free_cred_contents(kc, &c);
+	}
+	krb5_cc_end_seq_get(kc, cc, &cur);
+	ret = best;			/* to the caller */
+	best = NULL;
+
+cleanup:
+	if (cc != NULL)
+		krb5_cc_destroy(kc, cc);
+	krb5_free_creds(kc, best);
+	krb5_free_principal(kc, up);
+	krb5_free_context(kc);
+	return ret;
+}
+
 static int
 proxy_seen_ok(struct s4u *s)
 {
@@ -900,7 +1095,18 @@ work_lead(struct pool_job *job)
 	}
 	if (init_context(s, r, imp, S4U_STEP_S4U2PROXY) != 0)
 		goto cleanup;
-	r->imp = imp;			/* to the loop, for credcache */
+	if ((r->ic = calloc(1, sizeof(*r->ic))) == NULL) {
+		req_fail_text(r, KCD_ERR_INTERNAL, "NOMEM", "out of memory keeping the credential "
+		    "for %s", r->principal);
+		free(r->token);
+		r->token = NULL;
+		goto cleanup;
+	}
+	/* the fast path's ticket, once per credential: a failure here only
+	 * means every token for this user goes the GSS way */
+	if (s->kctx != NULL)
+		r->ic->svc = svc_extract(imp, r->principal, r->spn);
+	r->ic->gss = imp;		/* to the loop, for credcache */
 	imp = GSS_C_NO_CREDENTIAL;
 	r->imp_end = lifetime == GSS_C_INDEFINITE ? UINT64_MAX : mono_ms() + (uint64_t)lifetime * 1000;
 
@@ -920,7 +1126,7 @@ work_init(struct pool_job *job)
 
 	if (!claim(r))
 		return;
-	init_context(r->s, r, (gss_cred_id_t)credcache_cred_get(r->ccred), S4U_STEP_INIT);
+	init_context(r->s, r, ((struct imp_cred *)credcache_cred_get(r->ccred))->gss, S4U_STEP_INIT);
 }
 
 /* ---- kept contexts (loop) ------------------------------------------------------------ */
@@ -955,20 +1161,26 @@ ctx_remove(struct s4u *s, struct kept_ctx *k)
 		gss_delete_sec_context(&minor, &k->ctx, GSS_C_NO_BUFFER);
 	if (k->target != GSS_C_NO_NAME)
 		gss_release_name(&minor, &k->target);
+	if (k->ac != NULL)
+		krb5_auth_con_free(s->kctx, k->ac);
 	free(k);
 }
 
-/* Takes ctx and target; returns the id, or 0 (both released) when out of
- * memory. */
+/* Takes ctx and target (GSS route) or ac (fast path; ctx and target then
+ * GSS_C_NO_*); returns the id, or 0 (all released) when out of memory. */
 static uint32_t
-ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target)
+ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, krb5_auth_context ac)
 {
 	struct kept_ctx *k;
 	OM_uint32 minor;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		gss_delete_sec_context(&minor, &ctx, GSS_C_NO_BUFFER);
-		gss_release_name(&minor, &target);
+		if (ctx != GSS_C_NO_CONTEXT)
+			gss_delete_sec_context(&minor, &ctx, GSS_C_NO_BUFFER);
+		if (target != GSS_C_NO_NAME)
+			gss_release_name(&minor, &target);
+		if (ac != NULL)
+			krb5_auth_con_free(s->kctx, ac);
 		return 0;
 	}
 	while (s->n_ctx >= s->p.max_contexts)
@@ -978,6 +1190,7 @@ ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target)
 	} while (k->id == 0 || *ctx_slot(s, k->id) != NULL);
 	k->ctx = ctx;
 	k->target = target;
+	k->ac = ac;
 	k->expires = mono_ms() + s->p.ctx_ttl_ms;
 	k->hnext = NULL;
 	*ctx_slot(s, k->id) = k;
@@ -1016,6 +1229,71 @@ set_err(struct s4u_error *err, enum kcd_err_class cls, const char *name, const c
 	va_start(ap, fmt);
 	vsnprintf(err->text, sizeof(err->text), fmt, ap);
 	va_end(ap);
+}
+
+/* The backend's reply to a fast-path token, checked as MIT's GSS mechanism
+ * checks it (init_sec_context's mutual_auth): the RFC 2743 framing of the
+ * krb5 mechanism, a KRB-ERROR (TOK_ID 03 00) is the error it carries, an
+ * AP-REP (TOK_ID 02 00) must pass krb5_rd_rep with the kept auth context:
+ * decrypted with the ticket's session key (or, as MIT also tries, our
+ * subkey) and its ctime/cusec equal to our authenticator's. */
+static int
+verify_fast(struct s4u *s, struct kept_ctx *k, const unsigned char *in, size_t len,
+    struct s4u_error *err)
+{
+	const unsigned char *msg;
+	size_t msglen;
+	unsigned tok_id;
+	krb5_data body;
+	krb5_ap_rep_enc_part *rep = NULL;
+	krb5_error *kerr = NULL;
+	krb5_keyblock *sub = NULL;
+	krb5_error_code code;
+	struct s4u_class c;
+	const char *msgtxt;
+
+	if (s4u_token_unframe(in, len, &tok_id, &msg, &msglen) != 0 ||
+	    (tok_id != S4U_TOK_AP_REP && tok_id != S4U_TOK_ERROR)) {
+		set_err(err, KCD_ERR_PROXY, "DEFECTIVE_TOKEN", "mutual authentication: the backend's "
+		    "reply token did not verify: not a Kerberos AP-REP or KRB-ERROR in RFC 2743 "
+		    "framing (%zu bytes)", len);
+		return -1;
+	}
+	body.magic = KV5M_DATA;
+	body.length = (unsigned)msglen;
+	body.data = (char *)msg;
+	if (tok_id == S4U_TOK_ERROR) {
+		code = krb5_rd_error(s->kctx, &body, &kerr);
+		if (code == 0) {
+			code = kerr->error != 0 ? (krb5_error_code)kerr->error + ERROR_TABLE_BASE_krb5 :
+			    KRB5KRB_ERR_GENERIC;
+			krb5_free_error(s->kctx, kerr);
+		}
+		s4u_classify(S4U_STEP_MUTUAL, 0, code, &c);
+		msgtxt = krb5_get_error_message(s->kctx, code);
+		set_err(err, KCD_ERR_PROXY, c.name, "mutual authentication: the backend answered "
+		    "with a Kerberos error instead of a reply (did not verify): %s", msgtxt);
+		krb5_free_error_message(s->kctx, msgtxt);
+		return -1;
+	}
+	code = krb5_rd_rep(s->kctx, k->ac, &body, &rep);
+	if (code != 0 && krb5_auth_con_getsendsubkey(s->kctx, k->ac, &sub) == 0 && sub != NULL) {
+		/* MIT's GSS tries the subkey too (older acceptors used it) */
+		if (krb5_auth_con_setuseruserkey(s->kctx, k->ac, sub) == 0 &&
+		    krb5_rd_rep(s->kctx, k->ac, &body, &rep) == 0)
+			code = 0;
+		krb5_free_keyblock(s->kctx, sub);
+	}
+	if (code != 0) {
+		s4u_classify(S4U_STEP_MUTUAL, 0, code, &c);
+		msgtxt = krb5_get_error_message(s->kctx, code);
+		set_err(err, KCD_ERR_PROXY, c.name,
+		    "mutual authentication: the backend's reply token did not verify: %s", msgtxt);
+		krb5_free_error_message(s->kctx, msgtxt);
+		return -1;
+	}
+	krb5_free_ap_rep_enc_part(s->kctx, rep);
+	return 0;
 }
 
 int
@@ -1066,6 +1344,10 @@ s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64, struct 
 		in.value = (void *)rt;
 		in.length = rtlen;
 	}
+	if (k->ac != NULL) {
+		ret = verify_fast(s, k, in.value, in.length, err);
+		goto cleanup;
+	}
 	major = gss_init_sec_context(&minor, GSS_C_NO_CREDENTIAL, &k->ctx, k->target,
 	    &krb5_mech_oid, 0, 0, GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out, &ret_flags, NULL);
 	if (GSS_ERROR(major)) {
@@ -1092,6 +1374,153 @@ cleanup:
 	return ret;
 }
 
+/* ---- warm tokens: the fast path (loop) ------------------------------------------------- */
+
+#define CKSUMTYPE_GSS	0x8003		/* RFC 4121 4.1.1 */
+
+static void
+imp_free(struct s4u *s, struct imp_cred *ic)
+{
+	OM_uint32 minor;
+
+	if (ic->gss != GSS_C_NO_CREDENTIAL)
+		gss_release_cred(&minor, &ic->gss);
+	if (ic->svc != NULL)
+		krb5_free_creds(s->kctx, ic->svc);
+	free(ic);
+}
+
+/* The 0x8003 checksum mk_req puts in the authenticator, built before the
+ * call (it depends on nothing mk_req makes: no delegation). */
+struct cksum_arg {
+	unsigned char buf[S4U_GSS_CKSUM_LEN];
+	krb5_data data;
+};
+
+static krb5_error_code KRB5_CALLCONV
+gss_cksum(krb5_context kc, krb5_auth_context ac, void *arg, krb5_data **out)
+{
+	struct cksum_arg *ca = arg;
+
+	(void)kc;
+	(void)ac;
+	*out = &ca->data;
+	return 0;
+}
+
+/* What gss_init_sec_context does for a later token on ic (MIT 1.20,
+ * init_sec_context.c kg_new_connection / make_ap_req_v1), minus its
+ * per-call krb5 context, ccache lookups and locks: an auth context with
+ * sequence numbers, a fresh subkey (AP_OPTS_USE_SUBKEY), mutual
+ * authentication required (with RFC 4537 etype negotiation, as MIT asks)
+ * for KCD_F_MUTUAL, and the 0x8003 checksum over the channel bindings
+ * with MIT's context flags; the AP-REQ in RFC 2743 framing. On ic's
+ * service ticket, through s->kctx. Returns 0 with *tok (base64, the
+ * caller's) and, for KCD_F_MUTUAL, *acp (the caller's: it holds the
+ * session key and the authenticator the AP-REP must match); -1 when the
+ * fast path cannot make this token (nothing to release; the caller takes
+ * the GSS route): no ticket kept, its end within S4U_TICKET_MARGIN_MS,
+ * or a krb5 failure (logged at debug). */
+static int
+fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
+    uint32_t flags, const char *principal, char **tok, krb5_auth_context *acp)
+{
+	unsigned char appdata[sizeof(S4U_CB_PREFIX) - 1 + KCD_CB_MAX], bnd[16];
+	struct cksum_arg ca;
+	krb5_auth_context ac = NULL;
+	krb5_data apreq = { KV5M_DATA, 0, NULL };
+	krb5_flags opts = AP_OPTS_USE_SUBKEY;
+	krb5_error_code code = 0;
+	unsigned char *framed = NULL;
+	size_t flen, cap;
+	char *b64 = NULL;
+	int ret = -1;
+
+	if (s->kctx == NULL || ic == NULL || ic->svc == NULL ||
+	    (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 <= unix_ms() + S4U_TICKET_MARGIN_MS)
+		return -1;
+	if (cb_len > KCD_CB_MAX)
+		return -1;
+	memcpy(appdata, S4U_CB_PREFIX, sizeof(S4U_CB_PREFIX) - 1);
+	if (cb_len > 0)
+		memcpy(appdata + sizeof(S4U_CB_PREFIX) - 1, cb, cb_len);
+	if (s4u_cb_md5(cb_len > 0 ? appdata : NULL, sizeof(S4U_CB_PREFIX) - 1 + cb_len, bnd) != 0) {
+		log_debug("s4u", "warm token for %s: no MD5 for the channel bindings", principal);
+		return -1;
+	}
+	s4u_gss_checksum(bnd, s4u_gss_flags(flags), ca.buf);
+	ca.data.magic = KV5M_DATA;
+	ca.data.length = sizeof(ca.buf);
+	ca.data.data = (char *)ca.buf;
+	if ((code = krb5_auth_con_init(s->kctx, &ac)) != 0 ||
+	    (code = krb5_auth_con_setflags(s->kctx, ac, KRB5_AUTH_CONTEXT_DO_SEQUENCE)) != 0 ||
+	    (code = krb5_auth_con_set_req_cksumtype(s->kctx, ac, CKSUMTYPE_GSS)) != 0 ||
+	    (code = krb5_auth_con_set_checksum_func(s->kctx, ac, gss_cksum, &ca)) != 0)
+		goto cleanup;
+	if (flags & KCD_F_MUTUAL)
+		opts |= AP_OPTS_MUTUAL_REQUIRED | AP_OPTS_ETYPE_NEGOTIATION;
+	if ((code = krb5_mk_req_extended(s->kctx, &ac, opts, NULL, ic->svc, &apreq)) != 0)
+		goto cleanup;
+	/* ca is on this stack: a kept auth context must not point to it */
+	if ((code = krb5_auth_con_set_checksum_func(s->kctx, ac, NULL, NULL)) != 0)
+		goto cleanup;
+	cap = (size_t)apreq.length + 32;
+	if ((framed = malloc(cap)) == NULL) {
+		code = ENOMEM;
+		goto cleanup;
+	}
+	flen = s4u_token_frame(S4U_TOK_AP_REQ, (const unsigned char *)apreq.data, apreq.length,
+	    framed, cap);
+	if (flen == 0 || flen > (KCD_TOKEN_MAX / 4) * 3 - 3) {
+		code = KRB5KRB_ERR_FIELD_TOOLONG;
+		goto cleanup;
+	}
+	if ((b64 = codec_b64_encode(framed, flen)) == NULL) {
+		code = ENOMEM;
+		goto cleanup;
+	}
+	*tok = b64;			/* to the caller */
+	if (flags & KCD_F_MUTUAL) {
+		*acp = ac;
+		ac = NULL;
+	}
+	ret = 0;
+
+cleanup:
+	if (code != 0) {
+		const char *m = krb5_get_error_message(s->kctx, code);
+		log_debug("s4u", "warm token for %s: krb5_mk_req_extended on the cached ticket "
+		    "failed (%s); using gss_init_sec_context", principal, m);
+		krb5_free_error_message(s->kctx, m);
+	}
+	if (ac != NULL)
+		krb5_auth_con_free(s->kctx, ac);
+	if (apreq.data != NULL)
+		krb5_free_data_contents(s->kctx, &apreq);
+	free(framed);
+	return ret;
+}
+
+/* r's token by the fast path (r->ok, token, ac, ticket_end set), or -1
+ * (r untouched) for the GSS route. */
+static int
+fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
+{
+	krb5_auth_context ac = NULL;
+	char *tok = NULL;
+
+	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &ac) != 0) {
+		s->st.fast_fallbacks++;
+		return -1;
+	}
+	r->ok = 1;
+	r->token = tok;
+	r->ac = ac;
+	r->ticket_end = (uint64_t)(uint32_t)ic->svc->times.endtime * 1000;
+	s->st.tokens_fast++;
+	return 0;
+}
+
 /* ---- requests (loop) ------------------------------------------------------------------- */
 
 static void
@@ -1111,8 +1540,10 @@ req_free(struct s4u_req *r)
 		event_free(r->ev);
 	if (r->ccred != NULL)
 		credcache_cred_put(s->cc, r->ccred);
-	if (r->imp != GSS_C_NO_CREDENTIAL)
-		gss_release_cred(&minor, &r->imp);
+	if (r->ic != NULL)
+		imp_free(s, r->ic);
+	if (r->ac != NULL)
+		krb5_auth_con_free(s->kctx, r->ac);
 	if (r->ctx != GSS_C_NO_CONTEXT)
 		gss_delete_sec_context(&minor, &r->ctx, GSS_C_NO_BUFFER);
 	if (r->target != GSS_C_NO_NAME)
@@ -1142,10 +1573,11 @@ deliver(struct s4u_req *r)
 	res.exchange = r->kind == K_LEAD && r->job_ran;
 	res.elapsed_ms = mono_ms() - r->t0;
 	if (r->ok) {
-		if (r->ctx != GSS_C_NO_CONTEXT) {
-			res.ctx_id = ctx_keep(s, r->ctx, r->target);
+		if (r->ctx != GSS_C_NO_CONTEXT || r->ac != NULL) {
+			res.ctx_id = ctx_keep(s, r->ctx, r->target, r->ac);
 			r->ctx = GSS_C_NO_CONTEXT;
 			r->target = GSS_C_NO_NAME;
+			r->ac = NULL;
 		}
 		res.token = r->token;
 		res.ticket_end_ms = r->ticket_end;
@@ -1307,8 +1739,8 @@ lead_done(struct s4u *s, struct s4u_req *r)
 	s->st.s4u2self += r->did_s4u2self;
 	s->st.s4u2proxy += r->did_s4u2proxy;
 	if (r->ok) {
-		w = credcache_complete(s->cc, r->key, r->keylen, r->imp, r->imp_end, &c);
-		r->imp = GSS_C_NO_CREDENTIAL;	/* credcache's now */
+		w = credcache_complete(s->cc, r->key, r->keylen, r->ic, r->imp_end, &c);
+		r->ic = NULL;			/* credcache's now */
 	} else {
 		w = credcache_fail(s->cc, r->key, r->keylen, r->cls, r->name, r->text);
 		log_exchange(s, r);
@@ -1411,17 +1843,10 @@ valid_spn(const char *p, size_t max)
 	return at != NULL && at > p && at[1] != '\0' && strchr(at + 1, '@') == NULL;
 }
 
-int
-s4u_token_request(struct s4u *s, const char *principal, const char *spn,
-    const unsigned char *cb, size_t cb_len, uint32_t flags,
-    s4u_done_fn *fn, void *arg, struct s4u_error *err)
+static int
+check_args(const char *principal, const char *spn, const unsigned char *cb, size_t cb_len,
+    struct s4u_error *err)
 {
-	struct s4u_req *r = NULL;
-	struct credcache_lookup l;
-	size_t plen, slen;
-
-	if (s == NULL || s->magic != S4U_MAGIC || fn == NULL)
-		abort();
 	if (principal == NULL || !valid_principal(principal, KCD_PRINCIPAL_MAX)) {
 		set_err(err, KCD_ERR_INTERNAL, "BAD_PRINCIPAL",
 		    "refusing a token request for an invalid principal (not one user@REALM)");
@@ -1436,6 +1861,67 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 		set_err(err, KCD_ERR_INTERNAL, "BAD_CB", "channel-binding hash of %zu bytes", cb_len);
 		return -1;
 	}
+	return 0;
+}
+
+int
+s4u_token_now(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags, struct s4u_result *res,
+    struct s4u_error *err)
+{
+	struct credcache_cred *c;
+	const struct imp_cred *ic;
+	krb5_auth_context ac = NULL;
+	char *tok = NULL;
+	size_t plen, slen;
+	uint64_t end;
+	int rc;
+
+	if (s == NULL || s->magic != S4U_MAGIC || res == NULL)
+		abort();
+	if (check_args(principal, spn, cb, cb_len, err) != 0)
+		return -1;
+	if ((flags & KCD_F_REFRESH) || s->kctx == NULL)
+		return 0;
+	plen = strlen(principal);	/* both bounded by check_args */
+	slen = strlen(spn);
+	memcpy(s->fast_key, spn, slen + 1);
+	memcpy(s->fast_key + slen + 1, principal, plen + 1);
+	if ((c = credcache_peek(s->cc, s->fast_key, slen + 1 + plen)) == NULL)
+		return 0;
+	ic = credcache_cred_get(c);
+	rc = fast_token(s, ic, cb, cb_len, flags, principal, &tok, &ac);
+	end = rc == 0 ? (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 : 0;
+	credcache_cred_put(s->cc, c);
+	if (rc != 0)
+		return 0;		/* s4u_token_request counts the fallback */
+	free(s->fast_tok);
+	s->fast_tok = tok;
+	memset(res, 0, sizeof(*res));
+	res->ok = 1;
+	res->token = tok;
+	res->ctx_id = ac != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, ac) : 0;
+	res->ticket_end_ms = end;
+	s->st.requests++;
+	s->st.cache_hits++;
+	s->st.tokens++;
+	s->st.tokens_fast++;
+	return 1;
+}
+
+int
+s4u_token_request(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags,
+    s4u_done_fn *fn, void *arg, struct s4u_error *err)
+{
+	struct s4u_req *r = NULL;
+	struct credcache_lookup l;
+	size_t plen, slen;
+
+	if (s == NULL || s->magic != S4U_MAGIC || fn == NULL)
+		abort();
+	if (check_args(principal, spn, cb, cb_len, err) != 0)
+		return -1;
 	plen = strlen(principal);
 	slen = strlen(spn);
 	if ((r = calloc(1, sizeof(*r))) == NULL ||
@@ -1461,7 +1947,6 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 	r->flags = flags;
 	r->fn = fn;
 	r->arg = arg;
-	r->imp = GSS_C_NO_CREDENTIAL;
 	r->ctx = GSS_C_NO_CONTEXT;
 	r->target = GSS_C_NO_NAME;
 	r->t0 = mono_ms();
@@ -1481,6 +1966,10 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 	switch (credcache_lookup(s->cc, r->key, r->keylen, &r->waiter, &l)) {
 	case CREDCACHE_HIT:
 		s->st.cache_hits++;
+		if (fast_answer(s, r, credcache_cred_get(l.cred)) == 0) {
+			credcache_cred_put(s->cc, l.cred);
+			goto immediate;
+		}
 		r->ccred = l.cred;
 		if (submit(s, r, K_INIT) != 0)
 			goto immediate;
@@ -1529,11 +2018,11 @@ immediate:
 static void
 cred_free(void *cred, void *arg)
 {
-	gss_cred_id_t c = cred;
-	OM_uint32 minor;
+	struct s4u *s = arg;
 
-	(void)arg;
-	gss_release_cred(&minor, &c);
+	if (s == NULL || s->magic != S4U_MAGIC)
+		abort();
+	imp_free(s, cred);
 }
 
 static void
@@ -1608,6 +2097,7 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 	cp.max_entries = p->max_entries;
 	cp.now_ms = cache_clock;
 	cp.cred_free = cred_free;
+	cp.free_arg = s;
 	if ((s->cc = credcache_new(&cp)) == NULL) {
 		snprintf(err, errlen, "out of memory for the credential cache");
 		goto fail;
@@ -1616,6 +2106,12 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 	    event_add(s->sweep, &tv) != 0) {
 		snprintf(err, errlen, "cannot add the sweep timer");
 		goto fail;
+	}
+	/* after s4u_env_init (KRB5_CONFIG), before the threads: read once */
+	if (krb5_init_context(&s->kctx) != 0) {
+		s->kctx = NULL;
+		log_warn("s4u", "cannot make a krb5 context for warm tokens: every token goes "
+		    "through gss_init_sec_context on the pool");
 	}
 	if ((s->pool = pool_new(base, p->kdc_concurrency, err, errlen)) == NULL)
 		goto fail;
@@ -1646,6 +2142,9 @@ s4u_free(struct s4u *s)
 	while (s->ctx_head != NULL)
 		ctx_remove(s, s->ctx_head);
 	credcache_free(s->cc);
+	free(s->fast_tok);
+	if (s->kctx != NULL)
+		krb5_free_context(s->kctx);
 	if (s->pcur != NULL && --s->pcur->refs == 0)
 		proxy_free(s->pcur);
 	if (s->sweep != NULL)

@@ -156,6 +156,50 @@ int s4u_spnego_unwrap(const unsigned char *in, size_t len, const unsigned char *
 /* Release a kept context (CTX_RELEASE); unknown ids are ignored. */
 void s4u_ctx_release(struct s4u *s, uint32_t ctx_id);
 
+/* Warm tokens, synchronously (s4u.h, Warm tokens): when principal's
+ * credential for spn is cached with its service ticket and that ticket has
+ * more than S4U_TICKET_MARGIN_MS left, make the token now, on the loop,
+ * and fill *res (its pointers valid until the next s4u call; res->ctx_id
+ * as s4u_token_request's). Returns 1 when answered; 0 when this request
+ * must go through s4u_token_request (nothing kept, no state changed: no
+ * cached credential, KCD_F_REFRESH, a ticket near its end, a krb5 error);
+ * -1 with err for the arguments s4u_token_request refuses. */
+int s4u_token_now(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags, struct s4u_result *res,
+    struct s4u_error *err);
+
+/* The pure pieces of the fast path (unit-tested against RFC vectors):
+ * s4u_cb_md5: Bnd of RFC 4121 4.1.1.2, MD5 over the channel bindings as
+ *   MIT's kg_checksum_channel_bindings lays them out (initiator and
+ *   acceptor address types and lengths, all 0 for GSS_C_AF_UNSPEC, then
+ *   the application data's length and bytes, 32-bit little-endian); 16
+ *   zero bytes when appdata is NULL (no bindings). 0, or -1 (too long, no
+ *   MD5 in this OpenSSL).
+ * s4u_gss_flags: the context flags MIT's gss_init_sec_context puts in the
+ *   checksum for our request flags: CONF | INTEG | TRANS, plus MUTUAL for
+ *   KCD_F_MUTUAL.
+ * s4u_gss_checksum: the authenticator checksum of type 0x8003 (RFC 4121
+ *   4.1.1): Lgth = 16, Bnd, Flags, little-endian, no delegation.
+ * s4u_token_frame: RFC 2743 3.1 framing around a krb5 message: 0x60,
+ *   DER length, the krb5 mechanism OID, the 2-byte TOK_ID (RFC 4121 4.1:
+ *   0x0100 AP-REQ, 0x0200 AP-REP, 0x0300 KRB-ERROR). Returns the framed
+ *   length, or 0 when out (outlen bytes) is too small.
+ * s4u_token_unframe: the reverse, strict: exactly one framed token of the
+ *   krb5 mechanism with a definite length covering all of in. Returns 0
+ *   with *tok_id and the message (pointing into in), else -1. */
+#define S4U_GSS_CKSUM_LEN	24
+#define S4U_TOK_AP_REQ		0x0100u
+#define S4U_TOK_AP_REP		0x0200u
+#define S4U_TOK_ERROR		0x0300u
+int s4u_cb_md5(const unsigned char *appdata, size_t len, unsigned char bnd[16]);
+uint32_t s4u_gss_flags(uint32_t kcd_flags);
+void s4u_gss_checksum(const unsigned char bnd[16], uint32_t gss_flags,
+    unsigned char out[S4U_GSS_CKSUM_LEN]);
+size_t s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
+    unsigned char *out, size_t outlen);
+int s4u_token_unframe(const unsigned char *in, size_t len, unsigned *tok_id,
+    const unsigned char **msg, size_t *msglen);
+
 struct s4u_stats {
 	uint64_t requests;		/* accepted by s4u_token_request */
 	uint64_t cache_hits, negative_hits, waits;
@@ -163,6 +207,11 @@ struct s4u_stats {
 	uint64_t s4u2proxy;		/* S4U2Proxy attempts made by a leader */
 	uint64_t proxy_acquired;	/* proxy credentials acquired from the keytab */
 	uint64_t tokens, errors_user, errors_proxy, errors_unreachable, errors_internal;
+	uint64_t tokens_fast;		/* of tokens: made on the loop from the
+					 * cached service ticket (Warm tokens) */
+	uint64_t fast_fallbacks;	/* warm requests the fast path could not
+					 * serve (no ticket kept, near its end,
+					 * krb5 error): GSS route instead */
 	uint64_t timeouts;		/* answered TIMEOUT */
 	uint64_t expired_in_queue;	/* jobs that found their deadline passed
 					 * when a thread got to them (no KDC asked) */

@@ -76,14 +76,15 @@ print_stats(struct s4u *s)
 	printf("stats requests=%llu s4u2self=%llu s4u2proxy=%llu proxy_acquired=%llu "
 	    "cache_hits=%llu negative_hits=%llu waits=%llu tokens=%llu errors_user=%llu "
 	    "errors_proxy=%llu errors_unreachable=%llu errors_internal=%llu timeouts=%llu "
-	    "entries=%u contexts=%u in_flight=%u\n",
+	    "tokens_fast=%llu fast_fallbacks=%llu entries=%u contexts=%u in_flight=%u\n",
 	    (unsigned long long)st.requests, (unsigned long long)st.s4u2self,
 	    (unsigned long long)st.s4u2proxy, (unsigned long long)st.proxy_acquired,
 	    (unsigned long long)st.cache_hits, (unsigned long long)st.negative_hits,
 	    (unsigned long long)st.waits, (unsigned long long)st.tokens,
 	    (unsigned long long)st.errors_user, (unsigned long long)st.errors_proxy,
 	    (unsigned long long)st.errors_unreachable, (unsigned long long)st.errors_internal,
-	    (unsigned long long)st.timeouts, st.entries, st.contexts, st.in_flight);
+	    (unsigned long long)st.timeouts, (unsigned long long)st.tokens_fast,
+	    (unsigned long long)st.fast_fallbacks, st.entries, st.contexts, st.in_flight);
 	fflush(stdout);
 }
 

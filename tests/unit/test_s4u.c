@@ -407,6 +407,146 @@ run_until(struct world *w, struct answers *ans, unsigned n)
 		assert_true(event_base_loop(w->base, EVLOOP_ONCE) >= 0);
 }
 
+/* ---- the fast path's encodings (RFC 4121 4.1.1, RFC 2743 3.1) ---------------- */
+
+static void
+hex_to(const char *hex, unsigned char *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned v;
+		assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
+		out[i] = (unsigned char)v;
+	}
+}
+
+static void
+test_channel_binding_hash_is_md5_of_the_rfc4121_layout(void **state)
+{
+	unsigned char app[21 + 32], bnd[16], want[16];
+
+	(void)state;
+	/* Expected values computed independently (Python hashlib) over RFC
+	 * 4121 4.1.1.2's layout: four 32-bit little-endian zeros (address
+	 * types and lengths, GSS_C_AF_UNSPEC), the application data's length
+	 * (little-endian), the application data. */
+	memcpy(app, "tls-server-end-point:", 21);
+	for (unsigned i = 0; i < 32; i++)
+		app[21 + i] = (unsigned char)i;
+	assert_int_equal(s4u_cb_md5(app, sizeof(app), bnd), 0);
+	hex_to("8f1214c9c9cab8dc3bf866da9aba57a7", want, 16);
+	assert_memory_equal(bnd, want, 16);
+	assert_int_equal(s4u_cb_md5(app, 21, bnd), 0);
+	hex_to("2ea6e9ae9674d953e9d23afaf703e260", want, 16);
+	assert_memory_equal(bnd, want, 16);
+	/* no bindings: Bnd is all zeros */
+	memset(want, 0, sizeof(want));
+	memset(bnd, 0xaa, sizeof(bnd));
+	assert_int_equal(s4u_cb_md5(NULL, 0, bnd), 0);
+	assert_memory_equal(bnd, want, 16);
+	/* more than any tls-server-end-point binding can be */
+	assert_int_equal(s4u_cb_md5(app, 4096, bnd), -1);
+}
+
+static void
+test_checksum_carries_bnd_and_mits_context_flags(void **state)
+{
+	unsigned char bnd[16], out[S4U_GSS_CKSUM_LEN];
+	static const unsigned char want_mutual[S4U_GSS_CKSUM_LEN] = {
+		0x10, 0x00, 0x00, 0x00,				/* Lgth = 16 */
+		0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
+		0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,	/* Bnd */
+		0x32, 0x01, 0x00, 0x00,				/* MUTUAL|CONF|INTEG|TRANS */
+	};
+
+	(void)state;
+	/* GSS_C_MUTUAL_FLAG 2, CONF 16, INTEG 32, TRANS 256 (RFC 2744) */
+	assert_int_equal(s4u_gss_flags(KCD_F_MUTUAL), 0x132);
+	assert_int_equal(s4u_gss_flags(0), 0x130);
+	assert_int_equal(s4u_gss_flags(KCD_F_REFRESH), 0x130);
+	assert_int_equal(s4u_gss_flags(KCD_F_MUTUAL | KCD_F_REFRESH), 0x132);
+	for (unsigned i = 0; i < 16; i++)
+		bnd[i] = (unsigned char)i;
+	s4u_gss_checksum(bnd, s4u_gss_flags(KCD_F_MUTUAL), out);
+	assert_memory_equal(out, want_mutual, sizeof(out));
+	s4u_gss_checksum(bnd, s4u_gss_flags(0), out);
+	assert_int_equal(out[20], 0x30);
+	assert_int_equal(out[21], 0x01);
+}
+
+static void
+test_tokens_are_framed_and_unframed_as_rfc2743_says(void **state)
+{
+	static const unsigned char oid[] = {
+		0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02
+	};
+	unsigned char msg[300], out[400], bad[400];
+	const unsigned char *m;
+	size_t n, mlen;
+	unsigned id;
+
+	(void)state;
+	/* short form: 11 (OID) + 2 (TOK_ID) + 5 = 18 = 0x12 */
+	memcpy(msg, "\x6e\x03\x01\x02\x03", 5);
+	n = s4u_token_frame(S4U_TOK_AP_REQ, msg, 5, out, sizeof(out));
+	assert_int_equal(n, 20);
+	assert_int_equal(out[0], 0x60);
+	assert_int_equal(out[1], 0x12);
+	assert_memory_equal(out + 2, oid, sizeof(oid));
+	assert_int_equal(out[13], 0x01);
+	assert_int_equal(out[14], 0x00);
+	assert_memory_equal(out + 15, msg, 5);
+	assert_int_equal(s4u_token_unframe(out, n, &id, &m, &mlen), 0);
+	assert_int_equal(id, S4U_TOK_AP_REQ);
+	assert_int_equal(mlen, 5);
+	assert_ptr_equal(m, out + 15);
+	/* 0x81 xx for 128..255, 0x82 xx xx from 256 */
+	memset(msg, 0x5a, sizeof(msg));
+	n = s4u_token_frame(S4U_TOK_AP_REP, msg, 200, out, sizeof(out));
+	assert_int_equal(n, 3 + 213);
+	assert_int_equal(out[1], 0x81);
+	assert_int_equal(out[2], 213);
+	assert_int_equal(out[14], 0x02);
+	assert_int_equal(s4u_token_unframe(out, n, &id, &m, &mlen), 0);
+	assert_int_equal(id, S4U_TOK_AP_REP);
+	assert_int_equal(mlen, 200);
+	n = s4u_token_frame(S4U_TOK_ERROR, msg, 300, out, sizeof(out));
+	assert_int_equal(n, 4 + 313);
+	assert_int_equal(out[1], 0x82);
+	assert_int_equal(out[2], 313 >> 8);
+	assert_int_equal(out[3], 313 & 0xff);
+	assert_int_equal(s4u_token_unframe(out, n, &id, &m, &mlen), 0);
+	assert_int_equal(id, S4U_TOK_ERROR);
+	assert_int_equal(mlen, 300);
+	/* too small an output buffer */
+	assert_int_equal(s4u_token_frame(S4U_TOK_AP_REQ, msg, 300, out, 316), 0);
+
+	/* refused: trailing or missing bytes, another tag, another mech's
+	 * OID, no room for the TOK_ID, a non-minimal length */
+	n = s4u_token_frame(S4U_TOK_AP_REP, msg, 5, out, sizeof(out));
+	memcpy(bad, out, n);
+	bad[n] = 0;
+	assert_int_equal(s4u_token_unframe(bad, n + 1, &id, &m, &mlen), -1);
+	assert_int_equal(s4u_token_unframe(out, n - 1, &id, &m, &mlen), -1);
+	memcpy(bad, out, n);
+	bad[0] = 0x30;
+	assert_int_equal(s4u_token_unframe(bad, n, &id, &m, &mlen), -1);
+	memcpy(bad, out, n);
+	bad[12] = 0x03;			/* 1.2.840.113554.1.2.3 */
+	assert_int_equal(s4u_token_unframe(bad, n, &id, &m, &mlen), -1);
+	bad[0] = 0x60;
+	bad[1] = 0x0c;			/* the OID and one byte */
+	memcpy(bad + 2, oid, sizeof(oid));
+	bad[13] = 0x02;
+	assert_int_equal(s4u_token_unframe(bad, 14, &id, &m, &mlen), -1);
+	bad[0] = 0x60;
+	bad[1] = 0x81;			/* long form for 18 */
+	bad[2] = 0x12;
+	memcpy(bad + 3, out + 2, n - 2);
+	assert_int_equal(s4u_token_unframe(bad, n + 1, &id, &m, &mlen), -1);
+	assert_int_equal(s4u_token_unframe(NULL, 0, &id, &m, &mlen), -1);
+	assert_int_equal(s4u_token_unframe(out, 0, &id, &m, &mlen), -1);
+}
+
 static void
 test_invalid_requests_are_refused_synchronously(void **state)
 {
@@ -437,6 +577,27 @@ test_invalid_requests_are_refused_synchronously(void **state)
 	    on_answer, &ans, &err), -1);
 	assert_string_equal(err.name, "BAD_CB");
 	assert_int_equal(ans.n, 0);
+	/* the synchronous fast path refuses the same arguments, and has
+	 * nothing to answer from an empty cache (no state changed) */
+	{
+		struct s4u_result res;
+		struct s4u_stats st;
+
+		assert_int_equal(s4u_token_now(w.s, bad[0], SPN, NULL, 0, 0, &res, &err), -1);
+		assert_string_equal(err.name, "BAD_PRINCIPAL");
+		assert_int_equal(s4u_token_now(w.s, "alice@EXAMPLE.TEST", "HTTP/exchange", NULL, 0,
+		    0, &res, &err), -1);
+		assert_string_equal(err.name, "BAD_SPN");
+		assert_int_equal(s4u_token_now(w.s, "alice@EXAMPLE.TEST", SPN, cb, sizeof(cb), 0,
+		    &res, &err), -1);
+		assert_string_equal(err.name, "BAD_CB");
+		assert_int_equal(s4u_token_now(w.s, "alice@EXAMPLE.TEST", SPN, NULL, 0,
+		    KCD_F_MUTUAL, &res, &err), 0);
+		s4u_stats(w.s, &st);
+		assert_int_equal(st.requests, 0);
+		assert_int_equal(st.entries, 0);
+		assert_int_equal(st.tokens_fast, 0);
+	}
 	/* an unknown context fails cleanly */
 	assert_int_equal(s4u_verify_mutual(w.s, 12345, "YWJj", &err), -1);
 	assert_string_equal(err.name, "NO_CONTEXT");
@@ -560,6 +721,9 @@ main(void)
 		cmocka_unit_test(test_unknown_codes_get_stable_names),
 		cmocka_unit_test(test_badoption_is_told_apart_by_the_evidence_ticket),
 		cmocka_unit_test(test_spnego_reply_is_unwrapped_to_its_response_token),
+		cmocka_unit_test(test_channel_binding_hash_is_md5_of_the_rfc4121_layout),
+		cmocka_unit_test(test_checksum_carries_bnd_and_mits_context_flags),
+		cmocka_unit_test(test_tokens_are_framed_and_unframed_as_rfc2743_says),
 		cmocka_unit_test_teardown(test_invalid_requests_are_refused_synchronously, teardown),
 		cmocka_unit_test_teardown(test_missing_keytab_is_a_cached_proxy_refusal, teardown),
 		cmocka_unit_test_teardown(test_unreachable_kdc_is_never_cached, teardown),
