@@ -40,7 +40,7 @@ admin_answer(const char *method, const char *path, char *body, size_t len,
     const char **ctype)
 {
 	const struct metrics_shm *m = metrics_shm_self();
-	char why[128];
+	char why[768];
 	size_t n;
 
 	*ctype = "text/plain; charset=utf-8";

@@ -4,7 +4,9 @@
  * bound, answering only
  *   GET /metrics   Prometheus text (metrics.c, the sum of every process)
  *   GET /healthz   200 while the process answers
- *   GET /readyz    200 when kcd runs and a backend server is up, else 503
+ *   GET /readyz    200 when kcd runs and holds the proxy's TGT (not yet
+ *                  expired) and a backend server is up, else 503 with
+ *                  the missing part ("not ready: kcd: no TGT for ...")
  * and 404/405/400 to anything else. One request per connection; a request
  * head larger than ADMIN_MAX_HEAD or slower than ADMIN_TIMEOUT_MS is
  * dropped. Nothing here touches device traffic.

@@ -755,6 +755,8 @@ gen_kcd_start(struct egen *g, int *worker_end)
 		int e;
 
 		g->kargs.ctl_fd = ctl[1];
+		if (g->kslot >= 0)
+			g->kargs.tgt_slot = &p->shm->slot[g->kslot];	/* not the worker's */
 		/* process-directed signals go to the embedding program's threads */
 		sigfillset(&all);
 		pthread_sigmask(SIG_BLOCK, &all, &old);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/queue.h>
 
@@ -31,6 +32,14 @@
 
 #define KCD_MAGIC	0x4b434431u	/* "KCD1" */
 #define PEER_MAGIC	0x4b504552u	/* "KPER" */
+
+/* The proxy's TGT is checked at start, again S4U_PROXY_MARGIN_MS before
+ * its end (the check renews it then), at least every TGT_CHECK_MAX_MS (a
+ * request may have dropped it), and while there is none every
+ * TGT_RETRY_MIN_MS doubling up to TGT_RETRY_MAX_MS. */
+#define TGT_RETRY_MIN_MS	2000u
+#define TGT_RETRY_MAX_MS	30000u
+#define TGT_CHECK_MAX_MS	(10u * 60u * 1000u)
 
 struct kcd;
 
@@ -67,6 +76,11 @@ struct kcd {
 	struct event *deadline_ev;
 	struct s4u *s4u;		/* the Kerberos core */
 	struct directory *dir;		/* [ldap] checks; NULL when uri is empty */
+	struct event *tgt_ev;		/* the next check of the proxy's TGT */
+	struct metrics_slot *tgt_slot;	/* where /readyz reads it */
+	uint64_t tgt_end_ms;		/* unix ms of the TGT last held; 0 none */
+	unsigned tgt_backoff_ms;	/* 0 while one is held */
+	char tgt_err[KCD_NAME_MAX];	/* the last failure's name (logged once) */
 	LIST_HEAD(, pending) pending;
 	int draining;
 	uint64_t deadline_ms;
@@ -410,6 +424,128 @@ on_peer_close(struct ipc_chan *ch, const char *why, void *arg)
 	peer_drop(p, why, strstr(why, "closed the channel") == NULL);
 }
 
+/* ---- the proxy's TGT (/readyz) --------------------------------------------------- */
+
+static uint64_t
+unix_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void
+fmt_utc(uint64_t ms, char *buf, size_t len)
+{
+	time_t t = (time_t)(ms / 1000u);
+	struct tm tm;
+
+	if (ms == UINT64_MAX)
+		snprintf(buf, len, "no end");
+	else if (gmtime_r(&t, &tm) == NULL || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, len, "%llu", (unsigned long long)(ms / 1000u));
+}
+
+static void
+tgt_arm(struct kcd *k, uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000u), (suseconds_t)((ms % 1000u) * 1000u) };
+
+	evtimer_add(k->tgt_ev, &tv);
+}
+
+static int64_t
+tgt_end_s(uint64_t ms)
+{
+	return ms == UINT64_MAX ? INT64_MAX : (int64_t)(ms / 1000u);
+}
+
+/* s4u.c answered a check of the proxy's TGT (on this loop): publish it
+ * for /readyz, log what changed, and arm the next check. */
+static void
+on_tgt(const struct s4u_proxy_state *st, void *arg)
+{
+	struct kcd *k = arg;
+	const char *p = k->cfg->kerberos.principal;
+	uint64_t now = unix_now_ms(), left, next;
+	char until[32], why[sizeof(k->tgt_slot->kcd_tgt_why)];
+	int held, repeat;
+
+	assert(k->magic == KCD_MAGIC);
+	if (st->ok) {
+		fmt_utc(st->end_ms, until, sizeof(until));
+		if (k->tgt_end_ms == 0 || k->tgt_end_ms <= now)
+			log_info("kcd", "obtained the TGT for %s from the keytab, valid until %s",
+			    p, until);
+		else if (st->end_ms > k->tgt_end_ms)
+			log_info("kcd", "renewed the TGT for %s, valid until %s", p, until);
+		k->tgt_end_ms = st->end_ms;
+		k->tgt_backoff_ms = 0;
+		k->tgt_err[0] = '\0';
+		metrics_kcd_tgt(k->tgt_slot, tgt_end_s(st->end_ms), "");
+		/* renew S4U_PROXY_MARGIN_MS before the end; a TGT shorter than
+		 * that (the KDC's policy) halfway through what is left */
+		left = st->end_ms == UINT64_MAX ? TGT_CHECK_MAX_MS :
+		    st->end_ms > now ? st->end_ms - now : 0;
+		next = left > S4U_PROXY_MARGIN_MS + 1000u ? left - S4U_PROXY_MARGIN_MS : left / 2;
+		next = next < 1000u ? 1000u : next > TGT_CHECK_MAX_MS ? TGT_CHECK_MAX_MS : next;
+		tgt_arm(k, next);
+		return;
+	}
+
+	held = st->end_ms > now;
+	k->tgt_backoff_ms = k->tgt_backoff_ms == 0 ? TGT_RETRY_MIN_MS :
+	    k->tgt_backoff_ms * 2 > TGT_RETRY_MAX_MS ? TGT_RETRY_MAX_MS : k->tgt_backoff_ms * 2;
+	repeat = strcmp(k->tgt_err, st->name) == 0 && (held || k->tgt_end_ms == 0);
+	snprintf(k->tgt_err, sizeof(k->tgt_err), "%s", st->name);
+	fmt_utc(st->end_ms, until, sizeof(until));
+	if (held) {
+		snprintf(why, sizeof(why), "renewing the TGT for %s failed: %s: %s", p, st->name, st->text);
+		if (repeat)
+			log_debug("kcd", "still cannot renew the TGT for %s (valid until %s): kdc_%s",
+			    p, until, st->name);
+		else
+			log_warn("kcd", "cannot renew the TGT for %s (still valid until %s; "
+			    "retrying every %u s at most): kdc_%s: %s", p, until,
+			    TGT_RETRY_MAX_MS / 1000u, st->name, st->text);
+	} else if (k->tgt_end_ms != 0) {
+		snprintf(why, sizeof(why), "%s the TGT for %s failed: %s: %s", st->end_ms != 0 ?
+		    "renewing" : "acquiring", p, st->name, st->text);
+		log_error("kcd", "lost the TGT for %s (%s %s; not ready until a new one): kdc_%s: %s",
+		    p, st->end_ms != 0 ? "it expired at" : "the KDC refused it, last valid until",
+		    st->end_ms != 0 ? until : "", st->name, st->text);
+		k->tgt_end_ms = 0;
+	} else {
+		snprintf(why, sizeof(why), "no TGT for %s: %s: %s", p, st->name, st->text);
+		if (repeat)
+			log_debug("kcd", "still no TGT for %s: kdc_%s", p, st->name);
+		else
+			log_error("kcd", "no TGT for %s (not ready; retrying every %u s at most): "
+			    "kdc_%s: %s", p, TGT_RETRY_MAX_MS / 1000u, st->name, st->text);
+	}
+	metrics_kcd_tgt(k->tgt_slot, st->end_ms != 0 ? tgt_end_s(st->end_ms) : 0, why);
+	tgt_arm(k, k->tgt_backoff_ms);
+}
+
+static void
+on_tgt_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct kcd *k = arg;
+
+	(void)fd;
+	(void)what;
+	assert(k->magic == KCD_MAGIC);
+	if (k->draining)
+		return;		/* a newer generation's kcd takes over */
+	if (s4u_proxy_check(k->s4u, on_tgt, k) != 0) {
+		log_error("kcd", "cannot check the TGT for %s (out of memory, or a check is "
+		    "still running); trying again in %u s", k->cfg->kerberos.principal,
+		    TGT_RETRY_MAX_MS / 1000u);
+		tgt_arm(k, TGT_RETRY_MAX_MS);
+	}
+}
+
 /* ---- drain ---------------------------------------------------------------------- */
 
 static void
@@ -614,6 +750,17 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 			goto cleanup;
 		}
 		metrics_self()->kcd_ready = 1;	/* for /readyz */
+		/* /readyz also needs the proxy's TGT: acquire it now, on the
+		 * KDC pool, rather than at the first device request */
+		k->tgt_slot = a->tgt_slot != NULL ? a->tgt_slot : metrics_self();
+		snprintf(err, sizeof(err), "no TGT for %s yet: acquiring it from the keytab",
+		    c->kerberos.principal);
+		metrics_kcd_tgt(k->tgt_slot, 0, err);
+		if ((k->tgt_ev = evtimer_new(k->base, on_tgt_timer, k)) == NULL) {
+			log_error("kcd", "cannot add the TGT check timer");
+			goto cleanup;
+		}
+		tgt_arm(k, 0);
 	}
 	if (ipc_send(k->ctl, IPC_READY, 0, NULL, 0, -1) != 0)
 		log_error("kcd", "cannot report ready to the parent");
@@ -626,6 +773,8 @@ cleanup:
 	if (k == NULL)
 		return rc;
 	metrics_self()->kcd_ready = 0;
+	if (k->tgt_slot != NULL)
+		metrics_kcd_tgt(k->tgt_slot, 0, "kcd has stopped");
 	directory_free(k->dir);		/* cancels (frees) its pending requests */
 	if (k->s4u != NULL)
 		s4u_free(k->s4u);	/* unanswered callbacks are not called */
@@ -642,6 +791,8 @@ cleanup:
 		ipc_chan_free(k->ctl);
 	if (k->deadline_ev != NULL)
 		event_free(k->deadline_ev);
+	if (k->tgt_ev != NULL)
+		event_free(k->tgt_ev);
 	if (k->term_ev != NULL)
 		event_free(k->term_ev);
 	k->magic = 0;

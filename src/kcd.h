@@ -13,6 +13,7 @@
 #define EKP_KCD_H
 
 struct config;
+struct metrics_slot;
 
 struct event_base;
 
@@ -26,6 +27,11 @@ struct kcd_args {
 	int ctl_fd;		/* control channel to the parent (proc.c, or the
 				 * embedding layer: same messages either way) */
 	unsigned n_workers;	/* valid slots for IPC_WORKER_CHANNEL */
+	/* where kcd publishes the proxy's TGT state for /readyz: its own
+	 * metrics slot; NULL = metrics_self() (a kcd process attached to its
+	 * slot). A kcd thread shares the process' slot pointer with the
+	 * worker, so the embedding layer names the kcd's slot here. */
+	struct metrics_slot *tgt_slot;
 };
 
 /* The kcd process' main: its own event loop, SIGTERM drains, SIGPIPE is

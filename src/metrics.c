@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 
 #include "metrics.h"
@@ -100,15 +101,86 @@ metrics_shm_self(void)
 	return attached;
 }
 
+void
+metrics_kcd_tgt(struct metrics_slot *s, int64_t end_s, const char *why)
+{
+	uint32_t seq = __atomic_load_n(&s->kcd_tgt_seq, __ATOMIC_RELAXED);
+
+	/* odd: a reader that starts now or overlaps retries (read_tgt) */
+	__atomic_store_n(&s->kcd_tgt_seq, seq + 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(&s->kcd_tgt_end, end_s, __ATOMIC_RELAXED);
+	snprintf(s->kcd_tgt_why, sizeof(s->kcd_tgt_why), "%s", why != NULL ? why : "");
+	__atomic_store_n(&s->kcd_tgt_seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+/* A consistent copy of a kcd slot's TGT state (the writer is another
+ * process). Returns 0, or -1 when kcd kept rewriting it meanwhile. */
+static int
+read_tgt(const struct metrics_slot *s, int64_t *end, char *why, size_t len)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		uint32_t seq = __atomic_load_n(&s->kcd_tgt_seq, __ATOMIC_ACQUIRE);
+		int64_t e;
+
+		if (seq & 1u)
+			continue;
+		e = __atomic_load_n(&s->kcd_tgt_end, __ATOMIC_RELAXED);
+		if (why != NULL && len > 0) {
+			size_t n = len - 1 < sizeof(s->kcd_tgt_why) - 1 ? len - 1 :
+			    sizeof(s->kcd_tgt_why) - 1;
+			memcpy(why, s->kcd_tgt_why, n);
+			why[n] = '\0';
+		}
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&s->kcd_tgt_seq, __ATOMIC_RELAXED) == seq) {
+			*end = e;
+			return 0;
+		}
+	}
+	return -1;
+}
+
 int
 metrics_ready(const struct metrics_shm *m, char *why, size_t len)
 {
-	int kcd = 0, up = 0, workers = 0;
+	int kcd = 0, tgt = 0, up = 0, workers = 0;
+	time_t now = time(NULL);
+	char tgt_why[sizeof(m->slot[0].kcd_tgt_why) + 128] = "";
 
 	for (unsigned i = 0; i < m->nslots; i++) {
 		const struct metrics_slot *s = &m->slot[i];
-		if (s->kind == SLOT_KCD && s->kcd_ready)
+		if (s->kind == SLOT_KCD && s->kcd_ready) {
+			char w[sizeof(s->kcd_tgt_why)];
+			int64_t end = 0;
+			struct tm tm;
+			time_t t;
+
 			kcd = 1;
+			if (read_tgt(s, &end, w, sizeof(w)) != 0) {
+				if (tgt_why[0] == '\0')
+					snprintf(tgt_why, sizeof(tgt_why), "kcd: its TGT is "
+					    "being replaced; ask again");
+				continue;
+			}
+			if (end > (int64_t)now) {
+				tgt = 1;
+				continue;
+			}
+			if (tgt_why[0] != '\0')
+				continue;	/* one cause is enough */
+			if (end == 0)
+				snprintf(tgt_why, sizeof(tgt_why), "kcd: %s", w[0] != '\0' ? w :
+				    "no TGT for the proxy yet (its first acquisition is in progress)");
+			else {
+				t = (time_t)end;
+				gmtime_r(&t, &tm);
+				snprintf(tgt_why, sizeof(tgt_why), "kcd: the proxy's TGT expired at "
+				    "%04d-%02d-%02dT%02d:%02d:%02dZ%s%s", tm.tm_year + 1900,
+				    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+				    w[0] != '\0' ? "; " : "", w);
+			}
+		}
 		if (s->kind == SLOT_WORKER) {
 			workers++;
 			if (s->backend_servers_up > 0)
@@ -117,6 +189,8 @@ metrics_ready(const struct metrics_shm *m, char *why, size_t len)
 	}
 	if (!kcd)
 		snprintf(why, len, "kcd is not running");
+	else if (!tgt)
+		snprintf(why, len, "%s", tgt_why);
 	else if (workers == 0)
 		snprintf(why, len, "no worker is running");
 	else if (!up)
@@ -183,8 +257,9 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 {
 	struct metrics_slot t;
 	struct out o = { buf, len, 0, 0 };
-	int64_t open = 0, parked = 0, idle = 0, bconns = 0;
-	unsigned workers = 0;
+	int64_t open = 0, parked = 0, idle = 0, bconns = 0, tgt_end = 0;
+	unsigned workers = 0, tgt_valid = 0;
+	int64_t now = (int64_t)time(NULL);
 	uint64_t cum = 0;
 	char tok[64];
 
@@ -200,6 +275,13 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 		idle += s->backend_pool_idle;
 		bconns += s->backend_conns_open;
 		workers += s->kind == SLOT_WORKER;
+		if (s->kind == SLOT_KCD && s->kcd_ready) {
+			int64_t end = 0;
+
+			if (read_tgt(s, &end, NULL, 0) == 0 && end > tgt_end)
+				tgt_end = end;
+			tgt_valid |= end > now;
+		}
 	}
 
 	emit(&o, "# HELP eas_kcd_proxy_requests_total Requests by outcome reason and status class.\n"
@@ -274,5 +356,16 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 	    "eas_kcd_proxy_workers %u\n",
 	    (unsigned long long)(t.ldap_lookups - t.ldap_errors),
 	    (unsigned long long)t.ldap_errors, workers);
+	emit(&o, "# HELP eas_kcd_proxy_kcd_tgt_valid 1 while kcd holds the proxy's own TGT "
+	    "(/readyz needs it), else 0.\n"
+	    "# TYPE eas_kcd_proxy_kcd_tgt_valid gauge\n"
+	    "eas_kcd_proxy_kcd_tgt_valid %u\n"
+	    "# HELP eas_kcd_proxy_kcd_tgt_end_seconds When the proxy's TGT ends (Unix time; "
+	    "in the past: expired), 0 before kcd ever had one.\n"
+	    "# TYPE eas_kcd_proxy_kcd_tgt_end_seconds gauge\n", tgt_valid);
+	if (tgt_end == INT64_MAX)
+		emit(&o, "eas_kcd_proxy_kcd_tgt_end_seconds +Inf\n");
+	else
+		emit(&o, "eas_kcd_proxy_kcd_tgt_end_seconds %lld\n", (long long)tgt_end);
 	return o.full ? 0 : o.n;
 }

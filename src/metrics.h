@@ -44,6 +44,13 @@ struct metrics_slot {
 	/* for /readyz */
 	int64_t backend_servers_up;		/* worker: servers its backend sees up */
 	int64_t kcd_ready;			/* kcd: 1 once its Kerberos core runs */
+	/* kcd: the proxy's own TGT, written by metrics_kcd_tgt only (a
+	 * sequence lock: the reader copies the text while kcd may rewrite it) */
+	uint32_t kcd_tgt_seq;			/* odd while being written */
+	int64_t kcd_tgt_end;			/* unix s it is valid until; 0 = none,
+						 * INT64_MAX = no end */
+	char kcd_tgt_why[512];			/* why there is none, or why the last
+						 * renewal failed; "" = fine */
 };
 
 struct metrics_shm {
@@ -63,9 +70,16 @@ void metrics_slot_release(struct metrics_shm *m, int i);
 /* The region this process attached to (NULL when not attached). */
 const struct metrics_shm *metrics_shm_self(void);
 
-/* /readyz: 1 when a kcd is up and some worker sees a backend server up;
- * else 0 with the missing part in why. */
+/* /readyz: 1 when a kcd is up and holds the proxy's TGT (its end not
+ * reached) and some worker sees a backend server up; else 0 with the
+ * missing part in why ("kcd: no TGT for P: CLIENT_NOT_FOUND: ..."). */
 int metrics_ready(const struct metrics_shm *m, char *why, size_t len);
+
+/* kcd: publish into slot s (its own; the single writer) that it holds the
+ * proxy's TGT until end_s (unix seconds; 0 = it holds none, INT64_MAX = no
+ * end) and why it has none or its last renewal failed ("" or NULL when
+ * fine). The admin listener reads it for /readyz and /metrics. */
+void metrics_kcd_tgt(struct metrics_slot *s, int64_t end_s, const char *why);
 
 /* Child: this process' slot (set once after fork). */
 void metrics_attach(struct metrics_shm *m, int slot);

@@ -550,6 +550,7 @@ struct s4u {
 	unsigned pfail_attempt;		/* under pmu: the last one that found no KDC */
 	char pfail_name[KCD_NAME_MAX];
 	char pfail_text[KCD_TEXT_MAX];
+	int pcheck;			/* loop: an s4u_proxy_check is in flight */
 	_Atomic uint64_t fwd_seen;	/* mono ms of the last proof of protocol transition */
 
 	struct s4u_req *reqs;		/* every live request */
@@ -826,6 +827,113 @@ cleanup:
 	if (old != NULL)
 		proxy_free(old);
 	return ret;
+}
+
+/* ---- the proxy's credential ahead of requests (s4u_proxy_check) -------------------- */
+
+#define CHECK_MAGIC	0x53345043u	/* "S4PC" */
+
+/* One s4u_proxy_check. proxy_get reports into a request's answer fields,
+ * so the check carries a request for that alone (r: ok, cls, name, text,
+ * did_acquire). The pool owns it from submission until check_done or
+ * check_drop frees it. */
+struct proxy_check {
+	unsigned magic;
+	struct s4u *s;
+	struct pool_job job;
+	s4u_proxy_fn *fn;
+	void *arg;
+	int ok;
+	uint64_t end_ms;		/* unix ms; UINT64_MAX: no end; 0: none */
+	struct s4u_req r;
+};
+
+static void
+work_check(struct pool_job *job)
+{
+	struct proxy_check *c = CONTAINER_OF(job, struct proxy_check, job);
+	struct s4u *s = c->s;
+	struct proxy_cred *pc;
+	uint64_t end = 0, now, unow;
+
+	pc = proxy_get(s, &c->r);
+	pthread_mutex_lock(&s->pmu);
+	if (pc != NULL)
+		end = pc->end;
+	else if (s->pcur != NULL)
+		end = s->pcur->end;	/* a renewal failed: what is still held */
+	pthread_mutex_unlock(&s->pmu);
+	if (pc != NULL)
+		proxy_put(s, pc);
+	c->ok = pc != NULL;
+	now = mono_ms();
+	unow = unix_ms();
+	if (end == 0 || end == UINT64_MAX)
+		c->end_ms = end;
+	else if (end >= now)
+		c->end_ms = unow + (end - now);
+	else
+		c->end_ms = unow > now - end ? unow - (now - end) : 1;
+}
+
+static void
+check_done(struct pool_job *job)
+{
+	struct proxy_check *c = CONTAINER_OF(job, struct proxy_check, job);
+	struct s4u *s = c->s;
+	struct s4u_proxy_state st;
+
+	if (c->magic != CHECK_MAGIC || s->magic != S4U_MAGIC)
+		abort();
+	s->pcheck = 0;
+	s->st.proxy_acquired += c->r.did_acquire;
+	memset(&st, 0, sizeof(st));
+	st.ok = c->ok;
+	st.acquired = c->r.did_acquire;
+	st.end_ms = c->end_ms;
+	if (!c->ok) {
+		st.cls = c->r.cls;
+		st.name = c->r.name;
+		st.text = c->r.text;
+	}
+	c->fn(&st, c->arg);		/* may start the next check */
+	c->magic = 0;
+	free(c);
+}
+
+static void
+check_drop(struct pool_job *job, int work_ran)
+{
+	struct proxy_check *c = CONTAINER_OF(job, struct proxy_check, job);
+
+	(void)work_ran;
+	c->s->pcheck = 0;		/* s4u_free: the answer goes nowhere */
+	c->magic = 0;
+	free(c);
+}
+
+int
+s4u_proxy_check(struct s4u *s, s4u_proxy_fn *fn, void *arg)
+{
+	struct proxy_check *c;
+
+	if (s == NULL || s->magic != S4U_MAGIC)
+		abort();
+	if (s->pcheck || fn == NULL || (c = calloc(1, sizeof(*c))) == NULL)
+		return -1;
+	c->magic = CHECK_MAGIC;
+	c->s = s;
+	c->fn = fn;
+	c->arg = arg;
+	c->job.work = work_check;
+	c->job.done = check_done;
+	c->job.drop = check_drop;
+	if (pool_submit(s->pool, &c->job) != 0) {
+		free(c);
+		return -1;
+	}
+	s->pcheck = 1;
+	return 0;
 }
 
 /* ---- pool work ----------------------------------------------------------------------- */

@@ -116,7 +116,7 @@ struct s4u_error {
 int s4u_env_init(const char *krb5_conf, char *err, size_t errlen);
 
 /* Strings in p are copied. Starts the pool; contacts no KDC (the proxy's
- * credential is acquired by the first request). */
+ * credential is acquired by s4u_proxy_check or the first request). */
 struct s4u *s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t errlen);
 
 /* Waits for exchanges in progress to finish (with a KDC that never
@@ -199,6 +199,34 @@ size_t s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
     unsigned char *out, size_t outlen);
 int s4u_token_unframe(const unsigned char *in, size_t len, unsigned *tok_id,
     const unsigned char **msg, size_t *msglen);
+
+/* The proxy's own credential (its TGT), as s4u_proxy_check found it;
+ * pointers valid only during the callback. */
+struct s4u_proxy_state {
+	int ok;				/* 1: held, with more than the renewal
+					 * margin left (or as much as the KDC
+					 * gives when that is less) */
+	int acquired;			/* this check ran the AS exchange */
+	uint64_t end_ms;		/* unix ms of its end; UINT64_MAX: no end.
+					 * When !ok: the one still held (a renewal
+					 * failed; maybe past), 0 when none */
+	enum kcd_err_class cls;		/* when !ok */
+	const char *name;		/* when !ok: "CLIENT_NOT_FOUND", "TIMEOUT" ... */
+	const char *text;		/* when !ok: GSS/krb5 detail, principal, hint */
+};
+
+typedef void s4u_proxy_fn(const struct s4u_proxy_state *st, void *arg);
+
+/* Make sure the proxy holds its TGT without waiting for a device: on a KDC
+ * pool thread, the current credential when it has more than
+ * S4U_PROXY_MARGIN_MS left, else an AS exchange from the keytab into the
+ * same private ccache that then serves S4U2Self. It is the requests' own
+ * acquisition (proxy_get): never two at once; a check that arrives while
+ * a request acquires waits for it and shares its answer. fn is called
+ * once, on the loop, unless s4u_free comes first. Returns 0, or -1 when
+ * a check is already in flight, the pool is stopping or memory ran out
+ * (fn not called). */
+int s4u_proxy_check(struct s4u *s, s4u_proxy_fn *fn, void *arg);
 
 struct s4u_stats {
 	uint64_t requests;		/* accepted by s4u_token_request */

@@ -32,10 +32,16 @@ def test_healthz_answers(proxy):
     assert (status, body) == (200, "ok\n")
 
 
-def test_readyz_is_ready_with_kcd_up_and_a_backend_not_known_down(proxy):
-    status, _, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(get(proxy, "/readyz")),
-                                 10, "/readyz 200")
-    assert body == "ready\n"
+def test_readyz_is_not_ready_while_kcd_has_no_tgt(proxy):
+    # This proxy's keytab is a placeholder: kcd runs and the backend is not
+    # known down, but kcd cannot get the proxy's TGT, so it is not ready and
+    # says why (test_readyz.py has the ready case against the lab's KDC).
+    prefix = "not ready: kcd: no TGT for HTTP/proxy.example.test@EXAMPLE.TEST: "
+    status, _, body = wait_until(
+        lambda: (lambda r: r if r[2].startswith(prefix) else None)(get(proxy, "/readyz")),
+        30, "/readyz naming the missing TGT")
+    assert status == 503, (status, body)
+    assert re.search(r"^eas_kcd_proxy_kcd_tgt_valid 0$", get(proxy, "/metrics")[2], re.M)
 
 
 def test_metrics_is_prometheus_text_with_help_and_type(proxy):

@@ -1,0 +1,180 @@
+"""/readyz and the proxy's own TGT (SPEC §8, issue #7): ready means "kcd
+holds the proxy's TGT and a backend server is up".
+
+kcd acquires the TGT at start, on its KDC pool (an AS exchange for the
+[kerberos] principal from the keytab), keeps retrying while it has none and
+renews it before its end; the admin listener reads the result from kcd's
+metrics slot. Pinned down against the lab's real KDC: ready with a good
+keytab and no device traffic at all, and the first device request then
+needs no AS exchange of its own; not ready, with the cause in the body,
+when the keytab's key is stale, the principal unknown or the KDC down at
+start; ready without any device traffic once the KDC is back; the
+eas_kcd_proxy_kcd_tgt_* gauges agree; the error log says when the TGT was
+obtained and why there is none.
+"""
+
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import device
+from ekp import lab_proxy, stop_all, wait_until
+from lab import PROXY, principal
+from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
+
+# generous: the retry backs off to 30 s while there is no TGT
+DEADLINE = 90
+
+
+@pytest.fixture
+def proxies():
+    """Start lab proxies (one worker); stopped at teardown, sanitizer
+    reports checked."""
+    made = []
+
+    def make(lab_, **kw):
+        kw.setdefault("workers", 1)
+        p = lab_proxy(lab_, **kw)
+        made.append(p)
+        return p.start()
+
+    yield make
+    stop_all(made)
+
+
+def admin(p, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{p.admin_port}{path}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def gauge(p, name):
+    """The value of an unlabelled sample in /metrics; fails when absent."""
+    status, body = admin(p, "/metrics")
+    assert status == 200, (status, body)
+    assert f"# HELP {name} " in body and f"# TYPE {name} gauge\n" in body, body
+    m = re.search(rf"^{name} (\S+)$", body, re.M)
+    assert m, f"no {name} sample in /metrics:\n{body}"
+    return float(m.group(1))
+
+
+def wait_readyz(p, status, timeout=DEADLINE):
+    """Poll /readyz until it answers status; returns the body."""
+    got = []
+
+    def check():
+        got[:] = admin(p, "/readyz")
+        return got[0] == status
+
+    try:
+        wait_until(check, timeout, f"/readyz {status}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answer {got}\n{tail(p)}") from None
+    return got[1]
+
+
+def tail(p, n=25):
+    return "\n".join(p.log_text().splitlines()[-n:])
+
+
+def keytab_for(lab_, tmp_path, name):
+    """A principal of the lab's with a keytab of its own under tmp_path."""
+    kt = str(tmp_path / (name.split("/")[1].split(".")[0] + ".keytab"))
+    lab_.kadmin_local(f"addprinc -randkey {name}", check=False)
+    lab_.kadmin_local(f"ktadd -k {kt} {name}")
+    return kt
+
+
+def settings_for(keytab, name):
+    return {"kerberos": {"keytab": keytab, "principal": principal(name)}}
+
+
+def requests_seen(p):
+    return re.findall(r"^eas_kcd_proxy_requests_total\{.*\} (\d+)$",
+                      admin(p, "/metrics")[1], re.M)
+
+
+# ------------------------------------------------------------------ ready --
+
+def test_ready_with_a_good_keytab_before_any_device_and_the_gauges_agree(
+        lab, proxies):
+    as0 = lab.count_kdc_requests("AS", PROXY, status="ISSUE")
+    p = proxies(lab)
+    assert wait_readyz(p, 200) == "ready\n"
+    now = time.time()
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 1
+    end = gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds")
+    # the lab's krb5.conf asks for 10-hour tickets
+    assert now + 9 * 3600 < end <= now + 10 * 3600 + 60, (end, now)
+    assert requests_seen(p) == [], "a device request was made"
+    # exactly one AS exchange for the proxy, before any device asked
+    assert lab.count_kdc_requests("AS", PROXY, status="ISSUE") == as0 + 1
+    assert re.search(r"obtained the TGT for " + re.escape(principal(PROXY)) +
+                     r" from the keytab, valid until \d{4}-\d\d-\d\dT", p.log_text()), tail(p)
+    # the first device request uses that TGT: S4U, no AS exchange of its own
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       target=device.eas_target("Sync", "alice"), method="OPTIONS")
+    assert r.status == 200, (r.status, r.body, tail(p))
+    assert lab.count_kdc_requests("AS", PROXY, status="ISSUE") == as0 + 1
+    assert admin(p, "/healthz") == (200, "ok\n")
+
+
+# -------------------------------------------------------------- not ready --
+
+@pytest.mark.parametrize("case,names", [
+    # the keytab holds an older key than the KDC's
+    ("stale_key", r"(PREAUTH_FAILED|BAD_INTEGRITY)"),
+    # the principal was deleted from the KDC's database
+    ("unknown_principal", r"C_PRINCIPAL_UNKNOWN"),
+])
+def test_not_ready_without_a_tgt_names_the_cause(lab, proxies, tmp_path, case,
+                                                 names):
+    name = f"HTTP/readyz-{case.replace('_', '-')}.example.test"
+    kt = keytab_for(lab, tmp_path, name)
+    if case == "stale_key":
+        lab.kadmin_local(f"cpw -randkey {name}")
+    else:
+        lab.kadmin_local(f"delprinc -force {name}")
+    p = proxies(lab, settings=settings_for(kt, name))
+    # kcd runs and the backend is up: only the TGT is missing
+    p.wait_for_log(r"no TGT for " + re.escape(principal(name)), timeout=DEADLINE)
+    status, body = admin(p, "/readyz")
+    assert status == 503, (status, body)
+    assert re.match(r"not ready: kcd: no TGT for " + re.escape(principal(name)) +
+                    r": " + names + r": ", body), body
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 0
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") == 0
+    # an error-level line with the principal and the krb5 error
+    lines = [ln for ln in p.log_text().splitlines()
+             if "no TGT for " + principal(name) in ln]
+    assert lines and " error " in lines[0] and re.search("kdc_" + names, lines[0]), lines
+    # it keeps trying, and stays not ready (never a 200 by accident)
+    p.wait_for_log(r"still no TGT for " + re.escape(principal(name)), timeout=DEADLINE)
+    assert admin(p, "/readyz")[0] == 503
+    assert admin(p, "/healthz") == (200, "ok\n")
+
+
+def test_kdc_down_at_start_then_ready_without_device_traffic(lab, proxies):
+    lab.stop_kdc()
+    try:
+        p = proxies(lab)
+        p.wait_for_log(r"no TGT for " + re.escape(principal(PROXY)), timeout=DEADLINE)
+        status, body = admin(p, "/readyz")
+        assert status == 503, (status, body)
+        assert body.startswith("not ready: kcd: no TGT for " + principal(PROXY) + ": "), body
+        assert re.search(r"KDC_UNREACH|ECONNREFUSED|TIMEOUT|SVC_UNAVAILABLE", body), body
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 0
+    finally:
+        lab.start_kdc()
+    # no device request: kcd's own retries find the KDC again
+    assert wait_readyz(p, 200) == "ready\n"
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 1
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > time.time()
+    assert requests_seen(p) == [], "a device request was made"
+    p.wait_for_log(r"obtained the TGT for " + re.escape(principal(PROXY)))
