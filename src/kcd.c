@@ -484,11 +484,14 @@ on_tgt(const struct s4u_proxy_state *st, void *arg)
 		k->tgt_backoff_ms = 0;
 		k->tgt_err[0] = '\0';
 		metrics_kcd_tgt(k->tgt_slot, tgt_end_s(st->end_ms), "");
-		/* renew S4U_PROXY_MARGIN_MS before the end; a TGT shorter than
-		 * that (the KDC's policy) halfway through what is left */
+		/* renew S4U_PROXY_MARGIN_MS before the end (half a second
+		 * later, so that the check finds it inside the margin); a TGT
+		 * shorter than that (the KDC's policy) halfway through what is
+		 * left */
 		left = st->end_ms == UINT64_MAX ? TGT_CHECK_MAX_MS :
 		    st->end_ms > now ? st->end_ms - now : 0;
-		next = left > S4U_PROXY_MARGIN_MS + 1000u ? left - S4U_PROXY_MARGIN_MS : left / 2;
+		next = left > S4U_PROXY_MARGIN_MS + 1000u ? left - S4U_PROXY_MARGIN_MS + 500u :
+		    left / 2;
 		next = next < 1000u ? 1000u : next > TGT_CHECK_MAX_MS ? TGT_CHECK_MAX_MS : next;
 		tgt_arm(k, next);
 		return;

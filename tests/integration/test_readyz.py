@@ -178,3 +178,56 @@ def test_kdc_down_at_start_then_ready_without_device_traffic(lab, proxies):
     assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > time.time()
     assert requests_seen(p) == [], "a device request was made"
     p.wait_for_log(r"obtained the TGT for " + re.escape(principal(PROXY)))
+
+
+# ---------------------------------------------------------------- renewal --
+
+def short_lived(lab_, tmp_path, name, maxlife):
+    """A principal whose tickets live at most maxlife (kadmin duration)."""
+    kt = keytab_for(lab_, tmp_path, name)
+    lab_.kadmin_local(f'modprinc -maxlife "{maxlife}" {name}')
+    return kt
+
+
+def test_tgt_is_renewed_before_its_end_without_device_traffic(lab, proxies,
+                                                              tmp_path):
+    # 310-second TGTs: kcd renews 5 minutes before the end, i.e. after about
+    # 10 s, by itself, and stays ready
+    name = "HTTP/readyz-renew.example.test"
+    kt = short_lived(lab, tmp_path, name, "310 seconds")
+    as0 = lab.count_kdc_requests("AS", name, status="ISSUE")
+    p = proxies(lab, settings=settings_for(kt, name))
+    assert wait_readyz(p, 200) == "ready\n"
+    first = gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds")
+    p.wait_for_log(r"renewed the TGT for " + re.escape(principal(name)) +
+                   r", valid until \d{4}-", timeout=DEADLINE)
+    assert lab.count_kdc_requests("AS", name, status="ISSUE") >= as0 + 2
+    assert admin(p, "/readyz") == (200, "ready\n")
+    assert wait_until(lambda: gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > first,
+                      DEADLINE, "a later TGT end in /metrics")
+    assert requests_seen(p) == [], "a device request was made"
+
+
+def test_expired_tgt_with_the_kdc_down_is_not_ready_until_a_new_one(lab, proxies,
+                                                                     tmp_path):
+    # 20-second TGTs and the KDC stopped once kcd has one: the renewal
+    # fails, the TGT runs out, /readyz says so; the KDC back, ready again
+    name = "HTTP/readyz-expire.example.test"
+    kt = short_lived(lab, tmp_path, name, "20 seconds")
+    p = proxies(lab, settings=settings_for(kt, name))
+    assert wait_readyz(p, 200) == "ready\n"
+    lab.stop_kdc()
+    try:
+        body = wait_readyz(p, 503)
+        assert re.match(r"not ready: kcd: the proxy's TGT expired at "
+                        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; renewing the TGT for " +
+                        re.escape(principal(name)) + r" failed: KDC_UNREACH: ", body), body
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 0
+        assert 0 < gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") <= time.time()
+        p.wait_for_log(r"error kcd: lost the TGT for " + re.escape(principal(name)) +
+                       r" \(it expired at .*kdc_KDC_UNREACH", timeout=DEADLINE)
+    finally:
+        lab.start_kdc()
+    assert wait_readyz(p, 200) == "ready\n"
+    p.wait_for_log(r"obtained the TGT for " + re.escape(principal(name)), count=2)
+    assert requests_seen(p) == [], "a device request was made"
