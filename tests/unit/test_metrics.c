@@ -3,7 +3,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "metrics.h"
@@ -72,6 +74,89 @@ small_buffer_renders_nothing(void **state)
 	assert_int_equal(metrics_render(m, buf, sizeof(buf)), 0);
 }
 
+/* /readyz: kcd up, its TGT not yet ended, a worker with a backend server up;
+ * the missing part is named, the TGT first. */
+static void
+readyz_needs_the_proxys_tgt(void **state)
+{
+	struct metrics_shm *m = metrics_shm_create();
+	static char buf[65536];
+	char why[1024], expect[128];
+	struct metrics_slot *k, *w;
+	int64_t now = (int64_t)time(NULL);
+
+	(void)state;
+	assert_non_null(m);
+	k = &m->slot[metrics_slot_alloc(m, SLOT_KCD)];
+	w = &m->slot[metrics_slot_alloc(m, SLOT_WORKER)];
+	w->backend_servers_up = 1;
+
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd is not running");
+
+	/* running, before its first check answered */
+	k->kcd_ready = 1;
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_non_null(strstr(why, "kcd: no TGT for the proxy yet"));
+
+	/* the KDC refused the proxy: kcd's cause, as it published it */
+	metrics_kcd_tgt(k, 0, "no TGT for HTTP/p@R: C_PRINCIPAL_UNKNOWN: not in the database");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd: no TGT for HTTP/p@R: C_PRINCIPAL_UNKNOWN: not in the database");
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "# TYPE eas_kcd_proxy_kcd_tgt_valid gauge\n"
+	    "eas_kcd_proxy_kcd_tgt_valid 0\n"));
+	assert_non_null(strstr(buf, "# TYPE eas_kcd_proxy_kcd_tgt_end_seconds gauge\n"
+	    "eas_kcd_proxy_kcd_tgt_end_seconds 0\n"));
+
+	/* it has one: ready, and the gauges say until when */
+	metrics_kcd_tgt(k, now + 3600, "");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+	assert_string_equal(why, "ready");
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_valid 1\n"));
+	snprintf(expect, sizeof(expect), "eas_kcd_proxy_kcd_tgt_end_seconds %lld\n",
+	    (long long)(now + 3600));
+	assert_non_null(strstr(buf, expect));
+
+	/* a failed renewal while it lasts changes nothing */
+	metrics_kcd_tgt(k, now + 60, "renewing the TGT for HTTP/p@R failed: KDC_UNREACH: x");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+
+	/* past its end: not ready, with the end and the failed renewal */
+	metrics_kcd_tgt(k, 86400, "renewing the TGT for HTTP/p@R failed: KDC_UNREACH: x");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd: the proxy's TGT expired at 1970-01-02T00:00:00Z; "
+	    "renewing the TGT for HTTP/p@R failed: KDC_UNREACH: x");
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_valid 0\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_end_seconds 86400\n"));
+
+	/* a TGT without an end; then the backend is what is missing */
+	metrics_kcd_tgt(k, INT64_MAX, NULL);
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_end_seconds +Inf\n"));
+	w->backend_servers_up = 0;
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "no backend server is up");
+
+	/* a cause longer than the slot holds is cut, never overrun */
+	memset(why, 'x', sizeof(why) - 1);
+	why[sizeof(why) - 1] = '\0';
+	metrics_kcd_tgt(k, 0, why);
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_int_equal(strlen(why), strlen("kcd: ") + sizeof(k->kcd_tgt_why) - 1);
+	/* and a small answer buffer gets a terminated prefix */
+	assert_int_equal(metrics_ready(m, expect, 8), 0);
+	assert_string_equal(expect, "kcd: xx");
+
+	/* kcd gone (its slot released): not running, whatever it held */
+	metrics_slot_release(m, (int)(k - m->slot));
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd is not running");
+}
+
 int
 main(void)
 {
@@ -79,6 +164,7 @@ main(void)
 		cmocka_unit_test(counters_survive_a_child_exit),
 		cmocka_unit_test(kdc_histogram_is_cumulative),
 		cmocka_unit_test(small_buffer_renders_nothing),
+		cmocka_unit_test(readyz_needs_the_proxys_tgt),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
