@@ -89,6 +89,47 @@ fill(struct credcache *cc, const char *key, int id, uint64_t ticket_end)
 }
 
 static void
+test_peek_only_finds_live_credentials_and_changes_nothing_else(void **state)
+{
+	struct credcache *cc = new_cache(600000, 30000, 60000, 0);
+	struct credcache_lookup l;
+	struct credcache_waiter w;
+	struct credcache_cred *c = fill(cc, "alice", 1, now + 3600000), *p;
+	struct credcache_stats st;
+
+	(void)state;
+	/* a live credential: a reference of the caller's, counted as a hit */
+	p = credcache_peek(cc, K("alice"));
+	assert_ptr_equal(p, c);
+	assert_int_equal(((struct fake_cred *)credcache_cred_get(p))->id, 1);
+	credcache_cred_put(cc, p);
+	credcache_stats(cc, &st);
+	assert_int_equal(st.hits, 1);
+	/* unknown, pending and refused keys: NULL, and no entry is made, no
+	 * waiter queued, no refusal answered */
+	assert_null(credcache_peek(cc, K("bob")));
+	credcache_stats(cc, &st);
+	assert_int_equal(st.entries, 1);
+	assert_int_equal(st.misses, 1);			/* fill's own */
+	assert_int_equal(look(cc, "carol", &w, &l), CREDCACHE_LEAD);
+	assert_null(credcache_peek(cc, K("carol")));
+	assert_null(credcache_fail(cc, K("carol"), KCD_ERR_USER, "CLIENT_REVOKED", "x"));
+	assert_null(credcache_peek(cc, K("carol")));
+	credcache_stats(cc, &st);
+	assert_int_equal(st.negative_hits, 0);
+	assert_int_equal(st.waits, 0);
+	/* expired: NULL, and the entry is left for lookup/expire to drop */
+	now += 600000;
+	assert_null(credcache_peek(cc, K("alice")));
+	credcache_stats(cc, &st);
+	assert_int_equal(st.positive, 1);
+	assert_int_equal(st.expirations, 0);
+	credcache_cred_put(cc, c);
+	credcache_free(cc);
+	assert_int_equal(freed, 1);
+}
+
+static void
 test_miss_then_hit_returns_the_same_credential(void **state)
 {
 	struct credcache *cc = new_cache(600000, 30000, 60000, 0);
@@ -461,6 +502,7 @@ main(void)
 		cmocka_unit_test(test_expire_sweeps_stale_entries),
 		cmocka_unit_test(test_keys_are_binary_and_exact),
 		cmocka_unit_test(test_many_keys_grow_the_table),
+		cmocka_unit_test(test_peek_only_finds_live_credentials_and_changes_nothing_else),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
