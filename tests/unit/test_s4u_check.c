@@ -1,0 +1,227 @@
+/*
+ * test_s4u_check.c — s4u_proxy_check (the proxy's TGT ahead of requests,
+ * for /readyz) without a working KDC: the cause of a missing TGT reaches
+ * the callback (no keytab; a KDC that refuses connections), one check at a
+ * time, and s4u_free with a check in flight calls nothing. Obtaining and
+ * renewing a real TGT is tested against the lab by
+ * tests/integration/test_readyz.py.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+#include <krb5.h>
+
+#include "s4u.h"
+
+#define PROXY	"HTTP/proxy.example.test@EXAMPLE.TEST"
+
+struct world {
+	char dir[64], krb5_conf[96], keytab[96];
+	struct event_base *base;
+	struct s4u *s;
+};
+
+struct seen {
+	unsigned n;
+	int ok;
+	uint64_t end_ms;
+	enum kcd_err_class cls;
+	char name[KCD_NAME_MAX];
+	char text[KCD_TEXT_MAX];
+};
+
+static struct world *current;	/* for the teardown when a test failed */
+
+/* A port on 127.0.0.1 with nothing behind it (UDP and TCP refuse). */
+static int
+closed_port(void)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_DGRAM, 0), port;
+
+	assert_true(fd >= 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	port = ntohs(sa.sin_port);
+	close(fd);
+	return port;
+}
+
+/* A keytab with a random AES key for PROXY (no KDC ever sees it). */
+static void
+make_keytab(const char *path)
+{
+	krb5_context kc;
+	krb5_keytab kt;
+	krb5_keytab_entry e;
+	char name[160];
+
+	assert_int_equal(krb5_init_context(&kc), 0);
+	snprintf(name, sizeof(name), "FILE:%s", path);
+	assert_int_equal(krb5_kt_resolve(kc, name, &kt), 0);
+	memset(&e, 0, sizeof(e));
+	assert_int_equal(krb5_parse_name(kc, PROXY, &e.principal), 0);
+	e.vno = 1;
+	assert_int_equal(krb5_c_make_random_key(kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96, &e.key), 0);
+	assert_int_equal(krb5_kt_add_entry(kc, kt, &e), 0);
+	krb5_free_keytab_entry_contents(kc, &e);
+	krb5_kt_close(kc, kt);
+	krb5_free_context(kc);
+}
+
+static void
+world_up(struct world *w, int with_keytab)
+{
+	struct s4u_params p = {
+		.credential_ttl_ms = 600000, .negative_ttl_ms = 30000,
+		.kdc_timeout_ms = 3000, .kdc_concurrency = 2,
+	};
+	char err[256];
+	FILE *f;
+
+	memset(w, 0, sizeof(*w));
+	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u_check.XXXXXX");
+	assert_non_null(mkdtemp(w->dir));
+	current = w;
+	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
+	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
+	assert_non_null(f = fopen(w->krb5_conf, "w"));
+	fprintf(f, "[libdefaults]\n default_realm = EXAMPLE.TEST\n dns_lookup_kdc = false\n"
+	    " dns_canonicalize_hostname = false\n rdns = false\n"
+	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", closed_port());
+	fclose(f);
+	if (with_keytab)
+		make_keytab(w->keytab);
+	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
+	assert_non_null(w->base = event_base_new());
+	p.keytab = w->keytab;
+	p.principal = PROXY;
+	if ((w->s = s4u_new(w->base, &p, err, sizeof(err))) == NULL)
+		fail_msg("s4u_new: %s", err);
+}
+
+static void
+world_down(struct world *w)
+{
+	current = NULL;
+	if (w->s != NULL)
+		s4u_free(w->s);
+	if (w->base != NULL)
+		event_base_free(w->base);
+	unlink(w->keytab);
+	unlink(w->krb5_conf);
+	rmdir(w->dir);
+}
+
+static int
+teardown(void **state)
+{
+	(void)state;
+	if (current != NULL)
+		world_down(current);
+	return 0;
+}
+
+static void
+on_state(const struct s4u_proxy_state *st, void *arg)
+{
+	struct seen *seen = arg;
+
+	seen->n++;
+	seen->ok = st->ok;
+	seen->end_ms = st->end_ms;
+	seen->cls = st->cls;
+	snprintf(seen->name, sizeof(seen->name), "%s", st->ok ? "" : st->name);
+	snprintf(seen->text, sizeof(seen->text), "%s", st->ok ? "" : st->text);
+}
+
+static void
+run_until(struct world *w, struct seen *seen, unsigned n)
+{
+	while (seen->n < n)
+		assert_true(event_base_loop(w->base, EVLOOP_ONCE) >= 0);
+}
+
+static void
+test_no_keytab_is_no_tgt_with_the_cause(void **state)
+{
+	struct world w;
+	struct seen seen = { 0 };
+
+	(void)state;
+	world_up(&w, 0);
+	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), 0);
+	assert_int_equal(seen.n, 0);		/* never from inside the call */
+	run_until(&w, &seen, 1);
+	assert_int_equal(seen.ok, 0);
+	assert_int_equal(seen.end_ms, 0);
+	assert_int_equal(seen.cls, KCD_ERR_PROXY);
+	assert_true(seen.name[0] != '\0');
+	if (strstr(seen.text, PROXY) == NULL || strstr(seen.text, w.keytab) == NULL)
+		fail_msg("the cause names neither the principal nor the keytab: %s", seen.text);
+	world_down(&w);
+}
+
+static void
+test_kdc_refusing_is_unreachable_and_checks_go_one_at_a_time(void **state)
+{
+	struct world w;
+	struct seen seen = { 0 };
+
+	(void)state;
+	world_up(&w, 1);
+	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), 0);
+	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), -1);	/* one in flight */
+	run_until(&w, &seen, 1);
+	assert_int_equal(seen.ok, 0);
+	assert_int_equal(seen.cls, KCD_ERR_UNREACHABLE);
+	assert_string_equal(seen.name, "KDC_UNREACH");
+	assert_int_equal(seen.end_ms, 0);
+	/* answered: the next check may start, and asks again (nothing cached) */
+	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), 0);
+	run_until(&w, &seen, 2);
+	assert_string_equal(seen.name, "KDC_UNREACH");
+	world_down(&w);
+}
+
+static void
+test_free_with_a_check_in_flight_calls_nothing(void **state)
+{
+	struct world w;
+	struct seen seen = { 0 };
+
+	(void)state;
+	world_up(&w, 1);
+	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), 0);
+	s4u_free(w.s);			/* waits for the exchange, drops the answer */
+	w.s = NULL;
+	assert_int_equal(seen.n, 0);
+	world_down(&w);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_no_keytab_is_no_tgt_with_the_cause, teardown),
+		cmocka_unit_test_teardown(test_kdc_refusing_is_unreachable_and_checks_go_one_at_a_time,
+		    teardown),
+		cmocka_unit_test_teardown(test_free_with_a_check_in_flight_calls_nothing, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
