@@ -29,7 +29,7 @@ import pytest
 from ekp import lab_proxy
 from lab import EXCHANGE, REALM, Lab, principal
 from lab_fixtures import lab, lab_session  # noqa: F401  (fixtures)
-from test_s4u import SPN, CB_PREFIX, Served, backend_get, parse
+from test_s4u import SPN, CB_PREFIX, Served, backend_get, parse, spnego_resp
 
 GSS_C_MUTUAL_FLAG = 2
 GSS_C_CHANNEL_BOUND_FLAG = 2048
@@ -187,6 +187,10 @@ def test_fast_mutual_authentication_refuses_what_is_not_the_reply(lab, served):
     _, _, reply = acc.accept(tok)
     assert unframe(reply)[0] == b"\x02\x00"
     assert verify(ctx, reply) == "mutual ok"
+    # ... also inside a SPNEGO NegTokenResp (a backend that wraps it)
+    ctx, tok = mutual_token()
+    _, _, reply = acc.accept(tok)
+    assert served.cmd(f"mutual {ctx} {spnego_resp(reply)}") == "mutual ok"
     # a reply with its encrypted part altered (integrity check fails)
     ctx, tok = mutual_token()
     _, _, reply = acc.accept(tok)
@@ -217,7 +221,7 @@ def test_fast_mutual_authentication_refuses_what_is_not_the_reply(lab, served):
     assert out.startswith("mutual error DEFECTIVE_TOKEN:"), out
     st = served.stats()
     assert st["contexts"] == 0, st
-    assert (st["tokens_fast"], st["fast_fallbacks"]) == (7, 0), st
+    assert (st["tokens_fast"], st["fast_fallbacks"]) == (8, 0), st
 
 
 # ------------------------------------------------------------ the daemon ----
