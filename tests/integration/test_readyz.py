@@ -231,3 +231,20 @@ def test_expired_tgt_with_the_kdc_down_is_not_ready_until_a_new_one(lab, proxies
     assert wait_readyz(p, 200) == "ready\n"
     p.wait_for_log(r"obtained the TGT for " + re.escape(principal(name)), count=2)
     assert requests_seen(p) == [], "a device request was made"
+
+
+# -------------------------------------------------------------- embedding --
+
+@pytest.mark.parametrize("mode", ["kcd_process", "kcd_thread"])
+def test_embedded_gateway_is_ready_once_its_kcd_holds_the_tgt(lab, mode):
+    # the library's admin listener reads the same kcd slot; a kcd thread
+    # publishes into its own slot, not the worker's it shares a process with
+    import test_embed
+    p = test_embed.start_gateway(lab, test_embed.built("san", "examples", "mdm-gateway"),
+                                 args=["-t"] if mode == "kcd_thread" else [])
+    try:
+        assert wait_readyz(p, 200) == "ready\n"
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 1
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > time.time()
+    finally:
+        stop_all([p])
