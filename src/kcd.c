@@ -502,9 +502,15 @@ on_tgt(const struct s4u_proxy_state *st, void *arg)
 	    k->tgt_backoff_ms * 2 > TGT_RETRY_MAX_MS ? TGT_RETRY_MAX_MS : k->tgt_backoff_ms * 2;
 	repeat = strcmp(k->tgt_err, st->name) == 0 && (held || k->tgt_end_ms == 0);
 	snprintf(k->tgt_err, sizeof(k->tgt_err), "%s", st->name);
-	fmt_utc(st->end_ms, until, sizeof(until));
+	/* /readyz: with an end (still held, or expired: the parent compares
+	 * it with the time) the renewal failed; without, there is none */
+	if (st->end_ms != 0)
+		snprintf(why, sizeof(why), "renewing the TGT for %s failed: %s: %s", p, st->name,
+		    st->text);
+	else
+		snprintf(why, sizeof(why), "no TGT for %s: %s: %s", p, st->name, st->text);
 	if (held) {
-		snprintf(why, sizeof(why), "renewing the TGT for %s failed: %s: %s", p, st->name, st->text);
+		fmt_utc(st->end_ms, until, sizeof(until));
 		if (repeat)
 			log_debug("kcd", "still cannot renew the TGT for %s (valid until %s): kdc_%s",
 			    p, until, st->name);
@@ -513,20 +519,18 @@ on_tgt(const struct s4u_proxy_state *st, void *arg)
 			    "retrying every %u s at most): kdc_%s: %s", p, until,
 			    TGT_RETRY_MAX_MS / 1000u, st->name, st->text);
 	} else if (k->tgt_end_ms != 0) {
-		snprintf(why, sizeof(why), "%s the TGT for %s failed: %s: %s", st->end_ms != 0 ?
-		    "renewing" : "acquiring", p, st->name, st->text);
+		/* it ran out, or a request dropped it after a refusal only a
+		 * new one could fix, and getting a new one failed */
+		fmt_utc(st->end_ms != 0 ? st->end_ms : k->tgt_end_ms, until, sizeof(until));
 		log_error("kcd", "lost the TGT for %s (%s %s; not ready until a new one): kdc_%s: %s",
-		    p, st->end_ms != 0 ? "it expired at" : "the KDC refused it, last valid until",
-		    st->end_ms != 0 ? until : "", st->name, st->text);
+		    p, st->end_ms != 0 ? "it expired at" : "dropped after a KDC refusal; it was "
+		    "valid until", until, st->name, st->text);
 		k->tgt_end_ms = 0;
-	} else {
-		snprintf(why, sizeof(why), "no TGT for %s: %s: %s", p, st->name, st->text);
-		if (repeat)
-			log_debug("kcd", "still no TGT for %s: kdc_%s", p, st->name);
-		else
-			log_error("kcd", "no TGT for %s (not ready; retrying every %u s at most): "
-			    "kdc_%s: %s", p, TGT_RETRY_MAX_MS / 1000u, st->name, st->text);
-	}
+	} else if (repeat)
+		log_debug("kcd", "still no TGT for %s: kdc_%s", p, st->name);
+	else
+		log_error("kcd", "no TGT for %s (not ready; retrying every %u s at most): kdc_%s: %s",
+		    p, TGT_RETRY_MAX_MS / 1000u, st->name, st->text);
 	metrics_kcd_tgt(k->tgt_slot, st->end_ms != 0 ? tgt_end_s(st->end_ms) : 0, why);
 	tgt_arm(k, k->tgt_backoff_ms);
 }
