@@ -297,15 +297,22 @@ idle_remove(struct bconn *bc)
 	metrics_self()->backend_pool_idle--;
 }
 
-/* Make bc the caller's: no callbacks, no timeouts, reading off, writing on
- * (backend.h). */
+/* Make bc the caller's: no callbacks, no timeouts, writing enabled
+ * (backend.h). A new connection is not read yet; a pooled one keeps the
+ * read event it watched the idle connection with: what arrives meanwhile
+ * waits in its input (an EOF disables reading and is met again once the
+ * caller enables it), and a reuse costs no epoll_ctl. Writing is only
+ * flagged: with the output empty, bufferevent_enable(EV_WRITE) would arm
+ * a write event that fires once for nothing. */
 static void
-handout(struct bconn *bc)
+handout(struct bconn *bc, int pooled)
 {
 	bufferevent_setcb(bc->bev, NULL, NULL, NULL, NULL);
 	bufferevent_set_timeouts(bc->bev, NULL, NULL);
-	bufferevent_disable(bc->bev, EV_READ);
-	bufferevent_enable(bc->bev, EV_WRITE);
+	if (!pooled)
+		bufferevent_disable(bc->bev, EV_READ);
+	if (!(bufferevent_get_enabled(bc->bev) & EV_WRITE))
+		bufferevent_enable(bc->bev, EV_WRITE);
 	bc->state = BC_BUSY;
 	bc->uses++;
 	TAILQ_INSERT_TAIL(&bc->be->busy, bc, link);
@@ -553,7 +560,7 @@ attempt_succeeded(struct backend_wait *w, struct bufferevent *bev)
 	be->st.connects++;
 	be->st.conns_open++;
 	metrics_self()->backend_conns_open++;
-	handout(bc);
+	handout(bc, 0);
 	log_debug("backend", "connected to %s for %s", bc->srv->name, bc->pool->principal);
 	finish(w, bc, REASON_OK, NULL);
 }
@@ -1000,7 +1007,7 @@ backend_acquire(struct backend *be, const char *principal, backend_ready_fn *fn,
 			bconn_close(bc);	/* the pool still holds our reference */
 			continue;
 		}
-		handout(bc);
+		handout(bc, 1);
 		be->st.reuses++;
 		pool_unref(be, pool);
 		fn(bc, REASON_OK, NULL, arg);

@@ -67,7 +67,10 @@ void backend_free(struct backend *be);
  * down, every connect refused at once) — callers must be ready for that.
  * Returns a wait handle for backend_cancel(), or NULL when the callback has
  * already run. The connection arrives with no bufferevent callbacks, no
- * timeouts and reading disabled (writing enabled): the caller sets its own.
+ * timeouts, an empty output and writing enabled: the caller sets its own.
+ * Reading is disabled on a new connection; a pooled one stays enabled (what
+ * arrived meanwhile waits in the input; an EOF is met again once the caller
+ * enables reading), so that a reuse changes nothing in the event loop.
  * backend_cancel() before the callback: it never runs. */
 struct backend_wait *backend_acquire(struct backend *be, const char *principal,
     backend_ready_fn *fn, void *arg);

@@ -100,6 +100,9 @@
 /* Retry-After for 503 answers (seconds). */
 #define RETRY_AFTER	"30"
 
+/* A string literal into an evbuffer, without printf. */
+#define ADD_LIT(buf, lit)	evbuffer_add((buf), (lit), sizeof(lit) - 1)
+
 #define STEM_MAX	256
 #define QUERY_MAX	512
 #define UA_MAX		160
@@ -135,6 +138,9 @@ struct senv {
 	struct http_limits req_lim;
 	struct http_limits resp_lim;
 	struct event *flush_ev;		/* access log flush, every second */
+	struct evbuffer *dev_direct;	/* a response part put together for
+					 * dev_send; empty between calls */
+	struct evbuffer *be_direct;	/* the same toward the backend (be_send) */
 	LIST_HEAD(, stream) streams;	/* every open stream, for drain and exit */
 };
 
@@ -288,6 +294,37 @@ slice_copy(char *dst, size_t cap, const char *buf, struct http_slice sl)
 
 	memcpy(dst, buf + sl.off, n);
 	dst[n] = '\0';
+}
+
+/* A bounded copy of a C string (what snprintf "%s" did, without the
+ * format machinery: several per request). */
+static void
+str_copy(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* A C string, and a number in decimal, into an evbuffer without printf. */
+static void
+add_str(struct evbuffer *b, const char *str)
+{
+	evbuffer_add(b, str, strlen(str));
+}
+
+static void
+add_u64(struct evbuffer *b, uint64_t v)
+{
+	char tmp[20];
+	size_t n = sizeof(tmp);
+
+	do {
+		tmp[--n] = (char)('0' + v % 10u);
+		v /= 10u;
+	} while (v > 0);
+	evbuffer_add(b, tmp + n, sizeof(tmp) - n);
 }
 
 static void
@@ -963,9 +1000,9 @@ accept_head(struct stream *s, const struct http_msg *m, const char *buf)
 		respond_error(s, REASON_BAD_REQUEST, eas_error_token(eerr));
 		return -1;
 	}
-	snprintf(rq->eas_cmd, sizeof(rq->eas_cmd), "%s", q.cmd);
-	snprintf(rq->device_id, sizeof(rq->device_id), "%s", q.device_id);
-	snprintf(rq->device_type, sizeof(rq->device_type), "%s", q.device_type);
+	str_copy(rq->eas_cmd, sizeof(rq->eas_cmd), q.cmd);
+	str_copy(rq->device_id, sizeof(rq->device_id), q.device_id);
+	str_copy(rq->device_type, sizeof(rq->device_type), q.device_type);
 
 	if (!s->id_ok) {
 		respond_error(s, s->id_reason != REASON_OK ? s->id_reason :
@@ -1005,17 +1042,21 @@ accept_head(struct stream *s, const struct http_msg *m, const char *buf)
 		evbuffer_add(rq->head_out, "?", 1);
 		evbuffer_add(rq->head_out, buf + m->query.off, m->query.len);
 	}
-	evbuffer_add_printf(rq->head_out, " HTTP/1.1\r\nHost: %s\r\n", cfg->backend.host_header);
+	ADD_LIT(rq->head_out, " HTTP/1.1\r\nHost: ");
+	add_str(rq->head_out, cfg->backend.host_header);
+	ADD_LIT(rq->head_out, "\r\n");
 	for (unsigned i = 0; i < m->n_headers; i++)
 		if (!drop_request_header(&m->headers[i]))
 			put_header(rq->head_out, buf, &m->headers[i]);
-	evbuffer_add_printf(rq->head_out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: https\r\n",
-	    s->c_ip);
-	if (rq->reqb.kind == HTTP_BODY_LENGTH)
-		evbuffer_add_printf(rq->head_out, "Content-Length: %llu\r\n",
-		    (unsigned long long)m->content_length);
-	else if (rq->reqb.kind == HTTP_BODY_CHUNKED)
-		evbuffer_add_printf(rq->head_out, "Transfer-Encoding: chunked\r\n");
+	ADD_LIT(rq->head_out, "X-Forwarded-For: ");
+	add_str(rq->head_out, s->c_ip);
+	ADD_LIT(rq->head_out, "\r\nX-Forwarded-Proto: https\r\n");
+	if (rq->reqb.kind == HTTP_BODY_LENGTH) {
+		ADD_LIT(rq->head_out, "Content-Length: ");
+		add_u64(rq->head_out, m->content_length);
+		ADD_LIT(rq->head_out, "\r\n");
+	} else if (rq->reqb.kind == HTTP_BODY_CHUNKED)
+		ADD_LIT(rq->head_out, "Transfer-Encoding: chunked\r\n");
 	return 0;
 }
 
@@ -1078,6 +1119,78 @@ process_input(struct stream *s)
 	authorize(s);
 }
 
+/* ---- writing without write events ----------------------------------------------- */
+
+/*
+ * A request goes to a plain backend socket without a write event in the
+ * common case: it is put together in env->be_direct, and be_send() writes
+ * it at once when the connection's output is empty; only what the socket
+ * does not take goes to the output, for libevent's write event. Adding to
+ * an empty output arms that event (epoll_ctl) and the write that drains it
+ * disarms it again (epoll_ctl), a turn of the loop later: two system calls
+ * per request saved, and the request leaves in the same turn. A write
+ * error is left for libevent's write, which meets it again and reports it
+ * to on_be_event: one path handles them. TLS backends keep
+ * bufferevent_openssl's own writes. src is empty afterwards.
+ */
+static void
+be_send(struct bufferevent *be, struct evbuffer *src)
+{
+	struct evbuffer *out = bufferevent_get_output(be);
+	int fd;
+
+	if (evbuffer_get_length(src) == 0)
+		return;
+	if (evbuffer_get_length(out) == 0 && bufferevent_openssl_get_ssl(be) == NULL &&
+	    (fd = bufferevent_getfd(be)) >= 0)
+		(void)evbuffer_write(src, fd);
+	if (evbuffer_get_length(src) > 0)
+		evbuffer_add_buffer(out, src);
+}
+
+/*
+ * The same toward the device: a response part put together in
+ * env->dev_direct goes out with SSL_write now when the device's output is
+ * empty, one TLS record per call (the head and a small body in one record
+ * and one write(2), where the bufferevent wrote one record per evbuffer
+ * chain, a turn of the loop later, between arming and disarming its write
+ * event). What is not written, or when the output already holds bytes,
+ * is appended to the output for bufferevent_openssl. After WANT_WRITE,
+ * OpenSSL holds a partly sent record and must be given the same bytes
+ * again: they stay first in src, in one chain at least as long as the
+ * attempt (the pull-up), which becomes the output's first chain, and
+ * bufferevent_openssl's next SSL_write starts with it (it sets
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER). Any other failure is met again by
+ * that write and reaches on_dev_event. src is empty afterwards.
+ */
+#define DEV_RECORD	16384		/* TLS's largest record payload */
+
+static void
+dev_send(struct stream *s, struct evbuffer *src)
+{
+	struct evbuffer *out = bufferevent_get_output(s->dev);
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+	size_t len;
+
+	while (ssl != NULL && evbuffer_get_length(out) == 0 &&
+	    (len = evbuffer_get_length(src)) > 0) {
+		size_t n = len < DEV_RECORD ? len : DEV_RECORD;
+		const unsigned char *p = evbuffer_pullup(src, (ev_ssize_t)n);
+		int r;
+
+		if (p == NULL)
+			break;
+		r = SSL_write(ssl, p, (int)n);
+		if (r <= 0) {
+			ERR_clear_error();	/* bufferevent_openssl reads the queue */
+			break;
+		}
+		evbuffer_drain(src, (size_t)r);
+	}
+	if (evbuffer_get_length(src) > 0)
+		evbuffer_add_buffer(out, src);
+}
+
 /* ---- backend connection and token ------------------------------------------ */
 
 static void on_token(const struct kcd_answer *ans, void *arg);
@@ -1099,7 +1212,7 @@ on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 		return;
 	}
 	rq->bc = bc;
-	snprintf(rq->backend_name, sizeof(rq->backend_name), "%s", bconn_server_name(bc));
+	str_copy(rq->backend_name, sizeof(rq->backend_name), bconn_server_name(bc));
 	if (env->cfg->kerberos.channel_bindings != TRI_OFF)
 		cb = bconn_cb_hash(bc, &cb_len);
 	if (env->cfg->kerberos.channel_bindings == TRI_ON && cb_len == 0) {
@@ -1207,7 +1320,12 @@ on_token(const struct kcd_answer *ans, void *arg)
 	rq->ctx_id = ans->ctx_id;
 	rq->mutual_checked = 0;
 	be = bconn_bev(rq->bc);
-	out = bufferevent_get_output(be);
+	/* the head (and the body bytes already in) go out with be_send */
+	out = env->be_direct;
+	bufferevent_setcb(be, on_be_read, on_be_write, on_be_event, s);
+	bufferevent_setwatermark(be, EV_WRITE, PIPE_LOW, 0);
+	bufferevent_set_max_single_read(be, BULK_IO);	/* TLS backends: SSL_read batches */
+	bufferevent_set_max_single_write(be, BULK_IO_WRITE);
 	if (!rq->has_body && !rq->retried) {
 		/* a 401 may be retried once with a fresh credential (SPEC §4):
 		 * keep the head until the answer comes; bodies are never
@@ -1219,21 +1337,25 @@ on_token(const struct kcd_answer *ans, void *arg)
 		evbuffer_free(rq->head_out);
 		rq->head_out = NULL;
 	}
-	evbuffer_add_printf(out, "Authorization: Negotiate %s\r\n\r\n", ans->token);
-
-	bufferevent_setcb(be, on_be_read, on_be_write, on_be_event, s);
-	bufferevent_setwatermark(be, EV_WRITE, PIPE_LOW, 0);
-	bufferevent_set_max_single_read(be, BULK_IO);	/* TLS backends: SSL_read batches */
-	bufferevent_set_max_single_write(be, BULK_IO_WRITE);
-	bufferevent_enable(be, EV_READ | EV_WRITE);
+	ADD_LIT(out, "Authorization: Negotiate ");
+	evbuffer_add(out, ans->token, strlen(ans->token));
+	ADD_LIT(out, "\r\n\r\n");
+	/* reading a pooled connection is enabled already (backend.h): no
+	 * epoll_ctl; writing is too, and enabling it with an empty output
+	 * would arm a write event that fires once for nothing */
+	bufferevent_enable(be, EV_READ);
+	if (!(bufferevent_get_enabled(be) & EV_WRITE))
+		bufferevent_enable(be, EV_WRITE);
 	s->state = ST_FORWARD;
 
 	if (!rq->has_body)
 		set_parked(rq);
 	if (rq->has_body && rq->expect_continue)
-		evbuffer_add_printf(bufferevent_get_output(s->dev), "HTTP/1.1 100 Continue\r\n\r\n");
+		ADD_LIT(bufferevent_get_output(s->dev), "HTTP/1.1 100 Continue\r\n\r\n");
 	if (rq->has_body)
-		pump_request_body(s);
+		pump_request_body(s);	/* sends the head with what it moved */
+	if (s->rq == rq && rq->bc != NULL)
+		be_send(be, env->be_direct);	/* (no body, or none moved yet) */
 	/* the response may already be there (a fast backend) */
 	if (s->rq == rq && evbuffer_get_length(bufferevent_get_input(be)) > 0)
 		pump_response(s);
@@ -1324,20 +1446,34 @@ pump_request_body(struct stream *s)
 {
 	struct req *rq = s->rq;
 	struct http_body *b = &rq->reqb;
+	struct bufferevent *be;
+	struct evbuffer *out;
 	uint64_t framing = 0;
 	enum pump p;
 
 	if (rq->req_body_done || rq->bc == NULL || s->state < ST_FORWARD)
 		return;
-	p = pump_body(b, bufferevent_get_input(s->dev),
-	    bufferevent_get_output(bconn_bev(rq->bc)), b->kind == HTTP_BODY_CHUNKED,
-	    &rq->cs_bytes, &framing);
+	be = bconn_bev(rq->bc);
+	out = bufferevent_get_output(be);
+	/* while the backend's output is empty, through env->be_direct and
+	 * be_send (after the head on_token put there); what the socket took
+	 * at once made room: pump on */
+	do {
+		p = pump_body(b, bufferevent_get_input(s->dev),
+		    evbuffer_get_length(out) == 0 ? env->be_direct : out,
+		    b->kind == HTTP_BODY_CHUNKED, &rq->cs_bytes, &framing);
+		if (p == PUMP_ERROR)
+			break;
+		be_send(be, env->be_direct);
+	} while (p == PUMP_FULL && evbuffer_get_length(out) < PIPE_HIGH);
 	rq->cs_bytes += framing;	/* cs-bytes counts what the device sent */
 	switch (p) {
 	case PUMP_FULL:
 		bufferevent_disable(s->dev, EV_READ);	/* on_be_write resumes */
 		return;
 	case PUMP_ERROR:
+		/* nothing more for the backend (a head put together stays here) */
+		evbuffer_drain(env->be_direct, evbuffer_get_length(env->be_direct));
 		backend_release(rq->bc, 0);
 		rq->bc = NULL;
 		respond_error(s, http_error_reason(b->error, 0), http_error_token(b->error));
@@ -1447,14 +1583,15 @@ put_ms_location(struct evbuffer *out, struct req *rq, const char *buf, const str
 	evbuffer_add(out, "\r\n", 2);
 }
 
-/* The response head is in: decide and send ours to the device. Returns 0 to
- * stream the body, 1 when the request was retried, -1 when refused. */
+/* The response head is in: decide and put ours into out (for the device).
+ * Returns 0 to stream the body, 1 when the request was retried, -1 when
+ * refused. */
 static int
-accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size_t consumed)
+accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size_t consumed,
+    struct evbuffer *out)
 {
 	struct req *rq = s->rq;
 	struct evbuffer *in = bufferevent_get_input(bconn_bev(rq->bc));
-	struct evbuffer *out = bufferevent_get_output(s->dev);
 	enum http_error herr;
 
 	if (m->status == 401) {
@@ -1488,7 +1625,9 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 		rq->head_out = NULL;
 	}
 
-	evbuffer_add_printf(out, "HTTP/1.1 %d ", m->status);
+	ADD_LIT(out, "HTTP/1.1 ");
+	add_u64(out, (uint64_t)m->status);	/* 100..599: the parser's rule */
+	ADD_LIT(out, " ");
 	evbuffer_add(out, buf + m->reason.off, m->reason.len);
 	evbuffer_add(out, "\r\n", 2);
 	for (unsigned i = 0; i < m->n_headers; i++) {
@@ -1502,8 +1641,9 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 	}
 	switch (rq->respb.kind) {
 	case HTTP_BODY_LENGTH:
-		evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-		    (unsigned long long)m->content_length);
+		ADD_LIT(out, "Content-Length: ");
+		add_u64(out, m->content_length);
+		ADD_LIT(out, "\r\n");
 		break;
 	case HTTP_BODY_CHUNKED:
 	case HTTP_BODY_EOF:
@@ -1563,14 +1703,14 @@ finish_request(struct stream *s, int backend_reusable)
 
 /*
  * The response head (consumed bytes at buf, parsed in rq->resp_msg) may go
- * to the device. Returns 0 to stream its body, -1 when the request ended
- * or is being retried (then s may be gone).
+ * to the device: into out. Returns 0 to stream its body, -1 when the
+ * request ended or is being retried (then s may be gone).
  */
 static int
-forward_head(struct stream *s, const char *buf, size_t consumed)
+forward_head(struct stream *s, const char *buf, size_t consumed, struct evbuffer *out)
 {
 	struct req *rq = s->rq;
-	int r = accept_response_head(s, rq->resp_msg, buf, consumed);
+	int r = accept_response_head(s, rq->resp_msg, buf, consumed, out);
 
 	if (r < 0)
 		return -1;
@@ -1620,7 +1760,7 @@ on_mutual(const struct kcd_answer *ans, void *arg)
 	be = bconn_bev(rq->bc);
 	buf = (const char *)evbuffer_pullup(bufferevent_get_input(be), (ssize_t)rq->resp_head_len);
 	bufferevent_enable(be, EV_READ);
-	if (forward_head(s, buf, rq->resp_head_len) == 0)
+	if (forward_head(s, buf, rq->resp_head_len, bufferevent_get_output(s->dev)) == 0)
 		pump_response(s);
 }
 
@@ -1695,6 +1835,7 @@ pump_response(struct stream *s)
 	struct bufferevent *be;
 	struct evbuffer *in, *out;
 	uint64_t framing = 0;
+	enum pump p;
 
 	if (rq == NULL || rq->bc == NULL || rq->kr != NULL)
 		return;		/* (kr: kcd is verifying the response head) */
@@ -1738,20 +1879,34 @@ pump_response(struct stream *s)
 		}
 		if (!rq->mutual_checked && check_mutual(s, rq->resp_msg, buf, consumed) != 0)
 			return;
-		if (forward_head(s, buf, consumed) != 0)
+		if (forward_head(s, buf, consumed,
+		    evbuffer_get_length(out) == 0 ? env->dev_direct : out) != 0)
 			return;
 	}
 	if (s->state != ST_RESPONSE)
 		return;
 
-	/* sc-bytes counts the body's data; the backend's framing is ours to redo */
-	switch (pump_body(&rq->respb, in, out, rq->resp_chunk_out, &rq->sc_bytes, &framing)) {
+	/* sc-bytes counts the body's data; the backend's framing is ours to
+	 * redo. While the device's output is empty, head and body go out at
+	 * once through env->dev_direct and dev_send; what the socket took
+	 * made room: pump on. */
+	do {
+		p = pump_body(&rq->respb, in,
+		    evbuffer_get_length(out) == 0 ? env->dev_direct : out,
+		    rq->resp_chunk_out, &rq->sc_bytes, &framing);
+		if (p == PUMP_ERROR)
+			break;
+		dev_send(s, env->dev_direct);
+	} while (p == PUMP_FULL && evbuffer_get_length(out) < PIPE_HIGH);
+	switch (p) {
 	case PUMP_FULL:
 		/* on_dev_write reads the backend again once the device drained */
 		bufferevent_disable(be, EV_READ);
 		bufferevent_setwatermark(s->dev, EV_WRITE, PIPE_LOW, 0);
 		return;
 	case PUMP_ERROR:
+		/* the device gets nothing more (a head put together stays here) */
+		evbuffer_drain(env->dev_direct, evbuffer_get_length(env->dev_direct));
 		backend_report_failure(rq->bc, http_error_text(rq->respb.error));
 		stream_close(s, REASON_BACKEND_BAD_RESPONSE, http_error_token(rq->respb.error));
 		return;
@@ -2063,6 +2218,11 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot start the access log timer");
 		goto fail;
 	}
+	if ((e->dev_direct = evbuffer_new()) == NULL ||
+	    (e->be_direct = evbuffer_new()) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	LIST_INIT(&e->streams);
 	if (cfg->tls.ocsp != OCSP_OFF &&
 	    (e->ocsp = ocsp_new(e->base, e->dns, cfg, e->front_ctx, err, errlen)) == NULL)
@@ -2076,6 +2236,10 @@ stream_env_init(struct worker *w, char *err, size_t errlen)
 fail:
 	if (e->ocsp != NULL)
 		ocsp_free(e->ocsp);
+	if (e->dev_direct != NULL)
+		evbuffer_free(e->dev_direct);
+	if (e->be_direct != NULL)
+		evbuffer_free(e->be_direct);
 	if (e->flush_ev != NULL)
 		event_free(e->flush_ev);
 	if (e->backend != NULL)
@@ -2110,6 +2274,8 @@ stream_shutdown(struct worker *w)
 	while (!LIST_EMPTY(&env->streams))
 		stream_close(LIST_FIRST(&env->streams), REASON_SHUTDOWN, NULL);
 	event_free(env->flush_ev);
+	evbuffer_free(env->dev_direct);
+	evbuffer_free(env->be_direct);
 	access_log_flush();
 	if (env->ocsp != NULL)
 		ocsp_free(env->ocsp);
