@@ -16,6 +16,14 @@
  * Callbacks may free the channel (ipc_chan_free) from inside on_msg or
  * on_close: the channel counts the callbacks it is inside of and frees
  * itself only when the last one has returned.
+ *
+ * Batching (ipc_chan_set_batching): frames without a descriptor are copied
+ * into a batch that one sendmmsg(2) sends at the end of the event loop's
+ * current turn (an event made active on the first frame: it runs after the
+ * callbacks already due in this turn), and reads take up to IPC_RX_BATCH
+ * frames per recvmmsg(2). Still one datagram per frame, in order: a frame
+ * that cannot join the batch (a descriptor, a full socket's queue, no room)
+ * sends the batch first.
  */
 #include <assert.h>
 #include <errno.h>
@@ -36,6 +44,9 @@
 #define CHAN_MAGIC	0x4950434eu	/* "IPCN" */
 #define READ_BURST	64		/* frames read per wake-up, for fairness */
 #define MAX_RX_FDS	8		/* room to receive (and close) unwanted extras */
+#define IPC_BATCH_MAX	32		/* frames in one sendmmsg */
+#define IPC_BATCH_BYTES	(16u * 1024u)	/* their bytes, headers included */
+#define IPC_RX_BATCH	8		/* frames in one recvmmsg */
 
 static const char *const type_names[] = {
 #define IPC_MSG(id, name) name,
@@ -287,8 +298,15 @@ struct ipc_chan {
 	struct event *close_ev;		/* reports a failure found inside ipc_send */
 	struct qframe *qhead, *qtail;
 	unsigned qlen;
-	uint8_t *rx;			/* IPC_MAX_FRAME bytes */
+	uint8_t *rx;			/* IPC_MAX_FRAME bytes, IPC_RX_BATCH
+					 * times when batching */
 	int dead;			/* no more sending or receiving */
+	int batching;			/* ipc_chan_set_batching */
+	struct event *flush_ev;		/* sends the batch; active while nb > 0 */
+	unsigned nb;			/* frames in the batch */
+	size_t bused;			/* their bytes in bbuf */
+	uint8_t *bbuf;			/* IPC_BATCH_BYTES, when batching */
+	size_t boff[IPC_BATCH_MAX], blen[IPC_BATCH_MAX];
 	int closed_reported;		/* on_close has been (or is being) called */
 	int busy;			/* callbacks we are inside of */
 	int free_pending;		/* ipc_chan_free came from inside a callback */
@@ -320,8 +338,11 @@ chan_destroy(struct ipc_chan *ch)
 		event_free(ch->wev);
 	if (ch->close_ev != NULL)
 		event_free(ch->close_ev);
+	if (ch->flush_ev != NULL)
+		event_free(ch->flush_ev);
 	if (ch->fd >= 0)
 		close(ch->fd);
+	free(ch->bbuf);
 	free(ch->rx);
 	ch->magic = 0;
 	free(ch);
@@ -337,6 +358,10 @@ chan_kill(struct ipc_chan *ch, const char *why)
 	snprintf(ch->why, sizeof(ch->why), "%s", why);
 	event_del(ch->rev);
 	event_del(ch->wev);
+	if (ch->flush_ev != NULL)
+		event_del(ch->flush_ev);
+	ch->nb = 0;
+	ch->bused = 0;
 	queue_drop(ch);
 	close(ch->fd);
 	ch->fd = -1;
@@ -492,6 +517,127 @@ take_fds(struct msghdr *mh)
 	return fd;
 }
 
+/*
+ * One received datagram of n bytes at buf, its control data in mh: refused
+ * (the channel closes with the broken rule) or handed to on_msg. Returns 0
+ * to go on reading, 1 when the channel died, 2 when it was freed meanwhile
+ * (then ch must not be touched).
+ */
+static int
+rx_one(struct ipc_chan *ch, struct msghdr *mh, ssize_t n, const uint8_t *buf)
+{
+	char err[200], why[300];
+	struct ipc_msg msg;
+	int fd;
+
+	if (n == 0) {
+		/* we never send empty datagrams: this is the end of the stream */
+		snprintf(why, sizeof(why), "%s closed the channel", ch->peer);
+		return chan_fail(ch, why) ? 2 : 1;
+	}
+	fd = take_fds(mh);	/* closes extras, so nothing leaks below */
+	if (mh->msg_flags & MSG_CTRUNC) {
+		if (fd >= 0)
+			close(fd);
+		snprintf(why, sizeof(why), "refused a frame from %s: control data truncated (a passed descriptor was lost)",
+		    ch->peer);
+		return chan_fail(ch, why) ? 2 : 1;
+	}
+	if (fd == -2) {
+		snprintf(why, sizeof(why), "refused a frame from %s: more than one file descriptor", ch->peer);
+		return chan_fail(ch, why) ? 2 : 1;
+	}
+	if (mh->msg_flags & MSG_TRUNC) {
+		if (fd >= 0)
+			close(fd);
+		snprintf(why, sizeof(why), "refused a frame from %s: oversized frame, longer than %u bytes",
+		    ch->peer, IPC_MAX_FRAME);
+		return chan_fail(ch, why) ? 2 : 1;
+	}
+	if (ipc_frame_decode(buf, (size_t)n, &msg, err, sizeof(err)) != 0) {
+		if (fd >= 0)
+			close(fd);
+		snprintf(why, sizeof(why), "refused a frame from %s: %s", ch->peer, err);
+		return chan_fail(ch, why) ? 2 : 1;
+	}
+	msg.fd = fd;		/* handed to on_msg */
+	ch->busy++;
+	ch->on_msg(ch, &msg, ch->arg);
+	ch->busy--;
+	if (ch->busy == 0 && ch->free_pending) {
+		chan_destroy(ch);
+		return 2;
+	}
+	return ch->dead;
+}
+
+/* A receive call failed with errno: 0 to try again (EINTR), 1 to wait for
+ * the next read event or after the channel failed. */
+static int
+rx_failed(struct ipc_chan *ch)
+{
+	char why[300];
+
+	if (errno == EINTR)
+		return 0;
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		return 1;
+	snprintf(why, sizeof(why), "receive from %s failed: %s", ch->peer, strerror(errno));
+	chan_fail(ch, why);
+	return 1;
+}
+
+/* Batching: up to IPC_RX_BATCH frames per recvmmsg, each into its own
+ * IPC_MAX_FRAME slice of ch->rx; fewer than asked for means the socket is
+ * drained (no call just to meet EAGAIN). */
+static void
+read_batch(struct ipc_chan *ch)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(MAX_RX_FDS * sizeof(int))];
+	} cm[IPC_RX_BATCH];
+	struct mmsghdr mm[IPC_RX_BATCH];
+	struct iovec iov[IPC_RX_BATCH];
+	int n;
+
+	for (int burst = 0; burst < READ_BURST && !ch->dead; burst += IPC_RX_BATCH) {
+		memset(mm, 0, sizeof(mm));
+		for (int i = 0; i < IPC_RX_BATCH; i++) {
+			iov[i].iov_base = ch->rx + (size_t)i * IPC_MAX_FRAME;
+			iov[i].iov_len = IPC_MAX_FRAME;
+			mm[i].msg_hdr.msg_iov = &iov[i];
+			mm[i].msg_hdr.msg_iovlen = 1;
+			mm[i].msg_hdr.msg_control = cm[i].buf;
+			mm[i].msg_hdr.msg_controllen = sizeof(cm[i].buf);
+		}
+		n = recvmmsg(ch->fd, mm, IPC_RX_BATCH, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, NULL);
+		if (n < 0) {
+			if (rx_failed(ch))
+				return;
+			continue;
+		}
+		if (n == 0) {
+			(void)rx_one(ch, &mm[0].msg_hdr, 0, ch->rx);
+			return;
+		}
+		for (int i = 0; i < n; i++) {
+			if (rx_one(ch, &mm[i].msg_hdr, (ssize_t)mm[i].msg_len, iov[i].iov_base)) {
+				/* dead or freed (ch untouched from here): the
+				 * descriptors of the frames not looked at */
+				for (int j = i + 1; j < n; j++) {
+					int fd = take_fds(&mm[j].msg_hdr);
+					if (fd >= 0)
+						close(fd);
+				}
+				return;
+			}
+		}
+		if (n < IPC_RX_BATCH)
+			return;
+	}
+}
+
 static void
 on_read(evutil_socket_t sock, short what, void *arg)
 {
@@ -500,16 +646,17 @@ on_read(evutil_socket_t sock, short what, void *arg)
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(MAX_RX_FDS * sizeof(int))];
 	} cm;
-	char err[200], why[300];
-	struct ipc_msg msg;
 	struct msghdr mh;
 	struct iovec iov;
 	ssize_t n;
-	int fd;
 
 	(void)sock;
 	(void)what;
 	assert(ch->magic == CHAN_MAGIC);
+	if (ch->batching) {
+		read_batch(ch);
+		return;
+	}
 	for (int burst = 0; burst < READ_BURST && !ch->dead; burst++) {
 		memset(&mh, 0, sizeof(mh));
 		iov.iov_base = ch->rx;
@@ -520,57 +667,12 @@ on_read(evutil_socket_t sock, short what, void *arg)
 		mh.msg_controllen = sizeof(cm.buf);
 		n = recvmsg(ch->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (rx_failed(ch))
 				return;
-			snprintf(why, sizeof(why), "receive from %s failed: %s", ch->peer, strerror(errno));
-			chan_fail(ch, why);
-			return;
+			continue;
 		}
-		if (n == 0) {
-			/* we never send empty datagrams: this is the end of the stream */
-			snprintf(why, sizeof(why), "%s closed the channel", ch->peer);
-			chan_fail(ch, why);
+		if (rx_one(ch, &mh, n, ch->rx))
 			return;
-		}
-		fd = take_fds(&mh);	/* closes extras, so nothing leaks below */
-		if (mh.msg_flags & MSG_CTRUNC) {
-			if (fd >= 0)
-				close(fd);
-			snprintf(why, sizeof(why), "refused a frame from %s: control data truncated (a passed descriptor was lost)",
-			    ch->peer);
-			chan_fail(ch, why);
-			return;
-		}
-		if (fd == -2) {
-			snprintf(why, sizeof(why), "refused a frame from %s: more than one file descriptor", ch->peer);
-			chan_fail(ch, why);
-			return;
-		}
-		if (mh.msg_flags & MSG_TRUNC) {
-			if (fd >= 0)
-				close(fd);
-			snprintf(why, sizeof(why), "refused a frame from %s: oversized frame, longer than %u bytes",
-			    ch->peer, IPC_MAX_FRAME);
-			chan_fail(ch, why);
-			return;
-		}
-		if (ipc_frame_decode(ch->rx, (size_t)n, &msg, err, sizeof(err)) != 0) {
-			if (fd >= 0)
-				close(fd);
-			snprintf(why, sizeof(why), "refused a frame from %s: %s", ch->peer, err);
-			chan_fail(ch, why);
-			return;
-		}
-		msg.fd = fd;		/* handed to on_msg */
-		ch->busy++;
-		ch->on_msg(ch, &msg, ch->arg);
-		ch->busy--;
-		if (ch->busy == 0 && ch->free_pending) {
-			chan_destroy(ch);
-			return;
-		}
 	}
 }
 
@@ -616,41 +718,31 @@ fail:
 	return NULL;
 }
 
-int
-ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
-    const void *payload, size_t len, int pass_fd)
+/* Append one frame (hdr + payload) to the queue of a full socket, with a
+ * dup of pass_fd. Returns 0, or -1 (out of memory; queue full: the
+ * channel is failed with later's rule, see batch_flush). */
+static int
+queue_frame(struct ipc_chan *ch, const uint8_t *hdr, size_t hlen, const void *payload,
+    size_t len, int pass_fd, int later)
 {
-	uint8_t hdr[IPC_HDR_LEN];
 	struct qframe *q;
 	char why[200];
 
-	assert(ch->magic == CHAN_MAGIC);
-	if (ch->dead || len > IPC_MAX_PAYLOAD || (len > 0 && payload == NULL) ||
-	    type == IPC_NONE || type >= IPC__COUNT)
-		return -1;
-	put_hdr(hdr, type, id, (uint32_t)len);
-	if (ch->qhead == NULL) {
-		if (send_frame(ch->fd, hdr, sizeof(hdr), payload, len, pass_fd) == 0)
-			return 0;
-		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			snprintf(why, sizeof(why), "send of %s to %s failed: %s",
-			    ipc_type_name(type), ch->peer, strerror(errno));
-			chan_fail_later(ch, why);
-			return -1;
-		}
-	}
 	if (ch->qlen >= IPC_MAX_QUEUE) {
 		snprintf(why, sizeof(why), "%s is not reading: %u frames queued", ch->peer, ch->qlen);
-		chan_fail_later(ch, why);
+		if (later)
+			chan_fail_later(ch, why);
+		else
+			chan_fail(ch, why);
 		return -1;
 	}
-	if ((q = malloc(sizeof(*q) + IPC_HDR_LEN + len)) == NULL)
+	if ((q = malloc(sizeof(*q) + hlen + len)) == NULL)
 		return -1;
 	q->next = NULL;
-	q->len = IPC_HDR_LEN + len;
-	memcpy(q->data, hdr, IPC_HDR_LEN);
+	q->len = hlen + len;
+	memcpy(q->data, hdr, hlen);
 	if (len > 0)
-		memcpy(q->data + IPC_HDR_LEN, payload, len);
+		memcpy(q->data + hlen, payload, len);
 	q->fd = -1;
 	if (pass_fd >= 0 && (q->fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		free(q);
@@ -666,6 +758,150 @@ ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
 	return 0;
 }
 
+/*
+ * Send the batch with sendmmsg; what the socket does not take goes to the
+ * queue, in order. later: called from inside ipc_send (a failure is
+ * reported from the event loop) rather than from the flush event. Returns
+ * 0, or -1 when the channel failed (with later = 0 it may have been freed
+ * by on_close then: the caller must not touch it).
+ */
+static int
+batch_flush(struct ipc_chan *ch, int later)
+{
+	struct mmsghdr mm[IPC_BATCH_MAX];
+	struct iovec iov[IPC_BATCH_MAX];
+	unsigned done = 0, nb = ch->nb;
+	char why[200];
+	int r;
+
+	if (nb == 0)
+		return 0;
+	event_del(ch->flush_ev);	/* (when not run by it) */
+	memset(mm, 0, sizeof(mm[0]) * nb);
+	for (unsigned i = 0; i < nb; i++) {
+		iov[i].iov_base = ch->bbuf + ch->boff[i];
+		iov[i].iov_len = ch->blen[i];
+		mm[i].msg_hdr.msg_iov = &iov[i];
+		mm[i].msg_hdr.msg_iovlen = 1;
+	}
+	ch->nb = 0;
+	ch->bused = 0;
+	while (done < nb) {
+		r = sendmmsg(ch->fd, mm + done, nb - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (r <= 0) {
+			snprintf(why, sizeof(why), "send to %s failed: %s", ch->peer,
+			    r < 0 ? strerror(errno) : "nothing sent");
+			goto fail;
+		}
+		for (unsigned i = done; i < done + (unsigned)r; i++) {
+			if (mm[i].msg_len != ch->blen[i]) {
+				/* SEQPACKET is all or nothing */
+				snprintf(why, sizeof(why), "send to %s failed: %s", ch->peer,
+				    strerror(EMSGSIZE));
+				goto fail;
+			}
+		}
+		done += (unsigned)r;
+	}
+	for (unsigned i = done; i < nb; i++)
+		if (queue_frame(ch, ch->bbuf + ch->boff[i], ch->blen[i], NULL, 0, -1, later) != 0)
+			return -1;	/* failed (queue full), or out of memory */
+	return 0;
+fail:
+	if (later)
+		chan_fail_later(ch, why);
+	else
+		chan_fail(ch, why);
+	return -1;
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct ipc_chan *ch = arg;
+
+	(void)fd;
+	(void)what;
+	assert(ch->magic == CHAN_MAGIC);
+	(void)batch_flush(ch, 0);
+}
+
+int
+ipc_chan_set_batching(struct ipc_chan *ch, int on)
+{
+	uint8_t *rx;
+
+	assert(ch->magic == CHAN_MAGIC);
+	if (!on) {
+		if (ch->nb > 0 && batch_flush(ch, 1) != 0)
+			return -1;
+		ch->batching = 0;
+		return 0;
+	}
+	if (ch->batching)
+		return 0;
+	if (ch->bbuf == NULL && (ch->bbuf = malloc(IPC_BATCH_BYTES)) == NULL)
+		return -1;
+	if (ch->flush_ev == NULL &&
+	    (ch->flush_ev = event_new(ch->base, -1, 0, on_flush, ch)) == NULL)
+		return -1;
+	/* the pages of the receive slices are touched only as large frames
+	 * arrive (a worker's answers from kcd are small) */
+	if ((rx = realloc(ch->rx, (size_t)IPC_RX_BATCH * IPC_MAX_FRAME)) == NULL)
+		return -1;
+	ch->rx = rx;
+	ch->batching = 1;
+	return 0;
+}
+
+int
+ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
+    const void *payload, size_t len, int pass_fd)
+{
+	uint8_t hdr[IPC_HDR_LEN];
+	char why[200];
+
+	assert(ch->magic == CHAN_MAGIC);
+	if (ch->dead || len > IPC_MAX_PAYLOAD || (len > 0 && payload == NULL) ||
+	    type == IPC_NONE || type >= IPC__COUNT)
+		return -1;
+	put_hdr(hdr, type, id, (uint32_t)len);
+	if (ch->batching && pass_fd < 0 && ch->qhead == NULL &&
+	    IPC_HDR_LEN + len <= IPC_BATCH_BYTES) {
+		if ((ch->nb == IPC_BATCH_MAX || ch->bused + IPC_HDR_LEN + len > IPC_BATCH_BYTES) &&
+		    batch_flush(ch, 1) != 0)
+			return -1;
+		if (ch->qhead == NULL) {
+			/* joins the batch; the first frame schedules its send */
+			ch->boff[ch->nb] = ch->bused;
+			ch->blen[ch->nb] = IPC_HDR_LEN + len;
+			memcpy(ch->bbuf + ch->bused, hdr, IPC_HDR_LEN);
+			if (len > 0)
+				memcpy(ch->bbuf + ch->bused + IPC_HDR_LEN, payload, len);
+			ch->bused += IPC_HDR_LEN + len;
+			if (ch->nb++ == 0)
+				event_active(ch->flush_ev, EV_WRITE, 0);
+			return 0;
+		}
+	} else if (ch->nb > 0 && batch_flush(ch, 1) != 0)
+		return -1;	/* the batch goes first, whatever happens to it */
+	if (ch->qhead == NULL) {
+		if (send_frame(ch->fd, hdr, sizeof(hdr), payload, len, pass_fd) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			snprintf(why, sizeof(why), "send of %s to %s failed: %s",
+			    ipc_type_name(type), ch->peer, strerror(errno));
+			chan_fail_later(ch, why);
+			return -1;
+		}
+	}
+	return queue_frame(ch, hdr, IPC_HDR_LEN, payload, len, pass_fd, 1);
+}
+
 const char *
 ipc_chan_peer(const struct ipc_chan *ch)
 {
@@ -678,6 +914,8 @@ ipc_chan_free(struct ipc_chan *ch)
 	if (ch == NULL)
 		return;
 	assert(ch->magic == CHAN_MAGIC);
+	if (!ch->dead && ch->nb > 0)
+		(void)batch_flush(ch, 1);	/* what was sent goes first */
 	if (ch->busy > 0) {
 		/* inside one of our callbacks: stop I/O now, free on the way out */
 		ch->free_pending = 1;

@@ -109,6 +109,15 @@ struct ipc_chan *ipc_chan_new(struct event_base *base, int fd, const char *peer,
 int ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
     const void *payload, size_t len, int pass_fd);
 const char *ipc_chan_peer(const struct ipc_chan *ch);
+/* Batching, for a channel that sends many small frames per turn of the
+ * event loop (a worker's token requests and context releases to kcd):
+ * frames without a descriptor leave together, in order, with one
+ * sendmmsg(2) at the end of the loop's current turn (or sooner when the
+ * batch is full, or when a frame that cannot join it is sent), and reads
+ * take several frames per recvmmsg(2). The wire is unchanged (one datagram
+ * per frame). Frames still batched when the channel is freed are sent
+ * first. Off by default. Returns 0 or -1 (out of memory). */
+int ipc_chan_set_batching(struct ipc_chan *ch, int on);
 void ipc_chan_free(struct ipc_chan *ch);
 
 /* Blocking helpers for tools and the doctor (no event loop). */

@@ -23,7 +23,7 @@ struct kcd_req {
 	kcd_answer_fn *fn;		/* NULL once cancelled */
 	void *arg;
 	uint64_t start_ms;
-	struct event *timer;
+	struct event *timer;		/* in the same allocation, after us */
 	LIST_ENTRY(kcd_req) bucket;
 };
 LIST_HEAD(req_list, kcd_req);
@@ -33,6 +33,9 @@ struct kcd_client {
 	struct event_base *base;
 	struct ipc_chan *ch;		/* NULL while kcd is gone */
 	uint64_t timeout_ms;
+	/* every request has the same timeout: a libevent common timeout
+	 * (a queue, not the timer heap) */
+	const struct timeval *timeout_tv;
 	uint32_t next_id;
 	struct req_list pending[REQ_BUCKETS];
 	struct kcd_client_stats st;
@@ -69,7 +72,7 @@ req_finish(struct kcd_req *r, struct kcd_answer *ans)
 	ans->elapsed_ms = now_ms() - r->start_ms;
 	LIST_REMOVE(r, bucket);
 	r->kc->st.in_flight--;
-	event_free(r->timer);
+	event_del(r->timer);
 	r->magic = 0;
 	free(r);
 	if (fn != NULL)
@@ -216,6 +219,15 @@ kcd_client_new(struct event_base *base, int fd, uint64_t timeout_ms)
 	kc->magic = KCD_CLIENT_MAGIC;
 	kc->base = base;
 	kc->timeout_ms = timeout_ms;
+	{
+		struct timeval tv = { (time_t)(timeout_ms / 1000u),
+		    (suseconds_t)((timeout_ms % 1000u) * 1000u) };
+
+		if ((kc->timeout_tv = event_base_init_common_timeout(base, &tv)) == NULL) {
+			free(kc);
+			return NULL;
+		}
+	}
 	kc->next_id = 1;
 	for (unsigned i = 0; i < REQ_BUCKETS; i++)
 		LIST_INIT(&kc->pending[i]);
@@ -234,6 +246,13 @@ kcd_client_set_channel(struct kcd_client *kc, int fd)
 	assert(kc->magic == KCD_CLIENT_MAGIC);
 	if ((ch = ipc_chan_new(kc->base, fd, "kcd", on_msg, on_close, kc)) == NULL)
 		return -1;
+	/* a busy worker asks for several tokens (and releases as many
+	 * contexts) per turn of its loop: they leave in one sendmmsg, and
+	 * the answers come in by several per recvmmsg */
+	if (ipc_chan_set_batching(ch, 1) != 0) {
+		ipc_chan_free(ch);
+		return -1;
+	}
 	if (kc->ch != NULL) {
 		ipc_chan_free(kc->ch);
 		kc->ch = NULL;
@@ -261,12 +280,13 @@ send_req(struct kcd_client *kc, uint16_t type, const struct ipc_buf *b,
     kcd_answer_fn *fn, void *arg)
 {
 	struct kcd_req *r;
-	struct timeval tv;
 
 	if (kc->ch == NULL || b->err)
 		return NULL;
-	if ((r = calloc(1, sizeof(*r))) == NULL)
+	/* the request and its timer in one allocation */
+	if ((r = calloc(1, sizeof(*r) + event_get_struct_event_size())) == NULL)
 		return NULL;
+	r->timer = (struct event *)(void *)(r + 1);
 	r->magic = KCD_REQ_MAGIC;
 	r->kc = kc;
 	r->fn = fn;
@@ -275,11 +295,8 @@ send_req(struct kcd_client *kc, uint16_t type, const struct ipc_buf *b,
 	do {
 		r->id = kc->next_id++;
 	} while (r->id == 0 || req_find(kc, r->id) != NULL);
-	if ((r->timer = evtimer_new(kc->base, on_timeout, r)) == NULL)
-		goto fail;
-	tv.tv_sec = (time_t)(kc->timeout_ms / 1000u);
-	tv.tv_usec = (suseconds_t)((kc->timeout_ms % 1000u) * 1000u);
-	if (evtimer_add(r->timer, &tv) != 0)
+	if (evtimer_assign(r->timer, kc->base, on_timeout, r) != 0 ||
+	    evtimer_add(r->timer, kc->timeout_tv) != 0)
 		goto fail;
 	if (ipc_send(kc->ch, type, r->id, b->data, b->len, -1) != 0)
 		goto fail;
@@ -288,8 +305,7 @@ send_req(struct kcd_client *kc, uint16_t type, const struct ipc_buf *b,
 	kc->st.in_flight++;
 	return r;
 fail:
-	if (r->timer != NULL)
-		event_free(r->timer);
+	event_del(r->timer);	/* (never added: nothing) */
 	free(r);
 	return NULL;
 }

@@ -605,6 +605,107 @@ test_chan_queue_flushes_in_order(void **state)
 	event_base_free(base);
 }
 
+/* Batching: frames leave at the end of the loop's turn, in order, one
+ * datagram each, whatever joins the batch or not (a descriptor, a frame
+ * larger than the batch), and the receiver takes several per read. */
+static void
+test_chan_batching_keeps_frames_and_order(void **state)
+{
+	struct event_base *base = event_base_new();
+	static uint8_t big[20000];
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2], pipefd[2];
+	unsigned i;
+	char c;
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(pipe(pipefd), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
+	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+	assert_int_equal(ipc_chan_set_batching(cb, 1), 0);
+
+	/* three frames wait for the end of the turn: nothing sent yet */
+	for (i = 1; i <= 3; i++)
+		assert_int_equal(ipc_send(ca, IPC_STATS, i, "abc", 3, -1), 0);
+	assert_int_equal(recv(sp[1], &c, 1, MSG_PEEK | MSG_DONTWAIT), -1);
+	assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+	b.stop_after = 3;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, 3);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(b.ids[i], i + 1);
+	assert_string_equal(b.last_data, "abc");
+
+	/* more than a batch holds, one with a descriptor, one too large to
+	 * join: 200 frames in order, each its own datagram */
+	for (i = 4; i <= 200; i++) {
+		int fd = (i == 50) ? pipefd[1] : -1;
+		if (i == 120)
+			assert_int_equal(ipc_send(ca, IPC_STATS, i, big, sizeof(big), -1), 0);
+		else
+			assert_int_equal(ipc_send(ca, IPC_STATS, i, "frame", 5, fd), 0);
+	}
+	close(pipefd[1]);
+	b.stop_after = 200;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, 200);
+	for (i = 0; i < 200; i++)
+		assert_int_equal(b.ids[i], i + 1);
+	assert_string_equal(b.last_data, "frame");
+	assert_int_equal(read(pipefd[0], &c, 1), 0);	/* the 50th frame's fd came and was closed */
+
+	/* frames still batched when the channel is freed are sent first */
+	assert_int_equal(ipc_send(ca, IPC_STATS, 201, "last", 4, -1), 0);
+	ipc_chan_free(ca);
+	b.stop_after = 201;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, 201);
+	assert_int_equal(b.ids[200], 201);
+	assert_string_equal(b.last_data, "last");
+	assert_int_equal(a.closed, 0);
+	close(pipefd[0]);
+	ipc_chan_free(cb);
+	event_base_free(base);
+}
+
+/* Batching over a socket nobody reads yet: what the socket does not take
+ * waits in the queue behind it, in order. */
+static void
+test_chan_batching_full_socket_queues_in_order(void **state)
+{
+	struct event_base *base = event_base_new();
+	static uint8_t payload[1000];
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2];
+	unsigned i, n = 1500;
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+	for (i = 1; i <= n; i++)
+		assert_int_equal(ipc_send(ca, IPC_STATS, i, payload, sizeof(payload), -1), 0);
+	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
+	assert_int_equal(ipc_chan_set_batching(cb, 1), 0);
+	b.stop_after = n;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, n);
+	for (i = 0; i < n; i++)
+		assert_int_equal(b.ids[i], i + 1);
+	assert_int_equal(a.closed + b.closed, 0);
+	ipc_chan_free(ca);
+	ipc_chan_free(cb);
+	event_base_free(base);
+}
+
 static void
 test_chan_queue_bound(void **state)
 {
@@ -691,6 +792,8 @@ main(void)
 		cmocka_unit_test(test_chan_refuses_malformed_raw_frames),
 		cmocka_unit_test(test_chan_free_inside_callback),
 		cmocka_unit_test(test_chan_queue_flushes_in_order),
+		cmocka_unit_test(test_chan_batching_keeps_frames_and_order),
+		cmocka_unit_test(test_chan_batching_full_socket_queues_in_order),
 		cmocka_unit_test(test_chan_queue_bound),
 		cmocka_unit_test(test_blocking_helpers),
 	};
