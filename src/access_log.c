@@ -109,27 +109,70 @@ put_json(char *out, size_t cap, const char *s)
 	return n;
 }
 
+/* v in decimal into buf (at least 21 bytes), NUL-terminated. */
+static void
+put_u64(char *buf, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0, i;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10u);
+		v /= 10u;
+	} while (v > 0);
+	for (i = 0; i < n; i++)
+		buf[i] = tmp[n - 1 - i];
+	buf[n] = '\0';
+}
+
+/*
+ * The date and time fields of second t. A busy worker writes thousands of
+ * lines a second, all with the same two fields: they are made once per
+ * second (gmtime_r and strftime cost more than the rest of the line) and
+ * kept for the next line. A worker is one thread.
+ */
+static void
+put_time(time_t t, char date[16], char tod[16])
+{
+	static struct {
+		int valid;
+		time_t t;
+		char date[16], tod[16];
+	} c;
+
+	if (!c.valid || c.t != t) {
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(c.date, sizeof(c.date), "%Y-%m-%d", &tm);
+		strftime(c.tod, sizeof(c.tod), "%H:%M:%S", &tm);
+		c.t = t;
+		c.valid = 1;
+	}
+	memcpy(date, c.date, sizeof(c.date));
+	memcpy(tod, c.tod, sizeof(c.tod));
+}
+
 size_t
 access_log_format(const struct access_rec *r, enum access_format fmt, char *buf, size_t len)
 {
-	time_t t = (time_t)(r->start_ms / 1000u);
-	struct tm tm;
-	char date[16], tod[16], status[8], port[8], scb[24], csb[24], tt[24], kdc[24];
+	char date[16], tod[16], status[24], port[24], scb[24], csb[24], tt[24], kdc[24];
 	size_t n = 0, w;
 	int i;
 
-	gmtime_r(&t, &tm);
-	strftime(date, sizeof(date), "%Y-%m-%d", &tm);
-	strftime(tod, sizeof(tod), "%H:%M:%S", &tm);
-	snprintf(status, sizeof(status), "%d", r->status);
-	snprintf(port, sizeof(port), "%u", r->s_port);
-	snprintf(scb, sizeof(scb), "%llu", (unsigned long long)r->sc_bytes);
-	snprintf(csb, sizeof(csb), "%llu", (unsigned long long)r->cs_bytes);
-	snprintf(tt, sizeof(tt), "%llu", (unsigned long long)r->time_taken_ms);
-	if (r->kdc_ms >= 0)
-		snprintf(kdc, sizeof(kdc), "%lld", (long long)r->kdc_ms);
+	put_time((time_t)(r->start_ms / 1000u), date, tod);
+	if (r->status >= 0)
+		put_u64(status, (uint64_t)r->status);
 	else
-		snprintf(kdc, sizeof(kdc), "-");
+		snprintf(status, sizeof(status), "%d", r->status);
+	put_u64(port, r->s_port);
+	put_u64(scb, r->sc_bytes);
+	put_u64(csb, r->cs_bytes);
+	put_u64(tt, r->time_taken_ms);
+	if (r->kdc_ms >= 0)
+		put_u64(kdc, (uint64_t)r->kdc_ms);
+	else
+		memcpy(kdc, "-", 2);
 
 	const char *vals[] = {
 		date, tod, r->s_ip, r->method, r->uri_stem, r->uri_query, port,

@@ -93,6 +93,50 @@ json_line_is_one_object_with_escapes(void **state)
 	assert_non_null(strstr(buf, "\"username\":\"alice@EXAMPLE.TEST\""));
 }
 
+/* The date and time are made once per second and kept: a line of another
+ * second, later or earlier (a record may start before the last one
+ * logged), gets its own. */
+static void
+date_and_time_follow_each_record_across_seconds_and_days(void **state)
+{
+	struct access_rec r = sample();
+	char buf[2048];
+
+	(void)state;
+	r.start_ms = 1798761599999ull;	/* 2026-12-31 23:59:59.999 UTC */
+	assert_true(access_log_format(&r, ACCESS_W3C, buf, sizeof(buf)) > 0);
+	assert_memory_equal(buf, "2026-12-31 23:59:59 ", 20);
+	r.start_ms = 1798761600000ull;	/* the next millisecond: a new year */
+	assert_true(access_log_format(&r, ACCESS_W3C, buf, sizeof(buf)) > 0);
+	assert_memory_equal(buf, "2027-01-01 00:00:00 ", 20);
+	r.start_ms = 1798761600999ull;	/* the same second again */
+	assert_true(access_log_format(&r, ACCESS_W3C, buf, sizeof(buf)) > 0);
+	assert_memory_equal(buf, "2027-01-01 00:00:00 ", 20);
+	r.start_ms = 1798761599000ull;	/* back to the second before */
+	assert_true(access_log_format(&r, ACCESS_JSON, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "\"date\":\"2026-12-31\",\"time\":\"23:59:59\""));
+}
+
+/* Numbers are written in full decimal, from 0 to the largest counter. */
+static void
+numbers_are_decimal_from_zero_to_the_largest(void **state)
+{
+	struct access_rec r = sample();
+	char buf[2048];
+
+	(void)state;
+	r.status = 0;
+	r.s_port = 65535;
+	r.sc_bytes = UINT64_MAX;
+	r.cs_bytes = 0;
+	r.time_taken_ms = 1000000007ull;
+	r.kdc_ms = 0;
+	assert_true(access_log_format(&r, ACCESS_W3C, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, " 65535 alice@EXAMPLE.TEST "));
+	assert_non_null(strstr(buf, " 0 18446744073709551615 0 1000000007 ABC "));
+	assert_non_null(strstr(buf, " exchange.example.test:443 0\n"));
+}
+
 static void
 too_small_buffer_is_refused_not_truncated(void **state)
 {
@@ -257,6 +301,8 @@ main(void)
 		cmocka_unit_test(w3c_line_has_every_field_in_order),
 		cmocka_unit_test(w3c_empty_fields_are_dashes_and_hostile_bytes_escaped),
 		cmocka_unit_test(json_line_is_one_object_with_escapes),
+		cmocka_unit_test(date_and_time_follow_each_record_across_seconds_and_days),
+		cmocka_unit_test(numbers_are_decimal_from_zero_to_the_largest),
 		cmocka_unit_test(too_small_buffer_is_refused_not_truncated),
 		cmocka_unit_test(header_names_the_fields),
 		cmocka_unit_test(prepare_writes_the_directives_only_into_a_new_file),
