@@ -113,33 +113,36 @@ http_method_name(enum http_method m)
 }
 
 /* Header names we act on, with the flags every occurrence gets. */
+#define KNOWN(name, id, flags)	{ name, id, flags, sizeof(name) - 1 }
 static const struct {
 	const char *name;
 	enum http_hdr id;
 	uint8_t flags;
+	uint8_t len;		/* strlen(name): compared first */
 } known[] = {
-	{ "Host",		HTTP_H_HOST,			0 },
-	{ "Content-Length",	HTTP_H_CONTENT_LENGTH,		HTTP_HF_FRAMING },
-	{ "Transfer-Encoding",	HTTP_H_TRANSFER_ENCODING,	HTTP_HF_FRAMING },
-	{ "Connection",		HTTP_H_CONNECTION,		HTTP_HF_HOP },
-	{ "Keep-Alive",		HTTP_H_KEEP_ALIVE,		HTTP_HF_HOP },
-	{ "Proxy-Connection",	HTTP_H_PROXY_CONNECTION,	HTTP_HF_HOP },
-	{ "TE",			HTTP_H_TE,			HTTP_HF_HOP },
-	{ "Trailer",		HTTP_H_TRAILER,			HTTP_HF_HOP },
-	{ "Upgrade",		HTTP_H_UPGRADE,			HTTP_HF_HOP },
-	{ "Expect",		HTTP_H_EXPECT,			0 },
-	{ "Authorization",	HTTP_H_AUTHORIZATION,		0 },
-	{ "Proxy-Authorization", HTTP_H_PROXY_AUTHORIZATION,	HTTP_HF_HOP },
-	{ "Proxy-Authenticate",	HTTP_H_PROXY_AUTHENTICATE,	HTTP_HF_HOP },
-	{ "WWW-Authenticate",	HTTP_H_WWW_AUTHENTICATE,	0 },
-	{ "Persistent-Auth",	HTTP_H_PERSISTENT_AUTH,		0 },
-	{ "User-Agent",		HTTP_H_USER_AGENT,		0 },
-	{ "X-Forwarded-For",	HTTP_H_X_FORWARDED_FOR,		0 },
-	{ "X-Forwarded-Proto",	HTTP_H_X_FORWARDED_PROTO,	0 },
-	{ "Forwarded",		HTTP_H_FORWARDED,		0 },
-	{ "X-MS-Location",	HTTP_H_X_MS_LOCATION,		0 },
-	{ "Retry-After",	HTTP_H_RETRY_AFTER,		0 },
+	KNOWN("Host",			HTTP_H_HOST,			0),
+	KNOWN("Content-Length",		HTTP_H_CONTENT_LENGTH,		HTTP_HF_FRAMING),
+	KNOWN("Transfer-Encoding",	HTTP_H_TRANSFER_ENCODING,	HTTP_HF_FRAMING),
+	KNOWN("Connection",		HTTP_H_CONNECTION,		HTTP_HF_HOP),
+	KNOWN("Keep-Alive",		HTTP_H_KEEP_ALIVE,		HTTP_HF_HOP),
+	KNOWN("Proxy-Connection",	HTTP_H_PROXY_CONNECTION,	HTTP_HF_HOP),
+	KNOWN("TE",			HTTP_H_TE,			HTTP_HF_HOP),
+	KNOWN("Trailer",		HTTP_H_TRAILER,			HTTP_HF_HOP),
+	KNOWN("Upgrade",		HTTP_H_UPGRADE,			HTTP_HF_HOP),
+	KNOWN("Expect",			HTTP_H_EXPECT,			0),
+	KNOWN("Authorization",		HTTP_H_AUTHORIZATION,		0),
+	KNOWN("Proxy-Authorization",	HTTP_H_PROXY_AUTHORIZATION,	HTTP_HF_HOP),
+	KNOWN("Proxy-Authenticate",	HTTP_H_PROXY_AUTHENTICATE,	HTTP_HF_HOP),
+	KNOWN("WWW-Authenticate",	HTTP_H_WWW_AUTHENTICATE,	0),
+	KNOWN("Persistent-Auth",	HTTP_H_PERSISTENT_AUTH,		0),
+	KNOWN("User-Agent",		HTTP_H_USER_AGENT,		0),
+	KNOWN("X-Forwarded-For",	HTTP_H_X_FORWARDED_FOR,		0),
+	KNOWN("X-Forwarded-Proto",	HTTP_H_X_FORWARDED_PROTO,	0),
+	KNOWN("Forwarded",		HTTP_H_FORWARDED,		0),
+	KNOWN("X-MS-Location",		HTTP_H_X_MS_LOCATION,		0),
+	KNOWN("Retry-After",		HTTP_H_RETRY_AFTER,		0),
 };
+#undef KNOWN
 
 int
 http_header_find(const struct http_msg *m, const char *buf, const char *name)
@@ -604,7 +607,7 @@ header_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 	h->id = HTTP_H_OTHER;
 	h->flags = 0;
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-		if (eq_ci_str(line, nlen, known[i].name)) {
+		if (known[i].len == nlen && codec_eq_ci(line, nlen, known[i].name, nlen)) {
 			h->id = (uint8_t)known[i].id;
 			h->flags = known[i].flags;
 			break;

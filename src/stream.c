@@ -141,6 +141,10 @@ struct senv {
 	struct evbuffer *dev_direct;	/* a response part put together for
 					 * dev_send; empty between calls */
 	struct evbuffer *be_direct;	/* the same toward the backend (be_send) */
+	/* one request and two parse states (2 KiB each) kept for the next
+	 * request instead of a malloc and free of each per request */
+	struct req *spare_req;
+	struct http_msg *spare_msg[2];
 	LIST_HEAD(, stream) streams;	/* every open stream, for drain and exit */
 };
 
@@ -296,6 +300,35 @@ slice_copy(char *dst, size_t cap, const char *buf, struct http_slice sl)
 	dst[n] = '\0';
 }
 
+/* Parse states and requests come from (and go back to) the environment's
+ * spares when it has them. msg_get's is uninitialised (http_msg_init). */
+static struct http_msg *
+msg_get(struct senv *e)
+{
+	for (unsigned i = 0; i < 2; i++) {
+		if (e->spare_msg[i] != NULL) {
+			struct http_msg *m = e->spare_msg[i];
+			e->spare_msg[i] = NULL;
+			return m;
+		}
+	}
+	return malloc(sizeof(struct http_msg));
+}
+
+static void
+msg_put(struct senv *e, struct http_msg *m)
+{
+	if (m == NULL)
+		return;
+	for (unsigned i = 0; i < 2; i++) {
+		if (e->spare_msg[i] == NULL) {
+			e->spare_msg[i] = m;
+			return;
+		}
+	}
+	free(m);
+}
+
 /* A bounded copy of a C string (what snprintf "%s" did, without the
  * format machinery: several per request). */
 static void
@@ -375,11 +408,14 @@ req_free(struct stream *s)
 		kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
 	if (rq->head_out != NULL)
 		evbuffer_free(rq->head_out);
-	free(rq->resp_msg);
+	msg_put(s->env, rq->resp_msg);
 	if (rq->parked)
 		metrics_self()->parked--;
 	rq->magic = 0;
-	free(rq);
+	if (s->env->spare_req == NULL)
+		s->env->spare_req = rq;
+	else
+		free(rq);
 	s->rq = NULL;
 }
 
@@ -441,7 +477,7 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 		    reason_token_detail(r, detail, tok, sizeof(tok)), reason_text(r));
 	else
 		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
-	free(s->req_msg);
+	msg_put(s->env, s->req_msg);
 	if (s->pp != NULL)
 		pp_free(s, 1);
 	policy_cancel(s->idc);
@@ -901,9 +937,12 @@ handshake_failed(struct stream *s)
 static struct req *
 req_new(struct stream *s)
 {
-	struct req *rq = calloc(1, sizeof(*rq));
+	struct req *rq = s->env->spare_req;
 
-	if (rq == NULL)
+	if (rq != NULL) {
+		s->env->spare_req = NULL;
+		memset(rq, 0, sizeof(*rq));
+	} else if ((rq = calloc(1, sizeof(*rq))) == NULL)
 		return NULL;
 	rq->magic = REQ_MAGIC;
 	rq->start_wall_ms = wall_ms();
@@ -1079,7 +1118,7 @@ process_input(struct stream *s)
 		arm_timer(s, env->cfg->server.client_header_timeout);
 	}
 	if (s->req_msg == NULL) {
-		if ((s->req_msg = malloc(sizeof(*s->req_msg))) == NULL) {
+		if ((s->req_msg = msg_get(s->env)) == NULL) {
 			stream_close(s, REASON_OUT_OF_MEMORY, "http_msg");
 			return;
 		}
@@ -1113,7 +1152,7 @@ process_input(struct stream *s)
 	if (accept_head(s, s->req_msg, buf) != 0)
 		return;
 	evbuffer_drain(in, consumed);
-	free(s->req_msg);
+	msg_put(s->env, s->req_msg);
 	s->req_msg = NULL;
 	s->head_bytes_seen = 0;
 	authorize(s);
@@ -1714,7 +1753,7 @@ forward_head(struct stream *s, const char *buf, size_t consumed, struct evbuffer
 
 	if (r < 0)
 		return -1;
-	free(rq->resp_msg);
+	msg_put(s->env, rq->resp_msg);
 	rq->resp_msg = NULL;
 	if (r == 1) {
 		/* retry: a new connection and a fresh token */
@@ -1852,7 +1891,7 @@ pump_response(struct stream *s)
 		if (avail == 0)
 			return;
 		if (rq->resp_msg == NULL) {
-			if ((rq->resp_msg = malloc(sizeof(*rq->resp_msg))) == NULL) {
+			if ((rq->resp_msg = msg_get(s->env)) == NULL) {
 				respond_error(s, REASON_OUT_OF_MEMORY, "http_msg");
 				return;
 			}
@@ -2276,6 +2315,9 @@ stream_shutdown(struct worker *w)
 	event_free(env->flush_ev);
 	evbuffer_free(env->dev_direct);
 	evbuffer_free(env->be_direct);
+	free(env->spare_req);
+	free(env->spare_msg[0]);
+	free(env->spare_msg[1]);
 	access_log_flush();
 	if (env->ocsp != NULL)
 		ocsp_free(env->ocsp);
