@@ -150,6 +150,13 @@ on_token(const struct s4u_result *res, void *arg)
 		m->kcd_cache_hits++;
 	else
 		m->kcd_negative_hits++;
+	/* the token's route (a fast one here: s4u_token_request's own try) */
+	if (res->ok && res->fast)
+		m->kcd_tokens_fast++;
+	else if (res->ok)
+		m->kcd_tokens_gss++;
+	if (res->fast_fallback)
+		m->kcd_fast_fallbacks++;
 	if (p->ch == NULL || p->epoch != pd->epoch) {
 		/* that worker's channel went away; its request died with it */
 		if (res->ctx_id != 0)
@@ -195,6 +202,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	    flags, &res, &serr)) {
 	case 1:
 		metrics_self()->kcd_cache_hits++;
+		metrics_self()->kcd_tokens_fast++;
 		answer_token(p, msg->id, &res);
 		return 0;
 	case -1:
@@ -535,6 +543,20 @@ on_tgt(const struct s4u_proxy_state *st, void *arg)
 	tgt_arm(k, k->tgt_backoff_ms);
 }
 
+/* s4u.c ran an AS exchange for the proxy's TGT (on this loop), for a
+ * check or for a request: counted apart from the S4U exchanges. */
+static void
+on_tgt_exchange(int ok, void *arg)
+{
+	struct kcd *k = arg;
+
+	assert(k->magic == KCD_MAGIC);
+	if (ok)
+		metrics_self()->kcd_tgt_ok++;
+	else
+		metrics_self()->kcd_tgt_errors++;
+}
+
 static void
 on_tgt_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -747,6 +769,8 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 		sp.kdc_timeout_ms = c->kerberos.kdc_timeout;
 		sp.kdc_concurrency = c->kerberos.kdc_concurrency;
 		sp.ctx_ttl_ms = c->server.request_timeout + 60000u;
+		sp.on_tgt_exchange = on_tgt_exchange;
+		sp.tgt_arg = k;
 		if ((k->s4u = s4u_new(k->base, &sp, err, sizeof(err))) == NULL) {
 			log_error("kcd", "cannot start the Kerberos core: %s", err);
 			goto cleanup;

@@ -68,6 +68,11 @@ fold(struct metrics_slot *dst, const struct metrics_slot *src)
 	dst->kdc_ms_count += src->kdc_ms_count;
 	dst->ldap_lookups += src->ldap_lookups;
 	dst->ldap_errors += src->ldap_errors;
+	dst->kcd_tokens_fast += src->kcd_tokens_fast;
+	dst->kcd_tokens_gss += src->kcd_tokens_gss;
+	dst->kcd_fast_fallbacks += src->kcd_fast_fallbacks;
+	dst->kcd_tgt_ok += src->kcd_tgt_ok;
+	dst->kcd_tgt_errors += src->kcd_tgt_errors;
 }
 
 void
@@ -324,16 +329,17 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 	    "eas_kcd_proxy_kcd_cache_total{result=\"hit\"} %llu\n"
 	    "eas_kcd_proxy_kcd_cache_total{result=\"miss\"} %llu\n"
 	    "eas_kcd_proxy_kcd_cache_total{result=\"negative_hit\"} %llu\n"
-	    "# HELP eas_kcd_proxy_kdc_requests_total S4U exchanges with the KDC.\n"
+	    "# HELP eas_kcd_proxy_kdc_requests_total S4U exchanges with the KDC (the proxy's "
+	    "own AS exchanges: eas_kcd_proxy_kcd_tgt_acquisitions_total).\n"
 	    "# TYPE eas_kcd_proxy_kdc_requests_total counter\n"
 	    "eas_kcd_proxy_kdc_requests_total %llu\n"
-	    "# HELP eas_kcd_proxy_kdc_errors_total KDC exchanges that failed.\n"
+	    "# HELP eas_kcd_proxy_kdc_errors_total S4U exchanges with the KDC that failed.\n"
 	    "# TYPE eas_kcd_proxy_kdc_errors_total counter\n"
 	    "eas_kcd_proxy_kdc_errors_total %llu\n",
 	    (unsigned long long)t.kcd_cache_hits, (unsigned long long)t.kcd_cache_misses,
 	    (unsigned long long)t.kcd_negative_hits, (unsigned long long)t.kdc_requests,
 	    (unsigned long long)t.kdc_errors);
-	emit(&o, "# HELP eas_kcd_proxy_kdc_latency_seconds Time of KDC exchanges.\n"
+	emit(&o, "# HELP eas_kcd_proxy_kdc_latency_seconds Time of S4U exchanges with the KDC.\n"
 	    "# TYPE eas_kcd_proxy_kdc_latency_seconds histogram\n");
 	for (unsigned b = 0; b < METRICS_KDC_BUCKETS; b++) {
 		cum += t.kdc_ms_bucket[b];
@@ -347,6 +353,23 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 	emit(&o, "eas_kcd_proxy_kdc_latency_seconds_sum %.3f\n"
 	    "eas_kcd_proxy_kdc_latency_seconds_count %llu\n",
 	    (double)t.kdc_ms_sum / 1000.0, (unsigned long long)t.kdc_ms_count);
+	emit(&o, "# HELP eas_kcd_proxy_kcd_tokens_total Negotiate tokens kcd made, by route: fast "
+	    "(on its loop from the cached service ticket) or gss (GSSAPI on a KDC thread).\n"
+	    "# TYPE eas_kcd_proxy_kcd_tokens_total counter\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"fast\"} %llu\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"} %llu\n"
+	    "# HELP eas_kcd_proxy_kcd_fast_fallbacks_total Requests for a cached credential "
+	    "the fast path could not serve (they went the GSS way).\n"
+	    "# TYPE eas_kcd_proxy_kcd_fast_fallbacks_total counter\n"
+	    "eas_kcd_proxy_kcd_fast_fallbacks_total %llu\n"
+	    "# HELP eas_kcd_proxy_kcd_tgt_acquisitions_total AS exchanges for the proxy's own "
+	    "TGT from its keytab, by result.\n"
+	    "# TYPE eas_kcd_proxy_kcd_tgt_acquisitions_total counter\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"ok\"} %llu\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"} %llu\n",
+	    (unsigned long long)t.kcd_tokens_fast, (unsigned long long)t.kcd_tokens_gss,
+	    (unsigned long long)t.kcd_fast_fallbacks, (unsigned long long)t.kcd_tgt_ok,
+	    (unsigned long long)t.kcd_tgt_errors);
 	emit(&o, "# HELP eas_kcd_proxy_ldap_lookups_total Directory lookups.\n"
 	    "# TYPE eas_kcd_proxy_ldap_lookups_total counter\n"
 	    "eas_kcd_proxy_ldap_lookups_total{result=\"ok\"} %llu\n"

@@ -51,6 +51,14 @@ struct metrics_slot {
 						 * INT64_MAX = no end */
 	char kcd_tgt_why[512];			/* why there is none, or why the last
 						 * renewal failed; "" = fine */
+	/* kcd: tokens by route (s4u.h, Warm tokens), and the proxy's own AS
+	 * exchanges (not in kdc_requests: those are S4U exchanges only) */
+	uint64_t kcd_tokens_fast;		/* made on kcd's loop from the cached
+						 * service ticket */
+	uint64_t kcd_tokens_gss;		/* made by GSSAPI on a KDC thread */
+	uint64_t kcd_fast_fallbacks;		/* warm requests the fast path could
+						 * not serve (went the GSS way) */
+	uint64_t kcd_tgt_ok, kcd_tgt_errors;	/* AS exchanges for the proxy's TGT */
 };
 
 struct metrics_shm {

@@ -601,6 +601,10 @@ struct s4u_req {
 	/* results, written by the job */
 	int ok, kdc;
 	int did_acquire, did_s4u2self, did_s4u2proxy, expired_in_queue;
+	int did_as;			/* ran the proxy's AS exchange (did_acquire:
+					 * and got the TGT) */
+	int fast, fast_fallback;	/* fast_answer: made by, or refused by, the
+					 * fast path */
 	enum kcd_err_class cls;
 	char name[KCD_NAME_MAX];
 	char text[KCD_TEXT_MAX];
@@ -795,6 +799,7 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 		req_fail(r, S4U_STEP_PROXY_CRED, what, major, minor);
 		goto cleanup;
 	}
+	r->did_as = 1;			/* reported on the loop (tgt_exchange) */
 	major = gss_acquire_cred_from(&minor, name, GSS_C_INDEFINITE, &krb5_mechs, GSS_C_INITIATE,
 	    &store, &pc->cred, NULL, &lifetime);
 	if (GSS_ERROR(major)) {
@@ -827,6 +832,14 @@ cleanup:
 	if (old != NULL)
 		proxy_free(old);
 	return ret;
+}
+
+/* On the loop: tell the embedding kcd about r's AS exchange, if r ran one. */
+static void
+tgt_exchange(struct s4u *s, const struct s4u_req *r)
+{
+	if (r->did_as && s->p.on_tgt_exchange != NULL)
+		s->p.on_tgt_exchange(r->did_acquire, s->p.tgt_arg);
 }
 
 /* ---- the proxy's credential ahead of requests (s4u_proxy_check) -------------------- */
@@ -887,6 +900,7 @@ check_done(struct pool_job *job)
 		abort();
 	s->pcheck = 0;
 	s->st.proxy_acquired += c->r.did_acquire;
+	tgt_exchange(s, &c->r);
 	memset(&st, 0, sizeof(st));
 	st.ok = c->ok;
 	st.acquired = c->r.did_acquire;
@@ -1619,9 +1633,11 @@ fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
 
 	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &ac) != 0) {
 		s->st.fast_fallbacks++;
+		r->fast_fallback = 1;
 		return -1;
 	}
 	r->ok = 1;
+	r->fast = 1;
 	r->token = tok;
 	r->ac = ac;
 	r->ticket_end = (uint64_t)(uint32_t)ic->svc->times.endtime * 1000;
@@ -1679,6 +1695,8 @@ deliver(struct s4u_req *r)
 	res.ok = r->ok;
 	res.kdc = r->kdc;
 	res.exchange = r->kind == K_LEAD && r->job_ran;
+	res.fast = r->fast;
+	res.fast_fallback = r->fast_fallback;
 	res.elapsed_ms = mono_ms() - r->t0;
 	if (r->ok) {
 		if (r->ctx != GSS_C_NO_CONTEXT || r->ac != NULL) {
@@ -1793,6 +1811,7 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	res.text = r->text;
 	res.kdc = 1;
 	res.exchange = r->kind == K_LEAD;
+	res.fast_fallback = r->fast_fallback;
 	res.elapsed_ms = mono_ms() - r->t0;
 	r->fn(&res, r->arg);
 	if (!r->in_flight)
@@ -1843,6 +1862,7 @@ lead_done(struct s4u *s, struct s4u_req *r)
 	struct s4u_req *wr;
 
 	s->st.proxy_acquired += r->did_acquire;
+	tgt_exchange(s, r);
 	s->st.expired_in_queue += r->expired_in_queue;
 	s->st.s4u2self += r->did_s4u2self;
 	s->st.s4u2proxy += r->did_s4u2proxy;
@@ -2010,6 +2030,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	res->token = tok;
 	res->ctx_id = ac != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, ac) : 0;
 	res->ticket_end_ms = end;
+	res->fast = 1;
 	s->st.requests++;
 	s->st.cache_hits++;
 	s->st.tokens++;

@@ -85,6 +85,13 @@ struct s4u;
  * (docs/performance.md), so a cold start of 5,000 users fits. */
 #define S4U_QUEUE_FACTOR	6
 
+/* An acquisition of the proxy's TGT from the keytab (gss_acquire_cred_from:
+ * the AS exchange) ended: ok 1 when it got one, 0 when it failed (no usable
+ * key in the keytab, the KDC refused, no KDC answered). Acquisitions that
+ * shared another's answer or never got that far (out of memory, a bad
+ * principal name) are not reported. */
+typedef void s4u_tgt_fn(int ok, void *arg);
+
 struct s4u_params {
 	const char *keytab;		/* [kerberos] keytab */
 	const char *principal;		/* [kerberos] principal */
@@ -100,6 +107,11 @@ struct s4u_params {
 	 * and at most max_contexts of them (oldest released first). */
 	uint64_t ctx_ttl_ms;		/* 0 = 3700 s */
 	unsigned max_contexts;		/* 0 = 100000 */
+	/* Told of each AS exchange for the proxy's own credential that s4u
+	 * ran (s4u_proxy_check's or a request's, proxy_get), on the loop,
+	 * whether or not anyone still waits for its answer; NULL = nobody. */
+	s4u_tgt_fn *on_tgt_exchange;
+	void *tgt_arg;
 };
 
 /* An answer; pointers valid only during the callback. */
@@ -115,6 +127,11 @@ struct s4u_result {
 	int kdc;			/* 1: this request waited for a KDC exchange */
 	int exchange;			/* 1: ...and ran it itself (the single-flight
 					 * leader): count KDC requests on this */
+	int fast;			/* 1 (with ok): made on the loop from the
+					 * cached service ticket (Warm tokens);
+					 * 0: by GSSAPI on a pool thread */
+	int fast_fallback;		/* 1: a warm request the fast path could
+					 * not serve (stats: fast_fallbacks) */
 };
 
 typedef void s4u_done_fn(const struct s4u_result *res, void *arg);

@@ -64,6 +64,66 @@ kdc_histogram_is_cumulative(void **state)
 	assert_non_null(strstr(buf, "eas_kcd_proxy_kdc_latency_seconds_count 3\n"));
 }
 
+/* kcd's tokens by route and its own AS exchanges: series of their own,
+ * always rendered (0 before any), kept when kcd exits, and apart from the
+ * S4U exchanges of eas_kcd_proxy_kdc_requests_total. */
+static void
+kcd_token_routes_and_tgt_acquisitions(void **state)
+{
+	struct metrics_shm *m = metrics_shm_create();
+	static char buf[65536];
+	struct metrics_slot *k;
+	int a, b;
+
+	(void)state;
+	assert_non_null(m);
+	a = metrics_slot_alloc(m, SLOT_KCD);
+	assert_true(a >= 0);
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "# TYPE eas_kcd_proxy_kcd_tokens_total counter\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"fast\"} 0\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"} 0\n"));
+	assert_non_null(strstr(buf, "# TYPE eas_kcd_proxy_kcd_fast_fallbacks_total counter\n"
+	    "eas_kcd_proxy_kcd_fast_fallbacks_total 0\n"));
+	assert_non_null(strstr(buf, "# TYPE eas_kcd_proxy_kcd_tgt_acquisitions_total counter\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"ok\"} 0\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"} 0\n"));
+	assert_non_null(strstr(buf, "# HELP eas_kcd_proxy_kcd_tokens_total "));
+	assert_non_null(strstr(buf, "# HELP eas_kcd_proxy_kcd_fast_fallbacks_total "));
+	assert_non_null(strstr(buf, "# HELP eas_kcd_proxy_kcd_tgt_acquisitions_total "));
+
+	/* kcd published: 1 cold token (one S4U exchange), 41 warm, 2 of
+	 * which fell back to GSS; one TGT after two failed tries */
+	k = &m->slot[a];
+	k->kdc_requests = 1;
+	k->kcd_tokens_gss = 3;
+	k->kcd_tokens_fast = 39;
+	k->kcd_fast_fallbacks = 2;
+	k->kcd_tgt_errors = 2;
+	k->kcd_tgt_ok = 1;
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tokens_total{route=\"fast\"} 39\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"} 3\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_fast_fallbacks_total 2\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"ok\"} 1\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"} 2\n"));
+	assert_non_null(strstr(buf, "\neas_kcd_proxy_kdc_requests_total 1\n"));
+	assert_non_null(strstr(buf, "\neas_kcd_proxy_kdc_latency_seconds_count 0\n"));
+
+	/* kcd restarts: the old one's counts stay, the new one's add up */
+	metrics_slot_release(m, a);
+	b = metrics_slot_alloc(m, SLOT_KCD);
+	assert_true(b >= 0);
+	m->slot[b].kcd_tokens_fast = 1;
+	m->slot[b].kcd_tgt_ok = 1;
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tokens_total{route=\"fast\"} 40\n"
+	    "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"} 3\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_fast_fallbacks_total 2\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"ok\"} 2\n"
+	    "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"} 2\n"));
+}
+
 static void
 small_buffer_renders_nothing(void **state)
 {
@@ -163,6 +223,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(counters_survive_a_child_exit),
 		cmocka_unit_test(kdc_histogram_is_cumulative),
+		cmocka_unit_test(kcd_token_routes_and_tgt_acquisitions),
 		cmocka_unit_test(small_buffer_renders_nothing),
 		cmocka_unit_test(readyz_needs_the_proxys_tgt),
 	};

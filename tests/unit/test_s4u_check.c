@@ -2,7 +2,8 @@
  * test_s4u_check.c — s4u_proxy_check (the proxy's TGT ahead of requests,
  * for /readyz) without a working KDC: the cause of a missing TGT reaches
  * the callback (no keytab; a KDC that refuses connections), one check at a
- * time, and s4u_free with a check in flight calls nothing. Obtaining and
+ * time, and s4u_free with a check in flight calls nothing. Each AS exchange
+ * tried (a check's or a request's) is reported to on_tgt_exchange. Obtaining and
  * renewing a real TGT is tested against the lab by
  * tests/integration/test_readyz.py.
  */
@@ -30,6 +31,7 @@ struct world {
 	char dir[64], krb5_conf[96], keytab[96];
 	struct event_base *base;
 	struct s4u *s;
+	unsigned as_ok, as_err;		/* on_tgt_exchange reports */
 };
 
 struct seen {
@@ -42,6 +44,17 @@ struct seen {
 };
 
 static struct world *current;	/* for the teardown when a test failed */
+
+static void
+on_exchange(int ok, void *arg)
+{
+	struct world *w = arg;
+
+	if (ok)
+		w->as_ok++;
+	else
+		w->as_err++;
+}
 
 /* A port on 127.0.0.1 with nothing behind it (UDP and TCP refuse). */
 static int
@@ -111,6 +124,8 @@ world_up(struct world *w, int with_keytab)
 	assert_non_null(w->base = event_base_new());
 	p.keytab = w->keytab;
 	p.principal = PROXY;
+	p.on_tgt_exchange = on_exchange;
+	p.tgt_arg = w;
 	if ((w->s = s4u_new(w->base, &p, err, sizeof(err))) == NULL)
 		fail_msg("s4u_new: %s", err);
 }
@@ -150,6 +165,21 @@ on_state(const struct s4u_proxy_state *st, void *arg)
 	snprintf(seen->text, sizeof(seen->text), "%s", st->ok ? "" : st->text);
 }
 
+struct tok {
+	unsigned n;
+	int ok, fast;
+};
+
+static void
+on_token(const struct s4u_result *res, void *arg)
+{
+	struct tok *t = arg;
+
+	t->n++;
+	t->ok = res->ok;
+	t->fast = res->fast;
+}
+
 static void
 run_until(struct world *w, struct seen *seen, unsigned n)
 {
@@ -174,6 +204,9 @@ test_no_keytab_is_no_tgt_with_the_cause(void **state)
 	assert_true(seen.name[0] != '\0');
 	if (strstr(seen.text, PROXY) == NULL || strstr(seen.text, w.keytab) == NULL)
 		fail_msg("the cause names neither the principal nor the keytab: %s", seen.text);
+	/* a failed acquisition, reported before the check's answer */
+	assert_int_equal(w.as_ok, 0);
+	assert_int_equal(w.as_err, 1);
 	world_down(&w);
 }
 
@@ -182,6 +215,7 @@ test_kdc_refusing_is_unreachable_and_checks_go_one_at_a_time(void **state)
 {
 	struct world w;
 	struct seen seen = { 0 };
+	struct tok tok = { 0 };
 
 	(void)state;
 	world_up(&w, 1);
@@ -196,6 +230,16 @@ test_kdc_refusing_is_unreachable_and_checks_go_one_at_a_time(void **state)
 	assert_int_equal(s4u_proxy_check(w.s, on_state, &seen), 0);
 	run_until(&w, &seen, 2);
 	assert_string_equal(seen.name, "KDC_UNREACH");
+	assert_int_equal(w.as_err, 2);
+	/* a request's own acquisition (its leader's) is reported the same */
+	assert_int_equal(s4u_token_request(w.s, "alice@EXAMPLE.TEST", "HTTP@exchange.example.test",
+	    NULL, 0, 0, on_token, &tok, NULL), 0);
+	while (tok.n == 0)
+		assert_true(event_base_loop(w.base, EVLOOP_ONCE) >= 0);
+	assert_int_equal(tok.ok, 0);
+	assert_int_equal(tok.fast, 0);
+	assert_int_equal(w.as_ok, 0);
+	assert_int_equal(w.as_err, 3);
 	world_down(&w);
 }
 
@@ -211,6 +255,7 @@ test_free_with_a_check_in_flight_calls_nothing(void **state)
 	s4u_free(w.s);			/* waits for the exchange, drops the answer */
 	w.s = NULL;
 	assert_int_equal(seen.n, 0);
+	assert_int_equal(w.as_ok + w.as_err, 0);
 	world_down(&w);
 }
 
