@@ -129,12 +129,13 @@ put_u64(char *buf, uint64_t v)
  * The date and time fields of second t. A busy worker writes thousands of
  * lines a second, all with the same two fields: they are made once per
  * second (gmtime_r and strftime cost more than the rest of the line) and
- * kept for the next line. A worker is one thread.
+ * kept for the next line, per thread (an embedding program may format
+ * from several).
  */
 static void
 put_time(time_t t, char date[16], char tod[16])
 {
-	static struct {
+	static _Thread_local struct {
 		int valid;
 		time_t t;
 		char date[16], tod[16];
