@@ -9,8 +9,10 @@ keytab and no device traffic at all, and the first device request then
 needs no AS exchange of its own; not ready, with the cause in the body,
 when the keytab's key is stale, the principal unknown or the KDC down at
 start; ready without any device traffic once the KDC is back; the
-eas_kcd_proxy_kcd_tgt_* gauges agree; the error log says when the TGT was
-obtained and why there is none.
+eas_kcd_proxy_kcd_tgt_* gauges agree; the proxy's AS exchanges are counted
+in eas_kcd_proxy_kcd_tgt_acquisitions_total (by result), never among the S4U
+exchanges of eas_kcd_proxy_kdc_requests_total; the error log says when the
+TGT was obtained and why there is none.
 """
 
 import re
@@ -64,6 +66,23 @@ def gauge(p, name):
     return float(m.group(1))
 
 
+def counter(p, sample):
+    """The value of a counter sample ('name' or 'name{label="v"}') in
+    /metrics; fails when absent."""
+    status, body = admin(p, "/metrics")
+    assert status == 200, (status, body)
+    name = sample.split("{")[0]
+    assert f"# HELP {name} " in body and f"# TYPE {name} counter\n" in body, body
+    m = re.search(rf"^{re.escape(sample)} (\S+)$", body, re.M)
+    assert m, f"no {sample} sample in /metrics:\n{body}"
+    return float(m.group(1))
+
+
+TGT_OK = 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="ok"}'
+TGT_ERR = 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="error"}'
+S4U_EXCHANGES = "eas_kcd_proxy_kdc_requests_total"
+
+
 def wait_readyz(p, status, timeout=DEADLINE):
     """Poll /readyz until it answers status; returns the body."""
     got = []
@@ -113,8 +132,11 @@ def test_ready_with_a_good_keytab_before_any_device_and_the_gauges_agree(
     # the lab's krb5.conf asks for 10-hour tickets
     assert now + 9 * 3600 < end <= now + 10 * 3600 + 60, (end, now)
     assert requests_seen(p) == [], "a device request was made"
-    # exactly one AS exchange for the proxy, before any device asked
+    # exactly one AS exchange for the proxy, before any device asked, and
+    # /metrics counts it as such (not as an S4U exchange)
     assert lab.count_kdc_requests("AS", PROXY, status="ISSUE") == as0 + 1
+    assert (counter(p, TGT_OK), counter(p, TGT_ERR)) == (1, 0)
+    assert counter(p, S4U_EXCHANGES) == 0
     assert re.search(r"obtained the TGT for " + re.escape(principal(PROXY)) +
                      r" from the keytab, valid until \d{4}-\d\d-\d\dT", p.log_text()), tail(p)
     # the first device request uses that TGT: S4U, no AS exchange of its own
@@ -122,6 +144,9 @@ def test_ready_with_a_good_keytab_before_any_device_and_the_gauges_agree(
                        target=device.eas_target("Sync", "alice"), method="OPTIONS")
     assert r.status == 200, (r.status, r.body, tail(p))
     assert lab.count_kdc_requests("AS", PROXY, status="ISSUE") == as0 + 1
+    assert (counter(p, TGT_OK), counter(p, TGT_ERR)) == (1, 0)
+    assert counter(p, S4U_EXCHANGES) == 1
+    assert counter(p, 'eas_kcd_proxy_kcd_tokens_total{route="gss"}') == 1
     assert admin(p, "/healthz") == (200, "ok\n")
 
 
@@ -158,6 +183,9 @@ def test_not_ready_without_a_tgt_names_the_cause(lab, proxies, tmp_path, case,
     p.wait_for_log(r"still no TGT for " + re.escape(principal(name)), timeout=DEADLINE)
     assert admin(p, "/readyz")[0] == 503
     assert admin(p, "/healthz") == (200, "ok\n")
+    # each try is a failed acquisition, none an S4U exchange
+    assert counter(p, TGT_ERR) >= 2 and counter(p, TGT_OK) == 0
+    assert counter(p, S4U_EXCHANGES) == 0
 
 
 def test_kdc_down_at_start_then_ready_without_device_traffic(lab, proxies):
@@ -178,6 +206,8 @@ def test_kdc_down_at_start_then_ready_without_device_traffic(lab, proxies):
     assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > time.time()
     assert requests_seen(p) == [], "a device request was made"
     p.wait_for_log(r"obtained the TGT for " + re.escape(principal(PROXY)))
+    # the tries while the KDC was down failed; the one after got it
+    assert counter(p, TGT_ERR) >= 1 and counter(p, TGT_OK) == 1
 
 
 # ---------------------------------------------------------------- renewal --
@@ -203,6 +233,7 @@ def test_tgt_is_renewed_before_its_end_without_device_traffic(lab, proxies,
                    r", valid until \d{4}-", timeout=DEADLINE)
     assert lab.count_kdc_requests("AS", name, status="ISSUE") >= as0 + 2
     assert admin(p, "/readyz") == (200, "ready\n")
+    assert counter(p, TGT_OK) >= 2 and counter(p, S4U_EXCHANGES) == 0
     assert wait_until(lambda: gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > first,
                       DEADLINE, "a later TGT end in /metrics")
     assert requests_seen(p) == [], "a device request was made"

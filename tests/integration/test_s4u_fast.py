@@ -15,14 +15,19 @@ Extended Protection backend behind the daemon):
   * mutual authentication verifies the acceptor's real AP-REP and refuses
     a forged one, another token's, a KRB-ERROR and a token of another kind;
   * through the daemon, a long keep-alive run is accepted request after
-    request by a backend that checks every token and its bindings.
+    request by a backend that checks every token and its bindings, and
+    /metrics says which route the tokens took (eas_kcd_proxy_kcd_tokens_total
+    by route: the cold one by GSS, the warm ones fast) while the S4U and
+    the proxy's own AS exchanges are counted apart.
 """
 
 import base64
 import http.client
 import json
+import re
 import socket
 import ssl
+import urllib.request
 
 import pytest
 
@@ -238,6 +243,23 @@ def cb_world():
         world.stop()
 
 
+def metrics(p):
+    """/metrics as {'name{labels}': value} (every sample line)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port}/metrics",
+                                timeout=10) as r:
+        body = r.read().decode()
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", body, re.M)}
+
+
+FAST = 'eas_kcd_proxy_kcd_tokens_total{route="fast"}'
+GSS = 'eas_kcd_proxy_kcd_tokens_total{route="gss"}'
+FALLBACKS = "eas_kcd_proxy_kcd_fast_fallbacks_total"
+S4U_EXCHANGES = "eas_kcd_proxy_kdc_requests_total"
+TGT_OK = 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="ok"}'
+TGT_ERR = 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="error"}'
+
+
 def test_keep_alive_run_through_the_daemon_every_token_checked(cb_world):
     p = lab_proxy(cb_world, workers=1, settings={
         "kerberos": {"channel_bindings": "on"},
@@ -256,6 +278,7 @@ def test_keep_alive_run_through_the_daemon_every_token_checked(cb_world):
         sock = socket.create_connection(("127.0.0.1", p.port), 60)
         conn.sock = ctx.wrap_socket(sock, server_hostname="proxy.example.test")
         n0 = len(cb_world.cb_backend_requests())
+        m0 = metrics(p)
         n = 200
         for i in range(n):
             path = ("/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice"
@@ -276,6 +299,17 @@ def test_keep_alive_run_through_the_daemon_every_token_checked(cb_world):
         assert [e["cb"] for e in logged] == ["bound"] * n, \
             sorted({e["cb"] for e in logged})
         assert {e["user"] for e in logged} == {principal("alice")}
+        # alice's first token is the cold one (S4U2Self + S4U2Proxy through
+        # GSSAPI); the 199 after it are warm, made by the fast path
+        m1 = metrics(p)
+        d = {k: m1[k] - m0[k] for k in (FAST, GSS, FALLBACKS, S4U_EXCHANGES)}
+        assert d[FAST] >= n - 1 and d[GSS] == 1, d
+        assert d[FAST] + d[GSS] == n, d            # one token per request
+        assert d[FALLBACKS] == 0, d
+        # one S4U exchange (the cold token); the proxy's TGT, acquired once
+        # by kcd at start or by that first request, is not one of them
+        assert d[S4U_EXCHANGES] == 1, d
+        assert (m1[TGT_OK], m1[TGT_ERR]) == (1, 0), m1
     finally:
         if conn is not None:
             conn.close()
