@@ -952,11 +952,13 @@ s4u_proxy_check(struct s4u *s, s4u_proxy_fn *fn, void *arg)
 
 /* ---- pool work ----------------------------------------------------------------------- */
 
-/* The impersonated credential's ccache holds the S4U2Self ticket (client =
- * the user, server = the proxy, under whatever name the KDC canonicalised
- * it to) and a copy of the proxy's TGT (client = the proxy). */
-int
-s4u_evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size_t slen)
+/* Calls fn for each ticket of user's in a copy of imp's ccache (config
+ * entries left out), with a krb5 context of its own: pool threads only.
+ * Returns 0, or -1 when the ccache could not be read (fn not called). */
+typedef void imp_ticket_fn(krb5_context kc, const krb5_creds *c, void *arg);
+
+static int
+imp_tickets(gss_cred_id_t imp, const char *user, imp_ticket_fn *fn, void *arg)
 {
 	krb5_context kc = NULL;
 	krb5_ccache cc = NULL;
@@ -976,21 +978,12 @@ s4u_evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size
 		goto cleanup;
 	while (krb5_cc_next_cred(kc, cc, &cur, &c) == 0) {
 		if (!krb5_is_config_principal(kc, c.server) &&
-		    krb5_principal_compare(kc, c.client, up) &&
-		    !(c.server->length == 2 && c.server->data[0].length == KRB5_TGS_NAME_SIZE &&
-		    memcmp(c.server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0)) {
-			char *sname = NULL;
-
-			ret = (c.ticket_flags & TKT_FLG_FORWARDABLE) ? 1 : 0;
-			if (server != NULL && slen > 0 &&
-			    krb5_unparse_name(kc, c.server, &sname) == 0) {
-				snprintf(server, slen, "%s", sname);
-				krb5_free_unparsed_name(kc, sname);
-			}
-		}
+		    krb5_principal_compare(kc, c.client, up))
+			fn(kc, &c, arg);
 		krb5_free_cred_contents(kc, &c);
 	}
 	krb5_cc_end_seq_get(kc, cc, &cur);
+	ret = 0;
 
 cleanup:
 	if (cc != NULL)
@@ -998,6 +991,41 @@ cleanup:
 	krb5_free_principal(kc, up);
 	krb5_free_context(kc);
 	return ret;
+}
+
+struct evidence {
+	int forwardable;		/* -1: no S4U2Self ticket seen */
+	char *server;
+	size_t slen;
+};
+
+static void
+evidence_ticket(krb5_context kc, const krb5_creds *c, void *arg)
+{
+	struct evidence *e = arg;
+	char *sname = NULL;
+
+	if (c->server->length == 2 && c->server->data[0].length == KRB5_TGS_NAME_SIZE &&
+	    memcmp(c->server->data[0].data, KRB5_TGS_NAME, KRB5_TGS_NAME_SIZE) == 0)
+		return;			/* a TGT, not the evidence */
+	e->forwardable = (c->ticket_flags & TKT_FLG_FORWARDABLE) ? 1 : 0;
+	if (e->server != NULL && e->slen > 0 && krb5_unparse_name(kc, c->server, &sname) == 0) {
+		snprintf(e->server, e->slen, "%s", sname);
+		krb5_free_unparsed_name(kc, sname);
+	}
+}
+
+/* The impersonated credential's ccache holds the S4U2Self ticket (client =
+ * the user, server = the proxy, under whatever name the KDC canonicalised
+ * it to) and a copy of the proxy's TGT (client = the proxy). */
+int
+s4u_evidence_forwardable(gss_cred_id_t imp, const char *user, char *server, size_t slen)
+{
+	struct evidence e = { -1, server, slen };
+
+	if (imp_tickets(imp, user, evidence_ticket, &e) != 0)
+		return -1;
+	return e.forwardable;
 }
 
 /* Is c's server service/host (any realm: whatever the KDC canonicalised
@@ -1016,53 +1044,40 @@ server_is(const krb5_creds *c, const char *service, size_t slen, const char *hos
 	return d->length == strlen(host) && strncasecmp(d->data, host, d->length) == 0;
 }
 
+struct svc_pick {
+	const char *spn, *at;
+	krb5_creds *best;		/* owned; copied with the walk's context */
+};
+
+static void
+svc_ticket(krb5_context kc, const krb5_creds *c, void *arg)
+{
+	struct svc_pick *p = arg;
+	krb5_creds *copy = NULL;
+
+	if (c->ticket.length == 0 || !server_is(c, p->spn, (size_t)(p->at - p->spn), p->at + 1) ||
+	    (p->best != NULL && c->times.endtime <= p->best->times.endtime))
+		return;
+	if (krb5_copy_creds(kc, c, &copy) != 0)
+		return;
+	krb5_free_creds(kc, p->best);
+	p->best = copy;
+}
+
 /* The service ticket the S4U2Proxy just put in imp's ccache, copied out for
  * the fast path: client = user, server = spn's service/host (not the
  * S4U2Self evidence ticket, whose server is the proxy, nor the proxy's
  * TGT); the one ending last when there are several. NULL when none is
- * found. Pool thread: a krb5 context of its own, once per credential. */
+ * found. Pool thread, once per credential. */
 static krb5_creds *
 svc_extract(gss_cred_id_t imp, const char *user, const char *spn)
 {
-	krb5_context kc = NULL;
-	krb5_ccache cc = NULL;
-	krb5_cc_cursor cur;
-	krb5_creds c, *best = NULL, *ret = NULL;
-	krb5_principal up = NULL;
-	OM_uint32 major, minor;
-	const char *at = strchr(spn, '@');
+	struct svc_pick p = { spn, strchr(spn, '@'), NULL };
 
-	if (at == NULL || krb5_init_context(&kc) != 0)
+	/* imp_tickets fails before calling svc_ticket or not at all */
+	if (p.at == NULL || imp_tickets(imp, user, svc_ticket, &p) != 0)
 		return NULL;
-	if (krb5_parse_name(kc, user, &up) != 0 ||
-	    krb5_cc_new_unique(kc, "MEMORY", NULL, &cc) != 0)
-		goto cleanup;
-	major = gss_krb5_copy_ccache(&minor, imp, cc);
-	if (GSS_ERROR(major) || krb5_cc_start_seq_get(kc, cc, &cur) != 0)
-		goto cleanup;
-	while (krb5_cc_next_cred(kc, cc, &cur, &c) == 0) {
-		if (!krb5_is_config_principal(kc, c.server) && c.ticket.length > 0 &&
-		    krb5_principal_compare(kc, c.client, up) &&
-		    server_is(&c, spn, (size_t)(at - spn), at + 1) &&
-		    (best == NULL || c.times.endtime > best->times.endtime)) {
-			krb5_free_creds(kc, best);
-			best = NULL;
-			if (krb5_copy_creds(kc, &c, &best) != 0)
-				best = NULL;
-		}
-		krb5_free_cred_contents(kc, &c);
-	}
-	krb5_cc_end_seq_get(kc, cc, &cur);
-	ret = best;			/* to the caller */
-	best = NULL;
-
-cleanup:
-	if (cc != NULL)
-		krb5_cc_destroy(kc, cc);
-	krb5_free_creds(kc, best);
-	krb5_free_principal(kc, up);
-	krb5_free_context(kc);
-	return ret;
+	return p.best;			/* to the caller */
 }
 
 static int
