@@ -1,12 +1,15 @@
 /*
  * ipc.c — framed messages over AF_UNIX SOCK_SEQPACKET socketpairs; see ipc.h.
  *
- * One datagram is one frame. The receiver reads into a buffer of exactly
- * IPC_MAX_FRAME bytes, so anything longer arrives with MSG_TRUNC and is
- * refused; a frame whose file descriptor did not fit arrives with MSG_CTRUNC
- * and is refused too (the kernel has dropped the descriptor, and a message
- * that lost its descriptor must not be acted on). Every refusal closes the
- * channel with the broken rule as the cause (OpenBSD imsg, OpenSSH monitor).
+ * A datagram holds one frame, or several back to back from a batching
+ * sender. The receiver reads into a buffer of exactly IPC_MAX_DGRAM bytes,
+ * so anything longer arrives with MSG_TRUNC and is refused; a datagram
+ * whose file descriptor did not fit arrives with MSG_CTRUNC and is refused
+ * too (the kernel has dropped the descriptor, and a message that lost its
+ * descriptor must not be acted on). Every frame of a datagram is checked
+ * (ipc_dgram_check) before the first is dispatched, and a descriptor may
+ * only come with a datagram of one frame. Every refusal closes the channel
+ * with the broken rule as the cause (OpenBSD imsg, OpenSSH monitor).
  *
  * Sending tries the socket first; when it is full the frame is copied into a
  * bounded queue and EV_WRITE flushes it in order. A descriptor that waits in
@@ -17,13 +20,15 @@
  * on_close: the channel counts the callbacks it is inside of and frees
  * itself only when the last one has returned.
  *
- * Batching (ipc_chan_set_batching): frames without a descriptor are copied
- * into a batch that one sendmmsg(2) sends at the end of the event loop's
- * current turn (an event made active on the first frame: it runs after the
- * callbacks already due in this turn), and reads take up to IPC_RX_BATCH
- * frames per recvmmsg(2). Still one datagram per frame, in order: a frame
- * that cannot join the batch (a descriptor, a full socket's queue, no room)
- * sends the batch first.
+ * Batching (ipc_chan_set_batching): frames without a descriptor are packed
+ * into one datagram (bbuf, IPC_MAX_DGRAM bytes) that one sendmsg(2) sends
+ * at the end of the event loop's current turn (an event made active on the
+ * first frame: it runs after the callbacks already due in this turn); the
+ * kernel then allocates, queues and wakes the reader once for all of them.
+ * A frame that does not fit sends the batch first and starts the next one;
+ * a frame with a descriptor sends the batch first and goes alone. When the
+ * socket's queue is not empty, the packed datagram joins it behind what is
+ * there. Reads take up to IPC_RX_BATCH datagrams per recvmmsg(2).
  */
 #include <assert.h>
 #include <errno.h>
@@ -42,11 +47,11 @@
 #include "log.h"
 
 #define CHAN_MAGIC	0x4950434eu	/* "IPCN" */
-#define READ_BURST	64		/* frames read per wake-up, for fairness */
+#define READ_BURST	64		/* frames dispatched per wake-up, for
+					 * fairness (a datagram is always
+					 * finished) */
 #define MAX_RX_FDS	8		/* room to receive (and close) unwanted extras */
-#define IPC_BATCH_MAX	32		/* frames in one sendmmsg */
-#define IPC_BATCH_BYTES	(16u * 1024u)	/* their bytes, headers included */
-#define IPC_RX_BATCH	8		/* frames in one recvmmsg */
+#define IPC_RX_BATCH	8		/* datagrams in one recvmmsg */
 
 static const char *const type_names[] = {
 #define IPC_MSG(id, name) name,
@@ -91,49 +96,126 @@ ipc_frame_encode(uint8_t *buf, size_t cap, uint16_t type, uint32_t id,
 	return (long)(IPC_HDR_LEN + len);
 }
 
+/*
+ * The frame at off of a datagram of n bytes (off < n or n == 0): checked
+ * against the bytes left and decoded into out (fd -1), its length in
+ * *flen. idx is its place in the datagram (0: the first), named in err.
+ * Returns 0, or -1 with the broken rule in err (formatted only then: this
+ * runs for every frame received).
+ */
+static int
+frame_at(const uint8_t *buf, size_t n, size_t off, unsigned idx, struct ipc_msg *out,
+    size_t *flen, char *err, size_t errlen)
+{
+	const uint8_t *h = buf + off;
+	size_t left = n - off;
+	uint32_t magic, id, len;
+	uint16_t type, flags;
+	char rule[160];
+
+	if (left < IPC_HDR_LEN) {
+		if (idx == 0) {
+			snprintf(err, errlen, "short frame: %zu bytes, the header alone is %u",
+			    left, IPC_HDR_LEN);
+			return -1;
+		}
+		snprintf(rule, sizeof(rule), "truncated header: %zu trailing bytes, a header is %u",
+		    left, IPC_HDR_LEN);
+		goto fail;
+	}
+	memcpy(&magic, h, 4);
+	memcpy(&type, h + 4, 2);
+	memcpy(&flags, h + 6, 2);
+	memcpy(&id, h + 8, 4);
+	memcpy(&len, h + 12, 4);
+	if (magic != IPC_MAGIC) {
+		snprintf(rule, sizeof(rule), "bad magic 0x%08x (want 0x%08x)", magic, IPC_MAGIC);
+		goto fail;
+	}
+	if (flags != 0) {
+		snprintf(rule, sizeof(rule), "reserved flags 0x%04x set", flags);
+		goto fail;
+	}
+	if (len > IPC_MAX_PAYLOAD) {
+		snprintf(rule, sizeof(rule), "oversized frame: payload length %u exceeds %u", len,
+		    IPC_MAX_PAYLOAD);
+		goto fail;
+	}
+	if ((size_t)len > left - IPC_HDR_LEN) {
+		snprintf(rule, sizeof(rule), "length mismatch: header says %u payload bytes, the "
+		    "datagram has %zu left", len, left - IPC_HDR_LEN);
+		goto fail;
+	}
+	if (type == IPC_NONE || type >= IPC__COUNT) {
+		snprintf(rule, sizeof(rule), "unknown message type %u", type);
+		goto fail;
+	}
+	out->type = type;
+	out->id = id;
+	out->data = h + IPC_HDR_LEN;
+	out->len = len;
+	out->fd = -1;
+	*flen = IPC_HDR_LEN + (size_t)len;
+	return 0;
+fail:
+	if (idx == 0)
+		snprintf(err, errlen, "%s", rule);
+	else
+		snprintf(err, errlen, "frame %u at byte %zu of the datagram: %s", idx + 1, off, rule);
+	return -1;
+}
+
 int
 ipc_frame_decode(const uint8_t *buf, size_t n, struct ipc_msg *out,
     char *err, size_t errlen)
 {
-	uint32_t magic, id, len;
-	uint16_t type, flags;
+	struct ipc_msg m;
+	size_t flen;
 
-	if (n < IPC_HDR_LEN) {
-		snprintf(err, errlen, "short frame: %zu bytes, the header alone is %u", n, IPC_HDR_LEN);
+	if (frame_at(buf, n, 0, 0, &m, &flen, err, errlen) != 0)
+		return -1;
+	if (flen != n) {
+		snprintf(err, errlen, "length mismatch: header says %zu payload bytes, frame has %zu",
+		    m.len, n - IPC_HDR_LEN);
 		return -1;
 	}
-	memcpy(&magic, buf, 4);
-	memcpy(&type, buf + 4, 2);
-	memcpy(&flags, buf + 6, 2);
-	memcpy(&id, buf + 8, 4);
-	memcpy(&len, buf + 12, 4);
-	if (magic != IPC_MAGIC) {
-		snprintf(err, errlen, "bad magic 0x%08x (want 0x%08x)", magic, IPC_MAGIC);
-		return -1;
-	}
-	if (flags != 0) {
-		snprintf(err, errlen, "reserved flags 0x%04x set", flags);
-		return -1;
-	}
-	if (len > IPC_MAX_PAYLOAD) {
-		snprintf(err, errlen, "oversized frame: payload length %u exceeds %u", len, IPC_MAX_PAYLOAD);
-		return -1;
-	}
-	if ((size_t)len != n - IPC_HDR_LEN) {
-		snprintf(err, errlen, "length mismatch: header says %u payload bytes, frame has %zu",
-		    len, n - IPC_HDR_LEN);
-		return -1;
-	}
-	if (type == IPC_NONE || type >= IPC__COUNT) {
-		snprintf(err, errlen, "unknown message type %u", type);
-		return -1;
-	}
-	out->type = type;
-	out->id = id;
-	out->data = buf + IPC_HDR_LEN;
-	out->len = len;
-	out->fd = -1;
+	*out = m;
 	return 0;
+}
+
+int
+ipc_dgram_check(const uint8_t *buf, size_t n, char *err, size_t errlen)
+{
+	struct ipc_msg m;
+	size_t off = 0, flen;
+	unsigned count = 0;
+
+	/* every frame takes at least IPC_HDR_LEN bytes: the walk ends */
+	do {
+		if (frame_at(buf, n, off, count, &m, &flen, err, errlen) != 0)
+			return -1;
+		off += flen;
+		count++;
+	} while (off < n);
+	return (int)count;
+}
+
+int
+ipc_dgram_next(const uint8_t *buf, size_t n, size_t *off, struct ipc_msg *out)
+{
+	struct ipc_msg m;
+	size_t flen;
+	char err[8];
+
+	if (*off >= n)
+		return 0;
+	/* checked again (cheap), so a misuse ends the walk instead of
+	 * reading past the buffer */
+	if (frame_at(buf, n, *off, 1, &m, &flen, err, sizeof(err)) != 0)
+		return 0;
+	*out = m;
+	*off += flen;
+	return 1;
 }
 
 /* ---- payload builder ---------------------------------------------------- */
@@ -278,7 +360,8 @@ ipc_rd_done(const struct ipc_rd *r)
 
 /* ---- channels ----------------------------------------------------------- */
 
-/* One frame waiting for the socket to drain. fd is our own dup (or -1). */
+/* One datagram (a frame, or a batch of them) waiting for the socket to
+ * drain. fd is our own dup (or -1). */
 struct qframe {
 	struct qframe *next;
 	int fd;
@@ -298,15 +381,15 @@ struct ipc_chan {
 	struct event *close_ev;		/* reports a failure found inside ipc_send */
 	struct qframe *qhead, *qtail;
 	unsigned qlen;
-	uint8_t *rx;			/* IPC_MAX_FRAME bytes, IPC_RX_BATCH
-					 * times when batching */
+	uint8_t *rx;			/* rx_slots times IPC_MAX_DGRAM bytes */
+	unsigned rx_slots;		/* 1, IPC_RX_BATCH once a batching
+					 * channel has read */
 	int dead;			/* no more sending or receiving */
 	int batching;			/* ipc_chan_set_batching */
 	struct event *flush_ev;		/* sends the batch; active while nb > 0 */
 	unsigned nb;			/* frames in the batch */
-	size_t bused;			/* their bytes in bbuf */
-	uint8_t *bbuf;			/* IPC_BATCH_BYTES, when batching */
-	size_t boff[IPC_BATCH_MAX], blen[IPC_BATCH_MAX];
+	size_t bused;			/* their bytes in bbuf, back to back */
+	uint8_t *bbuf;			/* IPC_MAX_DGRAM, when batching */
 	int closed_reported;		/* on_close has been (or is being) called */
 	int busy;			/* callbacks we are inside of */
 	int free_pending;		/* ipc_chan_free came from inside a callback */
@@ -519,16 +602,18 @@ take_fds(struct msghdr *mh)
 
 /*
  * One received datagram of n bytes at buf, its control data in mh: refused
- * (the channel closes with the broken rule) or handed to on_msg. Returns 0
- * to go on reading, 1 when the channel died, 2 when it was freed meanwhile
- * (then ch must not be touched).
+ * as a whole (the channel closes with the broken rule) or its frames handed
+ * to on_msg one by one, in order, *frames counting them. Returns 0 to go on
+ * reading, 1 when the channel died, 2 when it was freed meanwhile (then ch
+ * must not be touched).
  */
 static int
-rx_one(struct ipc_chan *ch, struct msghdr *mh, ssize_t n, const uint8_t *buf)
+rx_one(struct ipc_chan *ch, struct msghdr *mh, ssize_t n, const uint8_t *buf, unsigned *frames)
 {
 	char err[200], why[300];
 	struct ipc_msg msg;
-	int fd;
+	size_t off = 0;
+	int fd, count;
 
 	if (n == 0) {
 		/* we never send empty datagrams: this is the end of the stream */
@@ -551,24 +636,37 @@ rx_one(struct ipc_chan *ch, struct msghdr *mh, ssize_t n, const uint8_t *buf)
 		if (fd >= 0)
 			close(fd);
 		snprintf(why, sizeof(why), "refused a frame from %s: oversized frame, longer than %u bytes",
-		    ch->peer, IPC_MAX_FRAME);
+		    ch->peer, IPC_MAX_DGRAM);
 		return chan_fail(ch, why) ? 2 : 1;
 	}
-	if (ipc_frame_decode(buf, (size_t)n, &msg, err, sizeof(err)) != 0) {
+	if ((count = ipc_dgram_check(buf, (size_t)n, err, sizeof(err))) < 0) {
 		if (fd >= 0)
 			close(fd);
 		snprintf(why, sizeof(why), "refused a frame from %s: %s", ch->peer, err);
 		return chan_fail(ch, why) ? 2 : 1;
 	}
-	msg.fd = fd;		/* handed to on_msg */
-	ch->busy++;
-	ch->on_msg(ch, &msg, ch->arg);
-	ch->busy--;
-	if (ch->busy == 0 && ch->free_pending) {
-		chan_destroy(ch);
-		return 2;
+	if (fd >= 0 && count > 1) {
+		/* which frame would own it? ipc_send never does this */
+		close(fd);
+		snprintf(why, sizeof(why), "refused a datagram from %s: a file descriptor with %d "
+		    "packed frames (one travels alone)", ch->peer, count);
+		return chan_fail(ch, why) ? 2 : 1;
 	}
-	return ch->dead;
+	while (ipc_dgram_next(buf, (size_t)n, &off, &msg) == 1) {
+		msg.fd = fd;		/* handed to on_msg (count is 1 then) */
+		fd = -1;
+		(*frames)++;
+		ch->busy++;
+		ch->on_msg(ch, &msg, ch->arg);
+		ch->busy--;
+		if (ch->busy == 0 && ch->free_pending) {
+			chan_destroy(ch);
+			return 2;
+		}
+		if (ch->dead)
+			return 1;	/* the rest of the datagram dies with it */
+	}
+	return 0;
 }
 
 /* A receive call failed with errno: 0 to try again (EINTR), 1 to wait for
@@ -587,8 +685,8 @@ rx_failed(struct ipc_chan *ch)
 	return 1;
 }
 
-/* Batching: up to IPC_RX_BATCH frames per recvmmsg, each into its own
- * IPC_MAX_FRAME slice of ch->rx; fewer than asked for means the socket is
+/* Batching: up to IPC_RX_BATCH datagrams per recvmmsg, each into its own
+ * IPC_MAX_DGRAM slice of ch->rx; fewer than asked for means the socket is
  * drained (no call just to meet EAGAIN). */
 static void
 read_batch(struct ipc_chan *ch)
@@ -599,13 +697,14 @@ read_batch(struct ipc_chan *ch)
 	} cm[IPC_RX_BATCH];
 	struct mmsghdr mm[IPC_RX_BATCH];
 	struct iovec iov[IPC_RX_BATCH];
+	unsigned frames = 0;
 	int n;
 
-	for (int burst = 0; burst < READ_BURST && !ch->dead; burst += IPC_RX_BATCH) {
+	while (frames < READ_BURST && !ch->dead) {
 		memset(mm, 0, sizeof(mm));
 		for (int i = 0; i < IPC_RX_BATCH; i++) {
-			iov[i].iov_base = ch->rx + (size_t)i * IPC_MAX_FRAME;
-			iov[i].iov_len = IPC_MAX_FRAME;
+			iov[i].iov_base = ch->rx + (size_t)i * IPC_MAX_DGRAM;
+			iov[i].iov_len = IPC_MAX_DGRAM;
 			mm[i].msg_hdr.msg_iov = &iov[i];
 			mm[i].msg_hdr.msg_iovlen = 1;
 			mm[i].msg_hdr.msg_control = cm[i].buf;
@@ -618,13 +717,13 @@ read_batch(struct ipc_chan *ch)
 			continue;
 		}
 		if (n == 0) {
-			(void)rx_one(ch, &mm[0].msg_hdr, 0, ch->rx);
+			(void)rx_one(ch, &mm[0].msg_hdr, 0, ch->rx, &frames);
 			return;
 		}
 		for (int i = 0; i < n; i++) {
-			if (rx_one(ch, &mm[i].msg_hdr, (ssize_t)mm[i].msg_len, iov[i].iov_base)) {
+			if (rx_one(ch, &mm[i].msg_hdr, (ssize_t)mm[i].msg_len, iov[i].iov_base, &frames)) {
 				/* dead or freed (ch untouched from here): the
-				 * descriptors of the frames not looked at */
+				 * descriptors of the datagrams not looked at */
 				for (int j = i + 1; j < n; j++) {
 					int fd = take_fds(&mm[j].msg_hdr);
 					if (fd >= 0)
@@ -648,19 +747,31 @@ on_read(evutil_socket_t sock, short what, void *arg)
 	} cm;
 	struct msghdr mh;
 	struct iovec iov;
+	unsigned frames = 0;
 	ssize_t n;
 
 	(void)sock;
 	(void)what;
 	assert(ch->magic == CHAN_MAGIC);
-	if (ch->batching) {
+	if (ch->batching && ch->rx_slots < IPC_RX_BATCH) {
+		/* grown here, where no frame of ch->rx is being walked; the
+		 * pages of the slices are touched only as large datagrams
+		 * arrive. Out of memory: one at a time, as before. */
+		uint8_t *rx = realloc(ch->rx, (size_t)IPC_RX_BATCH * IPC_MAX_DGRAM);
+
+		if (rx != NULL) {
+			ch->rx = rx;
+			ch->rx_slots = IPC_RX_BATCH;
+		}
+	}
+	if (ch->batching && ch->rx_slots == IPC_RX_BATCH) {
 		read_batch(ch);
 		return;
 	}
-	for (int burst = 0; burst < READ_BURST && !ch->dead; burst++) {
+	while (frames < READ_BURST && !ch->dead) {
 		memset(&mh, 0, sizeof(mh));
 		iov.iov_base = ch->rx;
-		iov.iov_len = IPC_MAX_FRAME;
+		iov.iov_len = IPC_MAX_DGRAM;
 		mh.msg_iov = &iov;
 		mh.msg_iovlen = 1;
 		mh.msg_control = cm.buf;
@@ -671,7 +782,7 @@ on_read(evutil_socket_t sock, short what, void *arg)
 				return;
 			continue;
 		}
-		if (rx_one(ch, &mh, n, ch->rx))
+		if (rx_one(ch, &mh, n, ch->rx, &frames))
 			return;
 	}
 }
@@ -702,7 +813,8 @@ ipc_chan_new(struct event_base *base, int fd, const char *peer,
 	ch->on_msg = on_msg;
 	ch->on_close = on_close;
 	ch->arg = arg;
-	if ((ch->rx = malloc(IPC_MAX_FRAME)) == NULL ||
+	ch->rx_slots = 1;
+	if ((ch->rx = malloc(IPC_MAX_DGRAM)) == NULL ||
 	    (ch->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, ch)) == NULL ||
 	    (ch->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, ch)) == NULL ||
 	    (ch->close_ev = event_new(base, -1, 0, on_deferred_close, ch)) == NULL ||
@@ -718,9 +830,10 @@ fail:
 	return NULL;
 }
 
-/* Append one frame (hdr + payload) to the queue of a full socket, with a
- * dup of pass_fd. Returns 0, or -1 (out of memory; queue full: the
- * channel is failed with later's rule, see batch_flush). */
+/* Append one datagram (hdr + payload: a frame, or a packed batch with an
+ * empty payload) to the queue of a full socket, with a dup of pass_fd.
+ * Returns 0, or -1 (out of memory; queue full: the channel is failed with
+ * later's rule, see batch_flush). */
 static int
 queue_frame(struct ipc_chan *ch, const uint8_t *hdr, size_t hlen, const void *payload,
     size_t len, int pass_fd, int later)
@@ -729,7 +842,7 @@ queue_frame(struct ipc_chan *ch, const uint8_t *hdr, size_t hlen, const void *pa
 	char why[200];
 
 	if (ch->qlen >= IPC_MAX_QUEUE) {
-		snprintf(why, sizeof(why), "%s is not reading: %u frames queued", ch->peer, ch->qlen);
+		snprintf(why, sizeof(why), "%s is not reading: %u datagrams queued", ch->peer, ch->qlen);
 		if (later)
 			chan_fail_later(ch, why);
 		else
@@ -759,58 +872,40 @@ queue_frame(struct ipc_chan *ch, const uint8_t *hdr, size_t hlen, const void *pa
 }
 
 /*
- * Send the batch with sendmmsg; what the socket does not take goes to the
- * queue, in order. later: called from inside ipc_send (a failure is
- * reported from the event loop) rather than from the flush event. Returns
- * 0, or -1 when the channel failed (with later = 0 it may have been freed
- * by on_close then: the caller must not touch it).
+ * Send the batch, one packed datagram; behind a queue that is not empty, or
+ * what the socket does not take, it joins the queue. later: called from
+ * inside ipc_send (a failure is reported from the event loop) rather than
+ * from the flush event. Returns 0, or -1 when the channel failed (with
+ * later = 0 it may have been freed by on_close then: the caller must not
+ * touch it).
  */
 static int
 batch_flush(struct ipc_chan *ch, int later)
 {
-	struct mmsghdr mm[IPC_BATCH_MAX];
-	struct iovec iov[IPC_BATCH_MAX];
-	unsigned done = 0, nb = ch->nb;
+	size_t n = ch->bused;
+	unsigned nb = ch->nb;
 	char why[200];
-	int r;
 
 	if (nb == 0)
 		return 0;
 	event_del(ch->flush_ev);	/* (when not run by it) */
-	memset(mm, 0, sizeof(mm[0]) * nb);
-	for (unsigned i = 0; i < nb; i++) {
-		iov[i].iov_base = ch->bbuf + ch->boff[i];
-		iov[i].iov_len = ch->blen[i];
-		mm[i].msg_hdr.msg_iov = &iov[i];
-		mm[i].msg_hdr.msg_iovlen = 1;
-	}
 	ch->nb = 0;
 	ch->bused = 0;
-	while (done < nb) {
-		r = sendmmsg(ch->fd, mm + done, nb - done, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			break;
-		if (r <= 0) {
-			snprintf(why, sizeof(why), "send to %s failed: %s", ch->peer,
-			    r < 0 ? strerror(errno) : "nothing sent");
+	if (ch->qhead == NULL) {
+		if (send_frame(ch->fd, ch->bbuf, n, NULL, 0, -1) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			snprintf(why, sizeof(why), "send of %u frames (%zu bytes) to %s failed: %s",
+			    nb, n, ch->peer, strerror(errno));
 			goto fail;
 		}
-		for (unsigned i = done; i < done + (unsigned)r; i++) {
-			if (mm[i].msg_len != ch->blen[i]) {
-				/* SEQPACKET is all or nothing */
-				snprintf(why, sizeof(why), "send to %s failed: %s", ch->peer,
-				    strerror(EMSGSIZE));
-				goto fail;
-			}
-		}
-		done += (unsigned)r;
 	}
-	for (unsigned i = done; i < nb; i++)
-		if (queue_frame(ch, ch->bbuf + ch->boff[i], ch->blen[i], NULL, 0, -1, later) != 0)
-			return -1;	/* failed (queue full), or out of memory */
-	return 0;
+	if (queue_frame(ch, ch->bbuf, n, NULL, 0, -1, later) == 0)
+		return 0;
+	if (ch->dead)
+		return -1;	/* the queue was full: failed there */
+	/* frames ipc_send accepted would be lost: the channel is broken */
+	snprintf(why, sizeof(why), "cannot queue %u frames for %s: out of memory", nb, ch->peer);
 fail:
 	if (later)
 		chan_fail_later(ch, why);
@@ -833,8 +928,6 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 int
 ipc_chan_set_batching(struct ipc_chan *ch, int on)
 {
-	uint8_t *rx;
-
 	assert(ch->magic == CHAN_MAGIC);
 	if (!on) {
 		if (ch->nb > 0 && batch_flush(ch, 1) != 0)
@@ -844,16 +937,13 @@ ipc_chan_set_batching(struct ipc_chan *ch, int on)
 	}
 	if (ch->batching)
 		return 0;
-	if (ch->bbuf == NULL && (ch->bbuf = malloc(IPC_BATCH_BYTES)) == NULL)
+	if (ch->bbuf == NULL && (ch->bbuf = malloc(IPC_MAX_DGRAM)) == NULL)
 		return -1;
 	if (ch->flush_ev == NULL &&
 	    (ch->flush_ev = event_new(ch->base, -1, 0, on_flush, ch)) == NULL)
 		return -1;
-	/* the pages of the receive slices are touched only as large frames
-	 * arrive (a worker's answers from kcd are small) */
-	if ((rx = realloc(ch->rx, (size_t)IPC_RX_BATCH * IPC_MAX_FRAME)) == NULL)
-		return -1;
-	ch->rx = rx;
+	/* the receive slices for recvmmsg come with the next read (on_read):
+	 * this may be called from inside on_msg, while ch->rx is walked */
 	ch->batching = 1;
 	return 0;
 }
@@ -870,24 +960,21 @@ ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
 	    type == IPC_NONE || type >= IPC__COUNT)
 		return -1;
 	put_hdr(hdr, type, id, (uint32_t)len);
-	if (ch->batching && pass_fd < 0 && ch->qhead == NULL &&
-	    IPC_HDR_LEN + len <= IPC_BATCH_BYTES) {
-		if ((ch->nb == IPC_BATCH_MAX || ch->bused + IPC_HDR_LEN + len > IPC_BATCH_BYTES) &&
-		    batch_flush(ch, 1) != 0)
+	if (ch->batching && pass_fd < 0) {
+		/* a frame is at most IPC_MAX_FRAME = IPC_MAX_DGRAM bytes: it
+		 * fits into an empty batch */
+		if (ch->bused + IPC_HDR_LEN + len > IPC_MAX_DGRAM && batch_flush(ch, 1) != 0)
 			return -1;
-		if (ch->qhead == NULL) {
-			/* joins the batch; the first frame schedules its send */
-			ch->boff[ch->nb] = ch->bused;
-			ch->blen[ch->nb] = IPC_HDR_LEN + len;
-			memcpy(ch->bbuf + ch->bused, hdr, IPC_HDR_LEN);
-			if (len > 0)
-				memcpy(ch->bbuf + ch->bused + IPC_HDR_LEN, payload, len);
-			ch->bused += IPC_HDR_LEN + len;
-			if (ch->nb++ == 0)
-				event_active(ch->flush_ev, EV_WRITE, 0);
-			return 0;
-		}
-	} else if (ch->nb > 0 && batch_flush(ch, 1) != 0)
+		/* packed behind the others; the first frame schedules the send */
+		memcpy(ch->bbuf + ch->bused, hdr, IPC_HDR_LEN);
+		if (len > 0)
+			memcpy(ch->bbuf + ch->bused + IPC_HDR_LEN, payload, len);
+		ch->bused += IPC_HDR_LEN + len;
+		if (ch->nb++ == 0)
+			event_active(ch->flush_ev, EV_WRITE, 0);
+		return 0;
+	}
+	if (ch->nb > 0 && batch_flush(ch, 1) != 0)
 		return -1;	/* the batch goes first, whatever happens to it */
 	if (ch->qhead == NULL) {
 		if (send_frame(ch->fd, hdr, sizeof(hdr), payload, len, pass_fd) == 0)
@@ -976,7 +1063,8 @@ ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
 	struct msghdr mh;
 	struct iovec iov;
 	ssize_t n;
-	int rfd;
+	size_t off;
+	int rfd, count;
 
 	if (cap < IPC_MAX_FRAME) {
 		snprintf(err, errlen, "receive buffer of %zu bytes is smaller than a frame (%u)", cap, IPC_MAX_FRAME);
@@ -1025,11 +1113,16 @@ ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
 			snprintf(err, errlen, "control data truncated (a passed descriptor was lost)");
 		return -1;
 	}
-	if (ipc_frame_decode(buf, (size_t)n, out, err, errlen) != 0) {
+	if ((count = ipc_dgram_check(buf, (size_t)n, err, errlen)) != 1) {
+		if (count > 1)
+			snprintf(err, errlen, "packed datagram of %d frames (a batching peer); this "
+			    "reader takes one frame per datagram", count);
 		if (rfd >= 0)
 			close(rfd);
 		return -1;
 	}
+	off = 0;
+	(void)ipc_dgram_next(buf, (size_t)n, &off, out);
 	out->fd = rfd;
 	return 0;
 }

@@ -1,13 +1,19 @@
 /*
  * ipc.h — framed messages between the parent, the workers and kcd.
  *
- * Channels are AF_UNIX SOCK_SEQPACKET socketpairs: one datagram is one
- * message, optionally carrying one file descriptor (SCM_RIGHTS). Every frame
- * starts with a fixed header whose length must equal the bytes received and
- * whose payload may not exceed IPC_MAX_PAYLOAD; a frame that breaks a rule
- * is never dispatched and closes the channel (OpenSSH monitor, OpenBSD
- * imsg). Payloads are built and read with the bounds-checked ipc_buf /
- * ipc_rd helpers below, never by casting structs.
+ * Channels are AF_UNIX SOCK_SEQPACKET socketpairs. A datagram carries one
+ * frame, or — from a batching sender (ipc_chan_set_batching) — several
+ * frames back to back, at most IPC_MAX_DGRAM bytes in all; a datagram
+ * that carries a file descriptor (SCM_RIGHTS) carries exactly one frame.
+ * The receiver walks the datagram frame by frame: every header must be
+ * whole, its payload may not exceed IPC_MAX_PAYLOAD nor run past the end
+ * of the datagram, and nothing may be left over after the last frame. A
+ * datagram that breaks a rule anywhere is refused as a whole (none of its
+ * frames is dispatched) and closes the channel (OpenSSH monitor, OpenBSD
+ * imsg). Every channel receiver accepts packed datagrams, batching or not,
+ * so the two ends may differ; ipc_recv_blocking does not (see there).
+ * Payloads are built and read with the bounds-checked ipc_buf / ipc_rd
+ * helpers below, never by casting structs.
  *
  * Wire header (little-endian is not assumed: fields are host order, both
  * ends are the same binary on the same host):
@@ -29,7 +35,8 @@ struct event_base;
 #define IPC_HDR_LEN	16u
 #define IPC_MAX_PAYLOAD	(64u * 1024u)
 #define IPC_MAX_FRAME	(IPC_HDR_LEN + IPC_MAX_PAYLOAD)
-#define IPC_MAX_QUEUE	4096u		/* queued outbound frames before the channel is declared stuck */
+#define IPC_MAX_DGRAM	IPC_MAX_FRAME	/* a packed datagram: no larger than one frame can be */
+#define IPC_MAX_QUEUE	4096u		/* queued outbound datagrams before the channel is declared stuck */
 
 enum ipc_type {
 #define IPC_MSG(id, name) IPC_##id,
@@ -51,13 +58,23 @@ struct ipc_msg {
 };
 
 /* Pure framing, unit-tested. encode returns the frame length or -1 when the
- * payload is too large or cap too small. decode returns 0, or -1 with the
- * broken rule in err (bad magic, short frame, length mismatch, oversized,
- * unknown type, flags set). */
+ * payload is too large or cap too small. decode takes exactly one frame of
+ * n bytes and returns 0, or -1 with the broken rule in err (bad magic,
+ * short frame, length mismatch, oversized, unknown type, flags set). */
 long ipc_frame_encode(uint8_t *buf, size_t cap, uint16_t type, uint32_t id,
     const void *payload, size_t len);
 int ipc_frame_decode(const uint8_t *buf, size_t n, struct ipc_msg *out,
     char *err, size_t errlen);
+/* A datagram of n bytes holding one or more frames: every frame is checked
+ * (the rules of ipc_frame_decode, each length against the bytes left, no
+ * bytes after the last frame) before any is looked at. Returns the number
+ * of frames (>= 1), or -1 with the broken rule and the frame's place in
+ * err (truncated header, length mismatch, trailing bytes, ...). Then
+ * ipc_dgram_next walks it: *off starts at 0; returns 1 with the next frame
+ * in out (fd -1; data points into buf), 0 at the end. Only for a buffer
+ * ipc_dgram_check accepted. */
+int ipc_dgram_check(const uint8_t *buf, size_t n, char *err, size_t errlen);
+int ipc_dgram_next(const uint8_t *buf, size_t n, size_t *off, struct ipc_msg *out);
 
 /* Payload builder: appends length-prefixed fields into a fixed buffer.
  * Any overflow sets err and makes every later call a no-op, so callers
@@ -110,13 +127,14 @@ int ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
     const void *payload, size_t len, int pass_fd);
 const char *ipc_chan_peer(const struct ipc_chan *ch);
 /* Batching, for a channel that sends many small frames per turn of the
- * event loop (a worker's token requests and context releases to kcd):
- * frames without a descriptor leave together, in order, with one
- * sendmmsg(2) at the end of the loop's current turn (or sooner when the
- * batch is full, or when a frame that cannot join it is sent), and reads
- * take several frames per recvmmsg(2). The wire is unchanged (one datagram
- * per frame). Frames still batched when the channel is freed are sent
- * first. Off by default. Returns 0 or -1 (out of memory). */
+ * event loop (a worker's token requests and context releases to kcd, and
+ * kcd's answers): frames without a descriptor are packed back to back
+ * into one datagram of up to IPC_MAX_DGRAM bytes, sent at the end of the
+ * loop's current turn (or sooner when the next frame would not fit, or
+ * when a frame with a descriptor is sent: that one goes alone, after
+ * them). Order is kept. Reads take several datagrams per recvmmsg(2).
+ * Frames still batched when the channel is freed are sent first. Off by
+ * default; either end may batch or not. Returns 0 or -1 (out of memory). */
 int ipc_chan_set_batching(struct ipc_chan *ch, int on);
 void ipc_chan_free(struct ipc_chan *ch);
 
@@ -124,7 +142,9 @@ void ipc_chan_free(struct ipc_chan *ch);
 int ipc_send_blocking(int fd, uint16_t type, uint32_t id, const void *payload,
     size_t len, int pass_fd);
 /* Receives one frame into buf (cap >= IPC_MAX_FRAME), waiting up to
- * timeout_ms (-1 = forever). Returns 0, or -1 with err. */
+ * timeout_ms (-1 = forever). Returns 0, or -1 with err. A datagram of
+ * several frames is refused ("packed datagram of N frames"): use it with a
+ * peer that does not batch, or with one request outstanding at a time. */
 int ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
     int timeout_ms, char *err, size_t errlen);
 

@@ -639,10 +639,18 @@ add_worker_channel(struct kcd *k, uint32_t slot, int fd)
 		p->ch = NULL;
 	}
 	p->epoch++;
-	if ((p->ch = ipc_chan_new(k->base, fd, p->name, on_peer_msg, on_peer_close, p)) == NULL)
+	if ((p->ch = ipc_chan_new(k->base, fd, p->name, on_peer_msg, on_peer_close, p)) == NULL) {
 		log_error("kcd", "cannot set up the channel of %s", p->name);
-	else
-		log_debug("kcd", "channel of %s ready", p->name);
+		return;
+	}
+	/* the answers made in one turn of the loop (a worker's packed
+	 * requests, the pool's completions) leave packed into one datagram
+	 * at its end; nothing here needs an answer out sooner: a channel
+	 * being freed (peer_drop, exit) sends its batch first */
+	if (ipc_chan_set_batching(p->ch, 1) != 0)
+		log_warn("kcd", "channel of %s: no memory to batch answers; sending them one by one",
+		    p->name);
+	log_debug("kcd", "channel of %s ready", p->name);
 }
 
 static void

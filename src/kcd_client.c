@@ -247,8 +247,8 @@ kcd_client_set_channel(struct kcd_client *kc, int fd)
 	if ((ch = ipc_chan_new(kc->base, fd, "kcd", on_msg, on_close, kc)) == NULL)
 		return -1;
 	/* a busy worker asks for several tokens (and releases as many
-	 * contexts) per turn of its loop: they leave in one sendmmsg, and
-	 * the answers come in by several per recvmmsg */
+	 * contexts) per turn of its loop: they leave packed into one
+	 * datagram at the end of the turn (kcd packs its answers likewise) */
 	if (ipc_chan_set_batching(ch, 1) != 0) {
 		ipc_chan_free(ch);
 		return -1;

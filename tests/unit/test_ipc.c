@@ -130,6 +130,131 @@ test_frame_refusals(void **state)
 	expect_refused(frame, n, "flags");
 }
 
+/* Frames back to back in one buffer: a packed datagram. Returns its length. */
+static size_t
+pack(uint8_t *buf, size_t cap, unsigned nframes, size_t payload_len)
+{
+	static uint8_t payload[IPC_MAX_PAYLOAD];
+	size_t off = 0;
+
+	for (unsigned i = 0; i < nframes; i++) {
+		long n;
+
+		memset(payload, 'a' + (int)(i % 26), payload_len);
+		n = ipc_frame_encode(buf + off, cap - off, IPC_STATS, i + 1, payload, payload_len);
+		assert_true(n > 0);
+		off += (size_t)n;
+	}
+	return off;
+}
+
+static void
+expect_dgram_refused(const uint8_t *buf, size_t n, const char *words, const char *words2)
+{
+	char err[200] = "";
+
+	assert_int_equal(ipc_dgram_check(buf, n, err, sizeof(err)), -1);
+	if (strstr(err, words) == NULL || (words2 != NULL && strstr(err, words2) == NULL))
+		fail_msg("expected an error naming '%s' and '%s', got '%s'", words,
+		    words2 ? words2 : "", err);
+}
+
+static void
+test_dgram_walk(void **state)
+{
+	static uint8_t d[IPC_MAX_DGRAM + 64], fill[IPC_MAX_PAYLOAD];
+	struct ipc_msg m;
+	char err[200];
+	size_t n, off = 0;
+	unsigned i = 0;
+
+	(void)state;
+	/* many frames, each intact and in order */
+	n = pack(d, sizeof(d), 300, 7);
+	assert_int_equal(ipc_dgram_check(d, n, err, sizeof(err)), 300);
+	while (ipc_dgram_next(d, n, &off, &m) == 1) {
+		assert_int_equal(m.type, IPC_STATS);
+		assert_int_equal(m.id, i + 1);
+		assert_int_equal(m.len, 7);
+		assert_int_equal(m.fd, -1);
+		assert_int_equal(m.data[0], 'a' + (int)(i % 26));
+		assert_int_equal(m.data[6], 'a' + (int)(i % 26));
+		i++;
+	}
+	assert_int_equal(i, 300);
+	assert_int_equal(off, n);
+	assert_int_equal(ipc_dgram_next(d, n, &off, &m), 0);	/* stays at the end */
+
+	/* one frame is a datagram too; empty payloads pack */
+	n = pack(d, sizeof(d), 1, 5);
+	assert_int_equal(ipc_dgram_check(d, n, err, sizeof(err)), 1);
+	n = pack(d, sizeof(d), 4, 0);
+	assert_int_equal(n, 4 * IPC_HDR_LEN);
+	assert_int_equal(ipc_dgram_check(d, n, err, sizeof(err)), 4);
+
+	/* the last frame takes exactly the bytes that are left: the largest
+	 * datagram, a frame of IPC_HDR_LEN + 100 and one filling the rest */
+	n = pack(d, sizeof(d), 1, 100);
+	n += (size_t)ipc_frame_encode(d + n, sizeof(d) - n, IPC_STATS, 2, fill,
+	    IPC_MAX_DGRAM - n - IPC_HDR_LEN);
+	assert_int_equal(n, IPC_MAX_DGRAM);
+	assert_int_equal(ipc_dgram_check(d, n, err, sizeof(err)), 2);
+	off = 0;
+	assert_int_equal(ipc_dgram_next(d, n, &off, &m), 1);
+	assert_int_equal(ipc_dgram_next(d, n, &off, &m), 1);
+	assert_int_equal(m.len, IPC_MAX_DGRAM - 100 - 2 * IPC_HDR_LEN);
+	assert_int_equal(ipc_dgram_next(d, n, &off, &m), 0);
+	/* ...one byte short of it: the length overruns the datagram */
+	expect_dgram_refused(d, n - 1, "length mismatch", "frame 2 at byte 116");
+	/* and exact single-frame decoding refuses the packed datagram */
+	assert_int_equal(ipc_frame_decode(d, n, &m, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "length mismatch"));
+}
+
+static void
+test_dgram_refusals(void **state)
+{
+	static uint8_t d[4096];
+	size_t n;
+	uint32_t v;
+
+	(void)state;
+	expect_dgram_refused(d, 0, "short frame", NULL);
+	n = pack(d, sizeof(d), 1, 0);
+	expect_dgram_refused(d, 5, "short frame", NULL);
+
+	/* the third frame's length runs past the datagram's end */
+	n = pack(d, sizeof(d), 3, 10);
+	expect_dgram_refused(d, n - 1, "length mismatch: header says 10 payload bytes, the datagram has 9 left",
+	    "frame 3 at byte 52");
+	v = 11;
+	memcpy(d + 2 * (IPC_HDR_LEN + 10) + 12, &v, 4);
+	expect_dgram_refused(d, n, "length mismatch", "frame 3");
+	/* a length beyond any frame, in a later frame */
+	v = UINT32_MAX;
+	memcpy(d + 2 * (IPC_HDR_LEN + 10) + 12, &v, 4);
+	expect_dgram_refused(d, n, "oversized frame", "frame 3");
+
+	/* a truncated header after the last whole frame (trailing bytes) */
+	n = pack(d, sizeof(d), 2, 10);
+	memset(d + n, 0, 5);
+	expect_dgram_refused(d, n + 5, "truncated header: 5 trailing bytes", "frame 3");
+	memcpy(d + n, d, IPC_HDR_LEN - 1);	/* even a good header's start */
+	expect_dgram_refused(d, n + IPC_HDR_LEN - 1, "truncated header", NULL);
+	/* trailing garbage of a header's size or more */
+	memset(d + n, 'g', 40);
+	expect_dgram_refused(d, n + 40, "bad magic", "frame 3 at byte 52");
+
+	/* every rule of a single frame holds for each packed frame */
+	n = pack(d, sizeof(d), 3, 4);
+	v = 0;
+	memcpy(d + (IPC_HDR_LEN + 4) + 4, &v, 2);	/* type of frame 2 */
+	expect_dgram_refused(d, n, "unknown message type 0", "frame 2");
+	n = pack(d, sizeof(d), 3, 4);
+	d[(IPC_HDR_LEN + 4) + 6] = 1;			/* flags of frame 2 */
+	expect_dgram_refused(d, n, "flags", "frame 2");
+}
+
 static void
 test_type_names(void **state)
 {
@@ -531,6 +656,19 @@ test_chan_refuses_malformed_raw_frames(void **state)
 	expect_raw_refused(f, n, 2, "more than one file descriptor");
 	/* more descriptors than the receiver has room for: MSG_CTRUNC */
 	expect_raw_refused(f, n, 12, "control data truncated");
+
+	/* packed datagrams: refused as a whole, no frame of them dispatched */
+	{
+		static uint8_t d[512];
+
+		n = pack(d, sizeof(d), 3, 10);
+		expect_raw_refused(d, n - 1, 0, "length mismatch");
+		memset(d + n, 0, 5);
+		expect_raw_refused(d, n + 5, 0, "truncated header");
+		memset(d + n, 'g', 20);
+		expect_raw_refused(d, n + 20, 0, "bad magic");
+		expect_raw_refused(d, n, 1, "file descriptor with 3 packed frames");
+	}
 }
 
 static void
@@ -605,14 +743,14 @@ test_chan_queue_flushes_in_order(void **state)
 	event_base_free(base);
 }
 
-/* Batching: frames leave at the end of the loop's turn, in order, one
- * datagram each, whatever joins the batch or not (a descriptor, a frame
- * larger than the batch), and the receiver takes several per read. */
+/* Batching: frames leave at the end of the loop's turn, in order, packed
+ * into datagrams, whatever joins the batch or not (a descriptor, a frame
+ * that fills a datagram alone), and the receiver takes several per read. */
 static void
 test_chan_batching_keeps_frames_and_order(void **state)
 {
 	struct event_base *base = event_base_new();
-	static uint8_t big[20000];
+	static uint8_t big[IPC_MAX_PAYLOAD];
 	struct sink a, b;
 	struct ipc_chan *ca, *cb;
 	int sp[2], pipefd[2];
@@ -641,8 +779,9 @@ test_chan_batching_keeps_frames_and_order(void **state)
 		assert_int_equal(b.ids[i], i + 1);
 	assert_string_equal(b.last_data, "abc");
 
-	/* more than a batch holds, one with a descriptor, one too large to
-	 * join: 200 frames in order, each its own datagram */
+	/* one with a descriptor (alone), one that fills a datagram (the
+	 * frames before it leave first, the next start another): 200 frames
+	 * in order */
 	for (i = 4; i <= 200; i++) {
 		int fd = (i == 50) ? pipefd[1] : -1;
 		if (i == 120)
@@ -682,17 +821,23 @@ test_chan_batching_full_socket_queues_in_order(void **state)
 	static uint8_t payload[1000];
 	struct sink a, b;
 	struct ipc_chan *ca, *cb;
-	int sp[2];
+	int sp[2], pipefd[2];
 	unsigned i, n = 1500;
+	char c;
 
 	(void)state;
 	sink_init(&a, base);
 	sink_init(&b, base);
 	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(pipe(pipefd), 0);
 	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
 	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+	/* packed datagrams fill the socket, the rest queue behind (a frame
+	 * with a descriptor among them, alone) */
 	for (i = 1; i <= n; i++)
-		assert_int_equal(ipc_send(ca, IPC_STATS, i, payload, sizeof(payload), -1), 0);
+		assert_int_equal(ipc_send(ca, IPC_STATS, i, payload, sizeof(payload),
+		    i == 1200 ? pipefd[1] : -1), 0);
+	close(pipefd[1]);
 	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
 	assert_int_equal(ipc_chan_set_batching(cb, 1), 0);
 	b.stop_after = n;
@@ -701,8 +846,199 @@ test_chan_batching_full_socket_queues_in_order(void **state)
 	for (i = 0; i < n; i++)
 		assert_int_equal(b.ids[i], i + 1);
 	assert_int_equal(a.closed + b.closed, 0);
+	assert_int_equal(read(pipefd[0], &c, 1), 0);	/* came, and was closed */
+	close(pipefd[0]);
 	ipc_chan_free(ca);
 	ipc_chan_free(cb);
+	event_base_free(base);
+}
+
+/* One datagram from a raw socket end (no channel): its bytes in buf, its
+ * descriptor (or -1) in *fdp. Returns its length, or -1 when none waits. */
+static ssize_t
+raw_recv(int sock, uint8_t *buf, size_t cap, int *fdp)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} cm;
+	struct iovec iov = { buf, cap };
+	struct msghdr mh = { 0 };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	*fdp = -1;
+	n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return -1;
+	for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(fdp, CMSG_DATA(c), sizeof(int));
+	return n;
+}
+
+/* The next datagram on sock holds frames first..last (ids), in order, each
+ * with its own payload ("frame ID"), and a descriptor when want_fd. */
+static void
+expect_packed(int sock, unsigned first, unsigned last, int want_fd)
+{
+	static uint8_t d[IPC_MAX_DGRAM + 1];
+	struct ipc_msg m;
+	char err[200], want[32];
+	size_t off = 0;
+	ssize_t n;
+	int fd;
+
+	n = raw_recv(sock, d, sizeof(d), &fd);
+	assert_true(n > 0);
+	if (ipc_dgram_check(d, (size_t)n, err, sizeof(err)) != (int)(last - first + 1))
+		fail_msg("expected frames %u..%u in one datagram: %s", first, last, err);
+	for (unsigned id = first; id <= last; id++) {
+		assert_int_equal(ipc_dgram_next(d, (size_t)n, &off, &m), 1);
+		assert_int_equal(m.id, id);
+		snprintf(want, sizeof(want), "frame %u", id);
+		assert_int_equal(m.len, strlen(want));
+		assert_memory_equal(m.data, want, m.len);
+	}
+	assert_int_equal(off, (size_t)n);
+	if (want_fd) {
+		assert_true(fd >= 0);
+		close(fd);
+	} else
+		assert_int_equal(fd, -1);
+}
+
+static void
+send_named(struct ipc_chan *ch, unsigned id, int fd)
+{
+	char p[32];
+
+	snprintf(p, sizeof(p), "frame %u", id);
+	assert_int_equal(ipc_send(ch, IPC_STATS, id, p, strlen(p), fd), 0);
+}
+
+/* What a batching channel puts on the wire, read raw. */
+static void
+test_chan_batching_packs_frames(void **state)
+{
+	struct event_base *base = event_base_new();
+	static uint8_t d[IPC_MAX_DGRAM + 1], payload[IPC_MAX_PAYLOAD];
+	struct ipc_msg m;
+	struct sink a;
+	struct ipc_chan *ca;
+	char err[200];
+	int sp[2], pipefd[2], fd;
+	unsigned i;
+
+	(void)state;
+	sink_init(&a, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(pipe(pipefd), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+
+	/* the frames of one turn: nothing before its end, then one datagram */
+	for (i = 1; i <= 100; i++)
+		send_named(ca, i, -1);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), -1);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	expect_packed(sp[1], 1, 100, 0);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), -1);
+
+	/* a descriptor between others travels alone, in its place */
+	for (i = 1; i <= 21; i++)
+		send_named(ca, i, i == 11 ? pipefd[1] : -1);
+	close(pipefd[1]);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	expect_packed(sp[1], 1, 10, 0);
+	expect_packed(sp[1], 11, 11, 1);
+	expect_packed(sp[1], 12, 21, 0);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), -1);
+	{
+		char c;
+		assert_int_equal(read(pipefd[0], &c, 1), 0);	/* every copy closed */
+	}
+
+	/* a frame that does not fit sends the batch and starts the next */
+	for (i = 1; i <= 3; i++)
+		assert_int_equal(ipc_send(ca, IPC_STATS, i, payload, 30000, -1), 0);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), 2 * (IPC_HDR_LEN + 30000));
+	assert_int_equal(ipc_dgram_check(d, 2 * (IPC_HDR_LEN + 30000), err, sizeof(err)), 2);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), IPC_HDR_LEN + 30000);
+
+	/* one that takes exactly the room left joins: the largest datagram */
+	assert_int_equal(ipc_send(ca, IPC_STATS, 1, payload, 100, -1), 0);
+	assert_int_equal(ipc_send(ca, IPC_STATS, 2, payload,
+	    IPC_MAX_DGRAM - (IPC_HDR_LEN + 100) - IPC_HDR_LEN, -1), 0);
+	assert_int_equal(ipc_send(ca, IPC_READY, 3, NULL, 0, -1), 0);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), IPC_MAX_DGRAM);
+	assert_int_equal(ipc_dgram_check(d, IPC_MAX_DGRAM, err, sizeof(err)), 2);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), IPC_HDR_LEN);
+
+	/* the blocking reader takes a batch of one, refuses a packed one */
+	send_named(ca, 1, -1);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	assert_int_equal(ipc_recv_blocking(sp[1], d, sizeof(d), &m, 1000, err, sizeof(err)), 0);
+	assert_int_equal(m.id, 1);
+	send_named(ca, 2, -1);
+	send_named(ca, 3, -1);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	assert_int_equal(ipc_recv_blocking(sp[1], d, sizeof(d), &m, 1000, err, sizeof(err)), -1);
+	if (strstr(err, "packed datagram of 2 frames") == NULL)
+		fail_msg("unexpected error '%s'", err);
+
+	assert_int_equal(a.closed, 0);
+	close(pipefd[0]);
+	ipc_chan_free(ca);
+	close(sp[1]);
+	event_base_free(base);
+}
+
+/* A receiver that does not batch walks packed datagrams all the same,
+ * past READ_BURST frames in one datagram; a free from inside on_msg ends
+ * the walk. */
+static void
+test_chan_packed_to_a_plain_receiver(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a, b;
+	struct ipc_chan *ca, *cb;
+	int sp[2];
+	unsigned i;
+
+	(void)state;
+	sink_init(&a, base);
+	sink_init(&b, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+	cb = ipc_chan_new(base, sp[1], "b", sink_msg, sink_close, &b);
+	assert_non_null(cb);	/* b frees it itself, below */
+	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+	for (i = 1; i <= 300; i++)
+		send_named(ca, i, -1);
+	b.stop_after = 300;
+	run_loop(base);
+	assert_int_equal(b.n_msgs, 300);
+	for (i = 0; i < 300; i++)
+		assert_int_equal(b.ids[i], i + 1);
+	assert_string_equal(b.last_data, "frame 300");
+
+	/* three packed frames; b frees its channel in the first on_msg */
+	b.free_in_msg = 1;
+	b.stop_after = 0;
+	for (i = 301; i <= 303; i++)
+		send_named(ca, i, -1);
+	run_loop(base);		/* a sees b's end close and breaks the loop */
+	assert_int_equal(b.n_msgs, 301);
+	assert_int_equal(b.closed, 0);
+	assert_int_equal(a.closed, 1);
+	ipc_chan_free(ca);
 	event_base_free(base);
 }
 
@@ -780,6 +1116,8 @@ main(void)
 		cmocka_unit_test(test_frame_round_trip),
 		cmocka_unit_test(test_frame_encode_limits),
 		cmocka_unit_test(test_frame_refusals),
+		cmocka_unit_test(test_dgram_walk),
+		cmocka_unit_test(test_dgram_refusals),
 		cmocka_unit_test(test_type_names),
 		cmocka_unit_test(test_payload_round_trip),
 		cmocka_unit_test(test_payload_builder_overflow),
@@ -794,6 +1132,8 @@ main(void)
 		cmocka_unit_test(test_chan_queue_flushes_in_order),
 		cmocka_unit_test(test_chan_batching_keeps_frames_and_order),
 		cmocka_unit_test(test_chan_batching_full_socket_queues_in_order),
+		cmocka_unit_test(test_chan_batching_packs_frames),
+		cmocka_unit_test(test_chan_packed_to_a_plain_receiver),
 		cmocka_unit_test(test_chan_queue_bound),
 		cmocka_unit_test(test_blocking_helpers),
 	};
