@@ -88,6 +88,9 @@
 /* Bytes queued toward one side before we stop reading the other. */
 #define PIPE_HIGH	(256u * 1024u)
 #define PIPE_LOW	(64u * 1024u)
+/* The same for a request body, device to backend: what the backend has
+ * not taken yet, plus at most DEV_READ_MAX read beyond it. */
+#define REQ_PIPE_HIGH	(128u * 1024u)
 /* Bytes per read or write call on a bulk transfer. libevent's default is
  * 16 KiB per bufferevent callback, and evbuffer_read (every plain socket
  * read) takes at most 4 KiB: a 100 MiB download cost 25,600 reads, TLS
@@ -1404,7 +1407,7 @@ on_token(const struct kcd_answer *ans, void *arg)
 
 enum pump {
 	PUMP_DRY,	/* the input ran out before the body's end */
-	PUMP_FULL,	/* out holds PIPE_HIGH: stop reading in until it drains */
+	PUMP_FULL,	/* out holds `high`: stop reading in until it drains */
 	PUMP_DONE,	/* the body ended (and its last chunk was written) */
 	PUMP_ERROR,	/* bad framing: b->error says which rule */
 };
@@ -1417,8 +1420,8 @@ enum pump {
  * to *framing. The caller decides what each outcome means for its side.
  */
 static enum pump
-pump_body(struct http_body *b, struct evbuffer *in, struct evbuffer *out, int chunk_out,
-    uint64_t *data, uint64_t *framing)
+pump_body(struct http_body *b, struct evbuffer *in, struct evbuffer *out, size_t high,
+    int chunk_out, uint64_t *data, uint64_t *framing)
 {
 	char ch[HTTP_CHUNK_HDR_MAX];
 
@@ -1426,14 +1429,14 @@ pump_body(struct http_body *b, struct evbuffer *in, struct evbuffer *out, int ch
 		size_t avail = evbuffer_get_length(in);
 		uint64_t pending = http_body_data_pending(b);
 
-		if (evbuffer_get_length(out) >= PIPE_HIGH)
+		if (evbuffer_get_length(out) >= high)
 			return PUMP_FULL;
 		if (avail == 0)
 			return PUMP_DRY;
 		if (pending > 0) {
 			size_t n = pending < avail ? (size_t)pending : avail;
-			if (n > PIPE_HIGH)
-				n = PIPE_HIGH;
+			if (n > high)
+				n = high;
 			if (chunk_out)
 				evbuffer_add(out, ch, http_chunk_header(ch, n));
 			evbuffer_remove_buffer(in, out, n);
@@ -1476,6 +1479,103 @@ set_parked(struct req *rq)
 }
 
 /*
+ * bufferevent_openssl reads the device one TLS record per read event (4
+ * KiB, then what SSL_pending says is left of that record), each with two
+ * read(2) (its header, then the rest): an upload cost an epoll_wait, two
+ * reads and a writev to the backend per 16 KiB. While a request body
+ * streams, the records already waiting are taken here too: SSL_read into
+ * the device's input until WANT_READ or `want` bytes, with OpenSSL's
+ * read-ahead on, so that one read(2) fills DEV_READ_AHEAD of records.
+ * Read-ahead is off outside this function: bufferevent_openssl only reads
+ * again when the socket is readable and would not see records left in
+ * OpenSSL's buffer. So once `want` is reached read-ahead goes off (OpenSSL
+ * then reads no more than the record it is in needs), and the loop ends
+ * only with nothing left in OpenSSL (SSL_has_pending 0), or at WANT_READ
+ * (the socket is empty; the rest of a record comes with its next read
+ * event): nothing waits unseen, and what one call holds beyond `want` is
+ * less than DEV_READ_AHEAD. With RELEASE_BUFFERS, the larger read buffer
+ * lives only while it holds bytes. The bytes land where libevent's read
+ * puts them, so what follows the body (a pipelined request) reaches the
+ * parser as before. A failure other than WANT_READ is reported to
+ * on_dev_event as bufferevent_openssl reports it (EOF for a close_notify
+ * or a dirty shutdown, which it allows; ERROR for the rest), deferred, so
+ * the stream is not freed under its caller; WANT_WRITE (an alert OpenSSL
+ * could not send) is left to bufferevent_openssl's next SSL_read, which
+ * sends it first. Returns -1 when on_dev_event is due (reading the device
+ * is off until then), else 0.
+ */
+#define DEV_READ_AHEAD	(64u * 1024u)	/* OpenSSL's read buffer meanwhile */
+#define DEV_READ_MAX	BULK_IO		/* bytes one call reads */
+
+static int
+dev_read_more(struct stream *s, size_t want)
+{
+	struct evbuffer *in = bufferevent_get_input(s->dev);
+	SSL *ssl = bufferevent_openssl_get_ssl(s->dev);
+	size_t got = 0;
+	short what = 0;
+
+	if (ssl == NULL || !(bufferevent_get_enabled(s->dev) & EV_READ))
+		return 0;
+	SSL_set_default_read_buffer_len(ssl, DEV_READ_AHEAD);
+	SSL_set_read_ahead(ssl, 1);
+	while (got < want || SSL_has_pending(ssl)) {
+		struct evbuffer_iovec v[2];
+		int n, used = 0, stop = 0;
+
+		if ((n = evbuffer_reserve_space(in, DEV_RECORD, v, 2)) < 1)
+			break;
+		for (int i = 0; i < n && !stop; i++) {
+			size_t off = 0;
+
+			while (off < v[i].iov_len) {
+				int r;
+
+				ERR_clear_error();
+				r = SSL_read(ssl, (char *)v[i].iov_base + off,
+				    (int)(v[i].iov_len - off));
+				if (r <= 0) {
+					int e = SSL_get_error(ssl, r);
+
+					if (e == SSL_ERROR_ZERO_RETURN ||
+					    (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+						what = BEV_EVENT_READING | BEV_EVENT_EOF;
+					else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+						what = BEV_EVENT_READING | BEV_EVENT_ERROR;
+					ERR_clear_error();
+					stop = 1;
+					break;
+				}
+				off += (size_t)r;
+				got += (size_t)r;
+				if (got >= want) {
+					SSL_set_read_ahead(ssl, 0);
+					if (!SSL_has_pending(ssl)) {
+						stop = 1;
+						break;
+					}
+				}
+			}
+			v[i].iov_len = off;
+			if (off > 0)
+				used = i + 1;
+			if (off == 0)
+				break;
+		}
+		if (used > 0)
+			evbuffer_commit_space(in, v, used);
+		if (stop)
+			break;
+	}
+	SSL_set_read_ahead(ssl, 0);
+	if (what == 0)
+		return 0;
+	bufferevent_disable(s->dev, EV_READ);
+	bufferevent_trigger_event(s->dev, what, BEV_TRIG_DEFER_CALLBACKS);
+	return -1;
+}
+
+/*
  * Move request body bytes from the device to the backend, re-encoding
  * chunks, until the input is empty, the body is done, or the backend's
  * output is full (then reading the device pauses until on_be_write).
@@ -1488,23 +1588,42 @@ pump_request_body(struct stream *s)
 	struct bufferevent *be;
 	struct evbuffer *out;
 	uint64_t framing = 0;
+	size_t held;
+	int failed = 0;
 	enum pump p;
 
 	if (rq->req_body_done || rq->bc == NULL || s->state < ST_FORWARD)
 		return;
 	be = bconn_bev(rq->bc);
 	out = bufferevent_get_output(be);
+	held = evbuffer_get_length(out) + evbuffer_get_length(env->be_direct) +
+	    evbuffer_get_length(bufferevent_get_input(s->dev));
+	if (!http_body_done(b) && held < REQ_PIPE_HIGH) {
+		size_t want = REQ_PIPE_HIGH - held;
+		uint64_t pending = http_body_data_pending(b);
+		size_t in_len = evbuffer_get_length(bufferevent_get_input(s->dev));
+
+		if (want > DEV_READ_MAX)
+			want = DEV_READ_MAX;
+		/* a Content-Length body: no more than it still needs */
+		if (b->kind == HTTP_BODY_LENGTH && pending <= in_len)
+			want = 0;
+		else if (b->kind == HTTP_BODY_LENGTH && pending - in_len < want)
+			want = (size_t)(pending - in_len);
+		if (want > 0 && dev_read_more(s, want) < 0)
+			failed = 1;
+	}
 	/* while the backend's output is empty, through env->be_direct and
 	 * be_send (after the head on_token put there); what the socket took
 	 * at once made room: pump on */
 	do {
 		p = pump_body(b, bufferevent_get_input(s->dev),
-		    evbuffer_get_length(out) == 0 ? env->be_direct : out,
+		    evbuffer_get_length(out) == 0 ? env->be_direct : out, REQ_PIPE_HIGH,
 		    b->kind == HTTP_BODY_CHUNKED, &rq->cs_bytes, &framing);
 		if (p == PUMP_ERROR)
 			break;
 		be_send(be, env->be_direct);
-	} while (p == PUMP_FULL && evbuffer_get_length(out) < PIPE_HIGH);
+	} while (p == PUMP_FULL && evbuffer_get_length(out) < REQ_PIPE_HIGH);
 	rq->cs_bytes += framing;	/* cs-bytes counts what the device sent */
 	switch (p) {
 	case PUMP_FULL:
@@ -1524,7 +1643,8 @@ pump_request_body(struct stream *s)
 	case PUMP_DRY:
 		break;
 	}
-	bufferevent_enable(s->dev, EV_READ);
+	if (!failed)	/* else on_dev_event comes and closes */
+		bufferevent_enable(s->dev, EV_READ);
 	arm_timer(s, env->cfg->server.request_timeout);
 }
 
@@ -1931,7 +2051,7 @@ pump_response(struct stream *s)
 	 * made room: pump on. */
 	do {
 		p = pump_body(&rq->respb, in,
-		    evbuffer_get_length(out) == 0 ? env->dev_direct : out,
+		    evbuffer_get_length(out) == 0 ? env->dev_direct : out, PIPE_HIGH,
 		    rq->resp_chunk_out, &rq->sc_bytes, &framing);
 		if (p == PUMP_ERROR)
 			break;

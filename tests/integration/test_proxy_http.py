@@ -1083,6 +1083,55 @@ def test_pipelined_requests_answered_in_order(proxy):
     assert "PIPE6" in r6.json()["query"]
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_request_sent_with_the_end_of_a_streamed_body(proxy, framing):
+    """A 6 MiB body and right after it, in a TLS record of its own, the
+    next request: while a body streams the proxy reads the device's TLS
+    ahead, so its last read takes the next request's record too. The body
+    arrives intact and the next request is answered on the same
+    connection (no record read ahead is left unseen in OpenSSL's buffer
+    while the socket is quiet)."""
+    body = os.urandom(6 * MB + 3)
+    target = eas_target("SendMail", device=f"RA1{framing}")
+    if framing == "chunked":
+        first = head("POST", target, [("Transfer-Encoding", "chunked")]) + \
+            chunked(body, [65536 + 1, 3, 20000])
+    else:
+        first = head("POST", target, body_len=len(body)) + body
+    with Device(proxy, proxy.alice, timeout=20) as d:
+        d.send(first)
+        d.send(head("GET", eas_target(device=f"RA2{framing}")))
+        r1 = d.read_response("POST")
+        r2 = d.read_response("GET")
+        assert not r2.closed
+    assert (r1.status, r2.status) == (200, 200)
+    assert r1.json()["body_length"] == len(body)
+    assert r1.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert f"RA2{framing}" in r2.json()["query"]
+
+
+@pytest.mark.parametrize("how", ["fin", "close_notify"])
+def test_device_hanging_up_in_the_middle_of_an_upload(proxy, how):
+    """A device that closes its connection (TCP FIN, or a TLS close_notify
+    first) 2 MiB into an 8 MiB body: the request is logged as
+    client_closed, nothing answered, and the worker goes on serving."""
+    dev = f"CUT{how}"
+    with Device(proxy, proxy.alice) as d:
+        d.send(head("POST", eas_target("SendMail", device=dev), body_len=8 * MB))
+        d.send(os.urandom(2 * MB))
+        if how == "close_notify":
+            d.sock.settimeout(2)
+            try:
+                d.sock = d.sock.unwrap()    # sends close_notify
+            except (OSError, ssl.SSLError):
+                pass                        # the proxy need not answer it
+    rec = wait_access(proxy, lambda x: x["device_id"] == dev, f"{dev}'s line")
+    assert rec["reason"] == "client_closed" and rec["status"] == 0
+    assert 0 < rec["cs_bytes"] <= 2 * MB + 4096
+    with Device(proxy, proxy.alice) as d:
+        assert d.request("GET", eas_target(device=f"{dev}2")).status == 200
+
+
 # ---------------------------------------------------------------------------
 # memory while big bodies stream
 
