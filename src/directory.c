@@ -37,6 +37,7 @@
 #include <openssl/x509v3.h>
 #include <sasl/sasl.h>
 
+#include "clock.h"
 #include "directory.h"
 #include "log.h"
 #include "metrics.h"
@@ -127,15 +128,6 @@ struct directory {
 	uint64_t down_until_ms, backoff_ms;
 	char down_reason[512];
 };
-
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- connections (pool threads) --------------------------------------------- */
 
@@ -333,7 +325,7 @@ conn_drop(struct dconn *c)
 static int
 conn_ensure(struct directory *d, struct dconn *c, struct dreq *r, char *why, size_t whylen)
 {
-	uint64_t now = mono_ms();
+	uint64_t now = clock_mono_ms();
 	int rc;
 
 	if (c->ld != NULL)
@@ -357,7 +349,7 @@ conn_ensure(struct directory *d, struct dconn *c, struct dreq *r, char *why, siz
 		d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : BACKOFF_MIN_MS;
 		if (d->backoff_ms > BACKOFF_MAX_MS)
 			d->backoff_ms = BACKOFF_MAX_MS;
-		d->down_until_ms = mono_ms() + d->backoff_ms;
+		d->down_until_ms = clock_mono_ms() + d->backoff_ms;
 		snprintf(d->down_reason, sizeof(d->down_reason), "%.500s", why);
 	}
 	pthread_mutex_unlock(&d->mu);
@@ -567,7 +559,7 @@ work(struct pool_job *job)
 	struct dconn *c;
 	char why[KCD_TEXT_MAX] = "";
 
-	if (mono_ms() >= r->deadline_ms) {
+	if (clock_mono_ms() >= r->deadline_ms) {
 		r->failed = r->fast_fail = 1;
 		snprintf(r->v.text, sizeof(r->v.text), "waited for a directory thread past the "
 		    "deadline (timeout)");
@@ -715,7 +707,8 @@ done(struct pool_job *job)
 		if (d->was_down)
 			log_info("directory", "the directory answers again");
 		d->was_down = 0;
-		if (directory_cache_put(d->cache, r->key, mono_ms(), d->cfg->ldap.cache_ttl, &v) != 0)
+		if (directory_cache_put(d->cache, r->key, clock_mono_ms(), d->cfg->ldap.cache_ttl,
+		    &v) != 0)
 			log_warn("directory", "out of memory caching the answer for %s", who(r));
 		if (!v.allow)
 			log_info("directory", "%s refused: ldap_%s: %s", who(r), v.name, v.text);
@@ -813,7 +806,7 @@ on_sweep(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (d->magic != DIR_MAGIC)
 		abort();
-	(void)directory_cache_expire(d->cache, mono_ms());
+	(void)directory_cache_expire(d->cache, clock_mono_ms());
 }
 
 /* ---- set-up ----------------------------------------------------------------------- */
@@ -1190,7 +1183,7 @@ directory_identify(struct directory *d, const char *principal, const unsigned ch
 	}
 
 	/* the cache, then a lookup already running for the same key */
-	if (directory_cache_get(d->cache, r->key, mono_ms(), &v)) {
+	if (directory_cache_get(d->cache, r->key, clock_mono_ms(), &v)) {
 		d->st.cache_hits++;
 		if (queue_ready(d, fn, arg, &v, 1) != 0) {
 			snprintf(err, errlen, "out of memory");
@@ -1221,7 +1214,7 @@ directory_identify(struct directory *d, const char *principal, const unsigned ch
 		goto cleanup;
 	}
 
-	r->deadline_ms = mono_ms() + d->timeout_ms;
+	r->deadline_ms = clock_mono_ms() + d->timeout_ms;
 	tv.tv_sec = (time_t)(d->timeout_ms / 1000u);
 	tv.tv_usec = (suseconds_t)(d->timeout_ms % 1000u) * 1000;
 	if ((r->timer = evtimer_new(d->base, on_deadline, r)) == NULL ||

@@ -19,6 +19,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "config.h"
 #include "ipc.h"
 #include "kcd.h"
@@ -434,15 +435,6 @@ on_peer_close(struct ipc_chan *ch, const char *why, void *arg)
 
 /* ---- the proxy's TGT (/readyz) --------------------------------------------------- */
 
-static uint64_t
-unix_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void
 fmt_utc(uint64_t ms, char *buf, size_t len)
 {
@@ -476,7 +468,7 @@ on_tgt(const struct s4u_proxy_state *st, void *arg)
 {
 	struct kcd *k = arg;
 	const char *p = k->cfg->kerberos.principal;
-	uint64_t now = unix_now_ms(), left, next;
+	uint64_t now = clock_unix_ms(), left, next;
 	char until[32], why[sizeof(k->tgt_slot->kcd_tgt_why)];
 	int held, repeat;
 

@@ -8,6 +8,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "ipc.h"
 #include "kcd_client.h"
 #include "log.h"
@@ -41,15 +42,6 @@ struct kcd_client {
 	struct kcd_client_stats st;
 };
 
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static struct kcd_req *
 req_find(struct kcd_client *kc, uint32_t id)
 {
@@ -69,7 +61,7 @@ req_finish(struct kcd_req *r, struct kcd_answer *ans)
 	void *arg = r->arg;
 
 	assert(r->magic == KCD_REQ_MAGIC);
-	ans->elapsed_ms = now_ms() - r->start_ms;
+	ans->elapsed_ms = clock_mono_ms() - r->start_ms;
 	LIST_REMOVE(r, bucket);
 	r->kc->st.in_flight--;
 	event_del(r->timer);
@@ -291,7 +283,7 @@ send_req(struct kcd_client *kc, uint16_t type, const struct ipc_buf *b,
 	r->kc = kc;
 	r->fn = fn;
 	r->arg = arg;
-	r->start_ms = now_ms();
+	r->start_ms = clock_mono_ms();
 	do {
 		r->id = kc->next_id++;
 	} while (r->id == 0 || req_find(kc, r->id) != NULL);

@@ -31,6 +31,7 @@
 
 #include <openssl/rand.h>
 
+#include "clock.h"
 #include "access_log.h"
 #include "config.h"
 #include "front.h"
@@ -117,10 +118,7 @@ static struct ipc_buf pbuf;		/* 64 KiB: off the stack; the parent is one thread 
 uint64_t
 proc_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_mono_ms();
 }
 
 static struct timeval

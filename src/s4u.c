@@ -34,6 +34,7 @@
 #include <krb5.h>
 #include <openssl/evp.h>
 
+#include "clock.h"
 #include "codec.h"
 #include "credcache.h"
 #include "log.h"
@@ -56,28 +57,10 @@
 /* ---- clocks ---------------------------------------------------------------- */
 
 static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t
-unix_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t
 cache_clock(void *arg)
 {
 	(void)arg;
-	return mono_ms();
+	return clock_mono_ms();
 }
 
 /* ---- error mapping ---------------------------------------------------------- */
@@ -752,7 +735,7 @@ proxy_get(struct s4u *s, struct s4u_req *r)
 	if (atomic_load(&s->pbusy))
 		waited = atomic_load(&s->pattempt);
 	pthread_mutex_lock(&s->pmu);
-	now = mono_ms();
+	now = clock_mono_ms();
 	if (s->pcur != NULL && s->pcur->end > now + S4U_PROXY_MARGIN_MS) {
 		s->pcur->refs++;
 		ret = s->pcur;
@@ -879,8 +862,8 @@ work_check(struct pool_job *job)
 	if (pc != NULL)
 		proxy_put(s, pc);
 	c->ok = pc != NULL;
-	now = mono_ms();
-	unow = unix_ms();
+	now = clock_mono_ms();
+	unow = clock_unix_ms();
 	if (end == 0 || end == UINT64_MAX)
 		c->end_ms = end;
 	else if (end >= now)
@@ -1085,7 +1068,7 @@ proxy_seen_ok(struct s4u *s)
 {
 	uint64_t t = atomic_load(&s->fwd_seen);
 
-	return t != 0 && mono_ms() - t < FWD_SEEN_WINDOW_MS;
+	return t != 0 && clock_mono_ms() - t < FWD_SEEN_WINDOW_MS;
 }
 
 /* gss_init_sec_context with cred for r's SPN, channel bindings and flags.
@@ -1153,8 +1136,9 @@ init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step
 		goto cleanup;
 	}
 	if (step == S4U_STEP_S4U2PROXY)
-		atomic_store(&s->fwd_seen, mono_ms());
-	r->ticket_end = time_rec == GSS_C_INDEFINITE ? 0 : unix_ms() + (uint64_t)time_rec * 1000;
+		atomic_store(&s->fwd_seen, clock_mono_ms());
+	r->ticket_end = time_rec == GSS_C_INDEFINITE ? 0 :
+	    clock_unix_ms() + (uint64_t)time_rec * 1000;
 	if ((r->flags & KCD_F_MUTUAL) && (major & GSS_S_CONTINUE_NEEDED)) {
 		r->ctx = ctx;		/* to the loop, for s4u_verify_mutual */
 		ctx = GSS_C_NO_CONTEXT;
@@ -1180,7 +1164,7 @@ static int
 claim(struct s4u_req *r)
 {
 	int expect = RS_WAIT;
-	uint64_t now = mono_ms();
+	uint64_t now = clock_mono_ms();
 
 	if (now < r->deadline) {
 		atomic_store(&r->started_ms, now);
@@ -1245,7 +1229,8 @@ work_lead(struct pool_job *job)
 		r->ic->svc = svc_extract(imp, r->principal, r->spn);
 	r->ic->gss = imp;		/* to the loop, for credcache */
 	imp = GSS_C_NO_CREDENTIAL;
-	r->imp_end = lifetime == GSS_C_INDEFINITE ? UINT64_MAX : mono_ms() + (uint64_t)lifetime * 1000;
+	r->imp_end = lifetime == GSS_C_INDEFINITE ? UINT64_MAX :
+	    clock_mono_ms() + (uint64_t)lifetime * 1000;
 
 cleanup:
 	if (imp != GSS_C_NO_CREDENTIAL)
@@ -1328,7 +1313,7 @@ ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, krb5_auth_context a
 	k->ctx = ctx;
 	k->target = target;
 	k->ac = ac;
-	k->expires = mono_ms() + s->p.ctx_ttl_ms;
+	k->expires = clock_mono_ms() + s->p.ctx_ttl_ms;
 	k->hnext = NULL;
 	*ctx_slot(s, k->id) = k;
 	k->prev = s->ctx_tail;
@@ -1574,7 +1559,8 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 	int ret = -1;
 
 	if (s->kctx == NULL || ic == NULL || ic->svc == NULL ||
-	    (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 <= unix_ms() + S4U_TICKET_MARGIN_MS)
+	    (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 <=
+	    clock_unix_ms() + S4U_TICKET_MARGIN_MS)
 		return -1;
 	if (cb_len > KCD_CB_MAX)
 		return -1;
@@ -1712,7 +1698,7 @@ deliver(struct s4u_req *r)
 	res.exchange = r->kind == K_LEAD && r->job_ran;
 	res.fast = r->fast;
 	res.fast_fallback = r->fast_fallback;
-	res.elapsed_ms = mono_ms() - r->t0;
+	res.elapsed_ms = clock_mono_ms() - r->t0;
 	if (r->ok) {
 		if (r->ctx != GSS_C_NO_CONTEXT || r->ac != NULL) {
 			res.ctx_id = ctx_keep(s, r->ctx, r->target, r->ac);
@@ -1778,7 +1764,7 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 	if (r->answered)
 		return;
-	now = mono_ms();
+	now = clock_mono_ms();
 	for (;;) {
 		int st = atomic_load(&r->state);
 
@@ -1827,7 +1813,7 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	res.kdc = 1;
 	res.exchange = r->kind == K_LEAD;
 	res.fast_fallback = r->fast_fallback;
-	res.elapsed_ms = mono_ms() - r->t0;
+	res.elapsed_ms = clock_mono_ms() - r->t0;
 	r->fn(&res, r->arg);
 	if (!r->in_flight)
 		req_free(r);
@@ -2093,7 +2079,7 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 	r->arg = arg;
 	r->ctx = GSS_C_NO_CONTEXT;
 	r->target = GSS_C_NO_NAME;
-	r->t0 = mono_ms();
+	r->t0 = clock_mono_ms();
 	r->deadline = r->t0 + s->p.queue_timeout_ms;
 	atomic_init(&r->state, RS_WAIT);
 	atomic_init(&r->started_ms, 0);
@@ -2173,7 +2159,7 @@ static void
 on_sweep(evutil_socket_t fd, short what, void *arg)
 {
 	struct s4u *s = arg;
-	uint64_t now = mono_ms();
+	uint64_t now = clock_mono_ms();
 
 	(void)fd;
 	(void)what;
