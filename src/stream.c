@@ -65,6 +65,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "clock.h"
 #include "access_log.h"
 #include "backend.h"
 #include "config.h"
@@ -265,24 +266,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t
-wall_ms(void)
-{
-	struct timeval tv;
-
-	gettimeofday(&tv, NULL);
-	return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
-}
-
 static struct stream *
 stream_of(void *arg)
 {
@@ -429,7 +412,7 @@ log_request(struct stream *s, struct req *rq, enum reason r, const char *detail,
 	struct access_rec a = { 0 };
 	char tok[96];
 
-	a.start_ms = rq != NULL ? rq->start_wall_ms : wall_ms();
+	a.start_ms = rq != NULL ? rq->start_wall_ms : clock_unix_ms();
 	a.s_ip = s->s_ip;
 	a.s_port = s->s_port;
 	a.c_ip = s->c_ip;
@@ -444,7 +427,7 @@ log_request(struct stream *s, struct req *rq, enum reason r, const char *detail,
 		a.user_agent = rq->ua;
 		a.sc_bytes = rq->sc_bytes;
 		a.cs_bytes = rq->cs_bytes;
-		a.time_taken_ms = mono_ms() - rq->start_mono_ms;
+		a.time_taken_ms = clock_mono_ms() - rq->start_mono_ms;
 		a.device_id = rq->device_id;
 		a.device_type = rq->device_type;
 		a.eas_cmd = rq->eas_cmd;
@@ -948,8 +931,8 @@ req_new(struct stream *s)
 	} else if ((rq = calloc(1, sizeof(*rq))) == NULL)
 		return NULL;
 	rq->magic = REQ_MAGIC;
-	rq->start_wall_ms = wall_ms();
-	rq->start_mono_ms = mono_ms();
+	rq->start_wall_ms = clock_unix_ms();
+	rq->start_mono_ms = clock_mono_ms();
 	rq->kdc_ms = -1;
 	rq->reason = REASON_OK;
 	s->rq = rq;
