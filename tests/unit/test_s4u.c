@@ -25,6 +25,7 @@
 #include <gssapi/gssapi.h>
 #include <krb5.h>
 
+#include "krb5test.h"
 #include "s4u.h"
 
 #define PROXY	"HTTP/proxy.example.test@EXAMPLE.TEST"
@@ -300,28 +301,6 @@ kdc_port(struct world *w, int blackhole)
 	return -1;
 }
 
-/* A keytab with a random AES key for PROXY (the KDC never sees it). */
-static void
-make_keytab(const char *path)
-{
-	krb5_context kc;
-	krb5_keytab kt;
-	krb5_keytab_entry e;
-	char name[160];
-
-	assert_int_equal(krb5_init_context(&kc), 0);
-	snprintf(name, sizeof(name), "FILE:%s", path);
-	assert_int_equal(krb5_kt_resolve(kc, name, &kt), 0);
-	memset(&e, 0, sizeof(e));
-	assert_int_equal(krb5_parse_name(kc, PROXY, &e.principal), 0);
-	e.vno = 1;
-	assert_int_equal(krb5_c_make_random_key(kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96, &e.key), 0);
-	assert_int_equal(krb5_kt_add_entry(kc, kt, &e), 0);
-	krb5_free_keytab_entry_contents(kc, &e);
-	krb5_kt_close(kc, kt);
-	krb5_free_context(kc);
-}
-
 /* The world of the running test; the teardown removes it even when an
  * assertion ended the test early. */
 static struct world *current;
@@ -351,7 +330,7 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", port);
 	fclose(f);
 	if (with_keytab)
-		make_keytab(w->keytab);
+		krb5test_make_keytab(w->keytab, PROXY);
 	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
 	assert_non_null(w->base = event_base_new());
 	p.keytab = w->keytab;

@@ -1,0 +1,37 @@
+/*
+ * krb5test.h — Kerberos fixtures for the kcd unit tests (test_s4u.c,
+ * test_s4u_check.c): no KDC, files only. Header-only with static inline
+ * functions, like certgen.h; cmocka asserts on every step.
+ */
+#ifndef EKP_TEST_KRB5TEST_H
+#define EKP_TEST_KRB5TEST_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include <krb5.h>
+
+/* A keytab at path with one random AES-256 key for principal (no KDC ever
+ * sees it: an AS exchange with it fails as a KDC would refuse it). */
+static inline void
+krb5test_make_keytab(const char *path, const char *principal)
+{
+	krb5_context kc;
+	krb5_keytab kt;
+	krb5_keytab_entry e;
+	char name[160];
+
+	assert_int_equal(krb5_init_context(&kc), 0);
+	snprintf(name, sizeof(name), "FILE:%s", path);
+	assert_int_equal(krb5_kt_resolve(kc, name, &kt), 0);
+	memset(&e, 0, sizeof(e));
+	assert_int_equal(krb5_parse_name(kc, principal, &e.principal), 0);
+	e.vno = 1;
+	assert_int_equal(krb5_c_make_random_key(kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96, &e.key), 0);
+	assert_int_equal(krb5_kt_add_entry(kc, kt, &e), 0);
+	krb5_free_keytab_entry_contents(kc, &e);
+	krb5_kt_close(kc, kt);
+	krb5_free_context(kc);
+}
+
+#endif
