@@ -14,6 +14,8 @@ of build/eas-loadgen against both fronts, alternating A/B runs:
   nginx (`return 200` with a 2 KiB body; a --stream-size file for
   downloads) for rps, handshake, cold and stream down; tests/bench/backend.py
   for park (Pings held until released) and stream up (body hashed);
+  each stream round is --stream-repeat transfers on one connection, after
+  every worker of both fronts has served a few small requests;
 * the fronts: eas-kcd-proxy (build/eas-kcd-proxy, release build) and nginx
   configured equivalently: TLS with the same certificate,
   `ssl_verify_client on` with the same device CA, `proxy_pass` to the same
@@ -60,6 +62,7 @@ BODY_2K = ("eas-bench-backend-" * 114)[:2048]
 FD_MARGIN = 0.8         # use at most this share of a process' descriptor limit
 PARK_POOL_IDLE = 5      # s: idle backend connections expire before parking
 WARM_CONNS = 16         # requests in flight while warming every device
+WARM_WORKER_CONNS = 8   # connections per worker before the stream rounds
 
 
 def log(msg):
@@ -684,6 +687,11 @@ http {{
                                                      self.a.hs_conns, "-d", self.a.duration))
 
     def run_stream(self, front, direction):
+        """One round of a front: --stream-repeat transfers of --stream-size
+        back to back on one keep-alive connection (one load generator run,
+        --requests); its MiB/s is all their bytes over all their time. The
+        RSS growth is the peak of the front's processes during the round
+        minus their RSS just before it."""
         base = front.rss_kib()
         peak = [base]
         stop = threading.Event()
@@ -694,12 +702,13 @@ http {{
         t = threading.Thread(target=sample, daemon=True)
         t.start()
         r = self.loadgen("stream", front, "--direction", direction, "--size",
-                         self.a.stream_size, "-d", "600", "--timeout", "60",
-                         certs_dir=self.probe_dir)
+                         self.a.stream_size, "--requests", self.a.stream_repeat,
+                         "-d", "900", "--timeout", "60", certs_dir=self.probe_dir)
         stop.set()
         t.join()
         r.extra["rss_growth_kib"] = max(peak[0], front.rss_kib()) - base
         r.extra["rss_base_kib"] = base
+        r.extra["transfers"] = self.a.stream_repeat
         self.record(f"stream_{direction}", front, r)
 
     def run_park(self, front):
@@ -788,6 +797,7 @@ http {{
         if "stream" in modes:
             # first, on fresh fronts: memory growth is measured from a small
             # base; the probe device streams, so the fleet stays cold
+            self.warm_workers(fronts)
             self.ab("stream_down", fronts, lambda fr: self.run_stream(fr, "down"))
         if "cold" in modes:
             # fresh fronts: the proxy's first requests for every user
@@ -809,6 +819,22 @@ http {{
                 if not r.ok:
                     log(f"warm-up {fr.label}: {r.reason}")
 
+    def warm_workers(self, fronts):
+        """Before the stream rounds, the same for both fronts: the probe
+        device makes WARM_WORKER_CONNS small requests per worker, on
+        connections of their own (SO_REUSEPORT spreads them by the client's
+        port), so every worker has served a TLS connection and the first-use
+        pages of libssl/libcrypto and OpenSSL's lazily built state (0.5-0.9
+        MiB) are in the base, not in a stream's growth. The fleet stays
+        cold."""
+        for fr in fronts:
+            if not fr.failed and fr.alive():
+                r = self.loadgen("rps", fr, "-c", WARM_WORKER_CONNS * fr.workers,
+                                 "--requests", 2, "-d", "30", "--timeout", "10",
+                                 certs_dir=self.probe_dir)
+                if not r.ok:
+                    log(f"warm-up {fr.label}: {r.reason}")
+
     def warm_fleet(self, front):
         """One request per fleet device with at most WARM_CONNS requests in
         flight (handshake mode rotates the devices: slot i uses devices i,
@@ -822,6 +848,7 @@ http {{
     def park_group(self, fronts):
         if "stream" in self.a.modes:
             # before parking: 20,000 closed connections leave the heap large
+            self.warm_workers(fronts)
             self.ab("stream_up", fronts, lambda fr: self.run_stream(fr, "up"))
         if "park" in self.a.modes:
             for fr in fronts:
@@ -894,7 +921,7 @@ http {{
                                   f"{worst.extra['rss_base_kib']:,} KiB")
                     else:
                         c3.append("-")
-                print(f"  {'RSS growth (worst run)':<24} {c3[0]:>22} {c3[1]:>22}")
+                print(f"  {'RSS growth (worst round)':<24} {c3[0]:>22} {c3[1]:>22}")
             if key in ("rps", "handshake"):
                 c4 = []
                 for label in (Ours.label, Nginx.label):
@@ -1014,16 +1041,21 @@ def main():
     ap.add_argument("--rps-conns", type=int, default=100)
     ap.add_argument("--hs-conns", type=int, default=32)
     ap.add_argument("--stream-size", type=int, default=100 * 1024 * 1024)
+    ap.add_argument("--stream-repeat", type=int, default=10,
+                    help="transfers of --stream-size per front and round, back to back")
     ap.add_argument("--max-handshakes", type=int, default=256)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quick", action="store_true",
-                    help="small and short (fleet 300, park 2000, 3 s, 1 round, 20 MiB)")
+                    help="small and short (fleet 300, park 2000, 3 s, 1 round, "
+                         "5 x 20 MiB streams)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     a = ap.parse_args()
     if a.quick:
         a.fleet, a.cold, a.park, a.duration, a.rounds = 300, 300, 2000, 3, 1
-        a.stream_size = 20 * 1024 * 1024
+        a.stream_size, a.stream_repeat = 20 * 1024 * 1024, 5
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if a.stream_repeat < 1:
+        ap.error("--stream-repeat must be at least 1")
     bad = set(a.modes) - {"cold", "rps", "handshake", "stream", "park"}
     if bad:
         ap.error(f"unknown modes {sorted(bad)}")
