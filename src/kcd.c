@@ -128,15 +128,13 @@ answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
 	reply(p, IPC_TOKEN_OK, id);
 }
 
-/* s4u.c answered a TOKEN_REQ (on this loop). */
+/* An answer to a TOKEN_REQ, in kcd's metrics: the cache's part, the KDC
+ * exchange it ran, the token's route. */
 static void
-on_token(const struct s4u_result *res, void *arg)
+count_token(const struct s4u_result *res)
 {
-	struct pending *pd = arg;
-	struct kpeer *p = pd->p;
 	struct metrics_slot *m = metrics_self();
 
-	LIST_REMOVE(pd, link);
 	if (res->exchange) {
 		/* this request ran the KDC exchange (single-flight waiters
 		 * share it and count as misses, not as KDC requests) */
@@ -151,13 +149,24 @@ on_token(const struct s4u_result *res, void *arg)
 		m->kcd_cache_hits++;
 	else
 		m->kcd_negative_hits++;
-	/* the token's route (a fast one here: s4u_token_request's own try) */
+	/* the token's route (s4u_token_now's, or s4u_token_request's own try) */
 	if (res->ok && res->fast)
 		m->kcd_tokens_fast++;
 	else if (res->ok)
 		m->kcd_tokens_gss++;
 	if (res->fast_fallback)
 		m->kcd_fast_fallbacks++;
+}
+
+/* s4u.c answered a TOKEN_REQ (on this loop). */
+static void
+on_token(const struct s4u_result *res, void *arg)
+{
+	struct pending *pd = arg;
+	struct kpeer *p = pd->p;
+
+	LIST_REMOVE(pd, link);
+	count_token(res);
 	if (p->ch == NULL || p->epoch != pd->epoch) {
 		/* that worker's channel went away; its request died with it */
 		if (res->ctx_id != 0)
@@ -202,8 +211,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	switch (s4u_token_now(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len,
 	    flags, &res, &serr)) {
 	case 1:
-		metrics_self()->kcd_cache_hits++;
-		metrics_self()->kcd_tokens_fast++;
+		count_token(&res);
 		answer_token(p, msg->id, &res);
 		return 0;
 	case -1:

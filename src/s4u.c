@@ -1071,13 +1071,27 @@ proxy_seen_ok(struct s4u *s)
 	return t != 0 && clock_mono_ms() - t < FWD_SEEN_WINDOW_MS;
 }
 
+/* The channel bindings' application data both routes pass (RFC 5929:
+ * "tls-server-end-point:" + the hash of the backend's certificate), in
+ * out; returns its length. cb_len <= KCD_CB_MAX (check_args). */
+#define CB_APPDATA_MAX	(sizeof(S4U_CB_PREFIX) - 1 + KCD_CB_MAX)
+
+static size_t
+cb_appdata(const unsigned char *cb, size_t cb_len, unsigned char out[CB_APPDATA_MAX])
+{
+	memcpy(out, S4U_CB_PREFIX, sizeof(S4U_CB_PREFIX) - 1);
+	if (cb_len > 0)
+		memcpy(out + sizeof(S4U_CB_PREFIX) - 1, cb, cb_len);
+	return sizeof(S4U_CB_PREFIX) - 1 + cb_len;
+}
+
 /* gss_init_sec_context with cred for r's SPN, channel bindings and flags.
  * The first one for a fresh impersonated credential is the S4U2Proxy. */
 static int
 init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step step)
 {
 	struct gss_channel_bindings_struct cbs;
-	unsigned char appdata[sizeof(S4U_CB_PREFIX) - 1 + KCD_CB_MAX];
+	unsigned char appdata[CB_APPDATA_MAX];
 	gss_buffer_desc nb, out = GSS_C_EMPTY_BUFFER;
 	gss_name_t target = GSS_C_NO_NAME;
 	gss_ctx_id_t ctx = GSS_C_NO_CONTEXT;
@@ -1099,10 +1113,8 @@ init_context(struct s4u *s, struct s4u_req *r, gss_cred_id_t cred, enum s4u_step
 		memset(&cbs, 0, sizeof(cbs));
 		cbs.initiator_addrtype = GSS_C_AF_UNSPEC;
 		cbs.acceptor_addrtype = GSS_C_AF_UNSPEC;
-		memcpy(appdata, S4U_CB_PREFIX, sizeof(S4U_CB_PREFIX) - 1);
-		memcpy(appdata + sizeof(S4U_CB_PREFIX) - 1, r->cb, r->cb_len);
+		cbs.application_data.length = cb_appdata(r->cb, r->cb_len, appdata);
 		cbs.application_data.value = appdata;
-		cbs.application_data.length = sizeof(S4U_CB_PREFIX) - 1 + r->cb_len;
 	}
 	if (r->flags & KCD_F_MUTUAL)
 		req_flags |= GSS_C_MUTUAL_FLAG;
@@ -1547,14 +1559,14 @@ static int
 fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
     uint32_t flags, const char *principal, char **tok, krb5_auth_context *acp)
 {
-	unsigned char appdata[sizeof(S4U_CB_PREFIX) - 1 + KCD_CB_MAX], bnd[16];
+	unsigned char appdata[CB_APPDATA_MAX], bnd[16];
 	struct cksum_arg ca;
 	krb5_auth_context ac = NULL;
 	krb5_data apreq = { KV5M_DATA, 0, NULL };
 	krb5_flags opts = AP_OPTS_USE_SUBKEY;
 	krb5_error_code code = 0;
 	unsigned char *framed = NULL;
-	size_t flen, cap;
+	size_t alen, flen, cap;
 	char *b64 = NULL;
 	int ret = -1;
 
@@ -1564,10 +1576,8 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 		return -1;
 	if (cb_len > KCD_CB_MAX)
 		return -1;
-	memcpy(appdata, S4U_CB_PREFIX, sizeof(S4U_CB_PREFIX) - 1);
-	if (cb_len > 0)
-		memcpy(appdata + sizeof(S4U_CB_PREFIX) - 1, cb, cb_len);
-	if (s4u_cb_md5(cb_len > 0 ? appdata : NULL, sizeof(S4U_CB_PREFIX) - 1 + cb_len, bnd) != 0) {
+	alen = cb_appdata(cb, cb_len, appdata);
+	if (s4u_cb_md5(cb_len > 0 ? appdata : NULL, alen, bnd) != 0) {
 		log_debug("s4u", "warm token for %s: no MD5 for the channel bindings", principal);
 		return -1;
 	}
