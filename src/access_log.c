@@ -9,6 +9,7 @@
 #include <sys/time.h>
 
 #include "access_log.h"
+#include "codec.h"
 #include "log.h"
 
 #define ACCESS_BUF	(32u * 1024u)
@@ -109,22 +110,6 @@ put_json(char *out, size_t cap, const char *s)
 	return n;
 }
 
-/* v in decimal into buf (at least 21 bytes), NUL-terminated. */
-static void
-put_u64(char *buf, uint64_t v)
-{
-	char tmp[20];
-	size_t n = 0, i;
-
-	do {
-		tmp[n++] = (char)('0' + v % 10u);
-		v /= 10u;
-	} while (v > 0);
-	for (i = 0; i < n; i++)
-		buf[i] = tmp[n - 1 - i];
-	buf[n] = '\0';
-}
-
 /*
  * The date and time fields of second t. A busy worker writes thousands of
  * lines a second, all with the same two fields: they are made once per
@@ -163,15 +148,15 @@ access_log_format(const struct access_rec *r, enum access_format fmt, char *buf,
 
 	put_time((time_t)(r->start_ms / 1000u), date, tod);
 	if (r->status >= 0)
-		put_u64(status, (uint64_t)r->status);
+		codec_u64_dec(status, (uint64_t)r->status);
 	else
 		snprintf(status, sizeof(status), "%d", r->status);
-	put_u64(port, r->s_port);
-	put_u64(scb, r->sc_bytes);
-	put_u64(csb, r->cs_bytes);
-	put_u64(tt, r->time_taken_ms);
+	codec_u64_dec(port, r->s_port);
+	codec_u64_dec(scb, r->sc_bytes);
+	codec_u64_dec(csb, r->cs_bytes);
+	codec_u64_dec(tt, r->time_taken_ms);
 	if (r->kdc_ms >= 0)
-		put_u64(kdc, (uint64_t)r->kdc_ms);
+		codec_u64_dec(kdc, (uint64_t)r->kdc_ms);
 	else
 		memcpy(kdc, "-", 2);
 

@@ -122,3 +122,19 @@ codec_eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 			return 0;
 	return 1;
 }
+
+size_t
+codec_u64_dec(char buf[CODEC_U64_DEC_MAX], unsigned long long v)
+{
+	char tmp[CODEC_U64_DEC_MAX - 1];
+	size_t n = 0, i;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10u);
+		v /= 10u;
+	} while (v > 0);
+	for (i = 0; i < n; i++)
+		buf[i] = tmp[n - 1 - i];
+	buf[n] = '\0';
+	return n;
+}

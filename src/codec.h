@@ -1,7 +1,8 @@
 /*
  * codec.h — small pure encoders and decoders that several parsers share:
  * base64 (RFC 4648 §4, the standard alphabet), hex digits, percent
- * escapes (RFC 3986 §2.1) and ASCII case-insensitive comparison.
+ * escapes (RFC 3986 §2.1), decimal numbers and ASCII case-insensitive
+ * comparison.
  *
  * Format only, no policy: these functions refuse what is not the format;
  * whatever a caller refuses beyond it (a padding it insists on, an
@@ -26,6 +27,12 @@ char *codec_b64_encode(const unsigned char *in, size_t n);
  * Returns the decoded length (0 for an empty text), -1 when in is not
  * base64, -2 when the bytes do not fit in cap (out then holds a prefix). */
 long codec_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap);
+
+/* v in decimal, without printf (hot paths: the access log, the request
+ * and response heads), into buf, NUL-terminated. Returns the number of
+ * digits (1 to 20). */
+#define CODEC_U64_DEC_MAX	21	/* bytes, with the NUL */
+size_t codec_u64_dec(char buf[CODEC_U64_DEC_MAX], unsigned long long v);
 
 /* The value of the hex digit c (0-9, a-f, A-F), or -1. */
 int codec_hex_value(unsigned char c);

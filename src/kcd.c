@@ -21,6 +21,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "directory.h"
 #include "ipc.h"
 #include "kcd.h"
 #include "kcd_proto.h"
@@ -29,7 +30,6 @@
 #include "metrics.h"
 #include "proc.h"
 #include "s4u.h"
-#include "directory.h"
 
 #define KCD_MAGIC	0x4b434431u	/* "KCD1" */
 #define PEER_MAGIC	0x4b504552u	/* "KPER" */

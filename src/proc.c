@@ -31,8 +31,8 @@
 
 #include <openssl/rand.h>
 
-#include "clock.h"
 #include "access_log.h"
+#include "clock.h"
 #include "config.h"
 #include "front.h"
 #include "ipc.h"

@@ -65,9 +65,10 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#include "clock.h"
 #include "access_log.h"
 #include "backend.h"
+#include "clock.h"
+#include "codec.h"
 #include "config.h"
 #include "eas.h"
 #include "front.h"
@@ -336,14 +337,9 @@ add_str(struct evbuffer *b, const char *str)
 static void
 add_u64(struct evbuffer *b, uint64_t v)
 {
-	char tmp[20];
-	size_t n = sizeof(tmp);
+	char tmp[CODEC_U64_DEC_MAX];
 
-	do {
-		tmp[--n] = (char)('0' + v % 10u);
-		v /= 10u;
-	} while (v > 0);
-	evbuffer_add(b, tmp + n, sizeof(tmp) - n);
+	evbuffer_add(b, tmp, codec_u64_dec(tmp, v));
 }
 
 static void

@@ -167,6 +167,23 @@ test_eq_ci(void **state)
 	assert_true(codec_eq_ci("a\0b", 3, "A\0B", 3));	/* lengths, not NULs */
 }
 
+/* Decimal without printf agrees with printf at the edges of each width. */
+static void
+test_u64_dec(void **state)
+{
+	const unsigned long long v[] = { 0, 9, 10, 99, 100, 4294967295ull, 4294967296ull,
+	    9999999999999999999ull, 10000000000000000000ull, UINT64_MAX };
+	char got[CODEC_U64_DEC_MAX], want[32];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		snprintf(want, sizeof(want), "%llu", v[i]);
+		memset(got, 'x', sizeof(got));
+		assert_int_equal(codec_u64_dec(got, v[i]), strlen(want));
+		assert_string_equal(got, want);
+	}
+}
+
 int
 main(void)
 {
@@ -180,6 +197,7 @@ main(void)
 		cmocka_unit_test(test_hex_value),
 		cmocka_unit_test(test_pct_byte),
 		cmocka_unit_test(test_eq_ci),
+		cmocka_unit_test(test_u64_dec),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
