@@ -1,6 +1,6 @@
 /*
  * krb5test.h — Kerberos fixtures for the kcd unit tests (test_s4u.c,
- * test_s4u_check.c): no KDC, files only. Header-only with static inline
+ * test_s4u_check.c): a keytab and a krb5.conf, no KDC. Header-only with static inline
  * functions, like certgen.h; cmocka asserts on every step.
  */
 #ifndef EKP_TEST_KRB5TEST_H
@@ -32,6 +32,20 @@ krb5test_make_keytab(const char *path, const char *principal)
 	krb5_free_keytab_entry_contents(kc, &e);
 	krb5_kt_close(kc, kt);
 	krb5_free_context(kc);
+}
+
+/* A krb5.conf at path for realm EXAMPLE.TEST with one KDC, 127.0.0.1:port,
+ * and no DNS (no lookups, no canonicalisation). */
+static inline void
+krb5test_write_conf(const char *path, int port)
+{
+	FILE *f;
+
+	assert_non_null(f = fopen(path, "w"));
+	fprintf(f, "[libdefaults]\n default_realm = EXAMPLE.TEST\n dns_lookup_kdc = false\n"
+	    " dns_canonicalize_hostname = false\n rdns = false\n"
+	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", port);
+	assert_int_equal(fclose(f), 0);
 }
 
 #endif

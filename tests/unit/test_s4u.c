@@ -313,7 +313,6 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 		.kdc_timeout_ms = timeout_ms, .kdc_concurrency = threads,
 	};
 	char err[256];
-	FILE *f;
 	int port;
 
 	memset(w, 0, sizeof(*w));
@@ -324,11 +323,7 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
 	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
 	port = kdc_port(w, blackhole);
-	assert_non_null(f = fopen(w->krb5_conf, "w"));
-	fprintf(f, "[libdefaults]\n default_realm = EXAMPLE.TEST\n dns_lookup_kdc = false\n"
-	    " dns_canonicalize_hostname = false\n rdns = false\n"
-	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", port);
-	fclose(f);
+	krb5test_write_conf(w->krb5_conf, port);
 	if (with_keytab)
 		krb5test_make_keytab(w->keytab, PROXY);
 	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);

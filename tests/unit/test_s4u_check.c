@@ -84,7 +84,6 @@ world_up(struct world *w, int with_keytab)
 		.kdc_timeout_ms = 3000, .kdc_concurrency = 2,
 	};
 	char err[256];
-	FILE *f;
 
 	memset(w, 0, sizeof(*w));
 	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u_check.XXXXXX");
@@ -92,11 +91,7 @@ world_up(struct world *w, int with_keytab)
 	current = w;
 	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
 	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
-	assert_non_null(f = fopen(w->krb5_conf, "w"));
-	fprintf(f, "[libdefaults]\n default_realm = EXAMPLE.TEST\n dns_lookup_kdc = false\n"
-	    " dns_canonicalize_hostname = false\n rdns = false\n"
-	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", closed_port());
-	fclose(f);
+	krb5test_write_conf(w->krb5_conf, closed_port());
 	if (with_keytab)
 		krb5test_make_keytab(w->keytab, PROXY);
 	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
