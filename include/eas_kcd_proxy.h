@@ -307,7 +307,9 @@ int eas_kcd_proxy_set_log_hook(struct eas_kcd_proxy *p, eas_kcd_proxy_log_fn *fn
 
 /* ---- metrics ------------------------------------------------------------------- */
 
-/* Counters since start (over every generation); gauges are current. */
+/* Counters since start (over every generation); gauges are current. Each
+ * field is the sum of what /metrics (eas_kcd_proxy_metrics_text) shows
+ * under the name in its comment. New fields are only ever appended. */
 struct eas_kcd_proxy_metrics {
 	uint64_t requests;		/* requests ended, whatever the reason */
 	uint64_t requests_ok;		/* answered by Exchange */
@@ -320,11 +322,31 @@ struct eas_kcd_proxy_metrics {
 	uint64_t kdc_requests;		/* S4U exchanges with the KDC */
 	uint64_t kdc_errors;
 	uint64_t kcd_cache_hits, kcd_cache_misses;
+	/* ---- end of the first version (0.1.0); fields since: */
+	/* _kcd_cache_total{result="negative_hit"}: a refusal answered from
+	 * the negative cache ([kerberos] negative_ttl) */
+	uint64_t kcd_cache_negative_hits;
+	/* _kcd_tokens_total{route="fast"}: Negotiate tokens made on kcd's
+	 * loop from a cached service ticket; {route="gss"}: by GSSAPI on a
+	 * KDC thread (a user's first token, or when the fast path could not) */
+	uint64_t kcd_tokens_fast, kcd_tokens_gss;
+	/* _kcd_fast_fallbacks_total: requests for a cached credential the
+	 * fast path could not serve (they went the GSSAPI way) */
+	uint64_t kcd_fast_fallbacks;
+	/* _kcd_tgt_acquisitions_total{result="ok"|"error"}: AS exchanges for
+	 * the proxy's own TGT from its keytab (not in kdc_requests) */
+	uint64_t kcd_tgt_acquisitions_ok, kcd_tgt_acquisitions_errors;
+	/* gauges: _kcd_tgt_valid, 1 while kcd holds the proxy's TGT (what
+	 * /readyz needs), else 0; _kcd_tgt_end_seconds, when it ends (Unix
+	 * time; in the past: expired; 0: kcd never had one; INT64_MAX: no end) */
+	int64_t kcd_tgt_valid;
+	int64_t kcd_tgt_end;
 };
 
 /* Fill m; size is sizeof(struct eas_kcd_proxy_metrics) as the caller was
- * compiled (fields beyond it are not written; E_INVALID when smaller than
- * the first version of the struct). */
+ * compiled: a program built against an older header passes its smaller
+ * size and gets the fields it knows, nothing is written past size
+ * (E_INVALID when smaller than the first version of the struct). */
 int eas_kcd_proxy_metrics_get(const struct eas_kcd_proxy *p, struct eas_kcd_proxy_metrics *m,
     size_t size);
 /* Requests that ended with the reason token ("device_denied", "ok"; the

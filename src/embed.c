@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -1473,6 +1474,12 @@ add_slot(struct eas_kcd_proxy_metrics *m, const struct metrics_slot *s, int gaug
 	m->kdc_errors += s->kdc_errors;
 	m->kcd_cache_hits += s->kcd_cache_hits;
 	m->kcd_cache_misses += s->kcd_cache_misses;
+	m->kcd_cache_negative_hits += s->kcd_negative_hits;
+	m->kcd_tokens_fast += s->kcd_tokens_fast;
+	m->kcd_tokens_gss += s->kcd_tokens_gss;
+	m->kcd_fast_fallbacks += s->kcd_fast_fallbacks;
+	m->kcd_tgt_acquisitions_ok += s->kcd_tgt_ok;
+	m->kcd_tgt_acquisitions_errors += s->kcd_tgt_errors;
 }
 
 int
@@ -1490,7 +1497,9 @@ eas_kcd_proxy_metrics_get(const struct eas_kcd_proxy *p, struct eas_kcd_proxy_me
 		for (unsigned i = 0; i < p->shm->nslots; i++)
 			if (p->shm->slot[i].kind != SLOT_FREE)
 				add_slot(&m, &p->shm->slot[i], 1);
+		m.kcd_tgt_valid = metrics_tgt(p->shm, (int64_t)time(NULL), &m.kcd_tgt_end);
 	}
+	/* an older caller's struct is a prefix of ours: its fields only */
 	memcpy(out, &m, size < sizeof(m) ? size : sizeof(m));
 	return EAS_KCD_PROXY_OK;
 }

@@ -73,6 +73,9 @@ fold(struct metrics_slot *dst, const struct metrics_slot *src)
 	dst->kcd_fast_fallbacks += src->kcd_fast_fallbacks;
 	dst->kcd_tgt_ok += src->kcd_tgt_ok;
 	dst->kcd_tgt_errors += src->kcd_tgt_errors;
+	dst->tokens_ahead_ready += src->tokens_ahead_ready;
+	dst->tokens_ahead_waited += src->tokens_ahead_waited;
+	dst->tokens_ahead_unused += src->tokens_ahead_unused;
 }
 
 void
@@ -144,6 +147,26 @@ read_tgt(const struct metrics_slot *s, int64_t *end, char *why, size_t len)
 		}
 	}
 	return -1;
+}
+
+int
+metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s)
+{
+	int64_t latest = 0;
+	int valid = 0;
+
+	for (unsigned i = 0; i < m->nslots; i++) {
+		const struct metrics_slot *s = &m->slot[i];
+		int64_t end = 0;
+
+		if (s->kind != SLOT_KCD || !s->kcd_ready || read_tgt(s, &end, NULL, 0) != 0)
+			continue;
+		if (end > latest)
+			latest = end;
+		valid |= end > now_s;
+	}
+	*end_s = latest;
+	return valid;
 }
 
 int
@@ -280,14 +303,8 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 		idle += s->backend_pool_idle;
 		bconns += s->backend_conns_open;
 		workers += s->kind == SLOT_WORKER;
-		if (s->kind == SLOT_KCD && s->kcd_ready) {
-			int64_t end = 0;
-
-			if (read_tgt(s, &end, NULL, 0) == 0 && end > tgt_end)
-				tgt_end = end;
-			tgt_valid |= end > now;
-		}
 	}
+	tgt_valid = (unsigned)metrics_tgt(m, now, &tgt_end);
 
 	emit(&o, "# HELP eas_kcd_proxy_requests_total Requests by outcome reason and status class.\n"
 	    "# TYPE eas_kcd_proxy_requests_total counter\n");
@@ -370,6 +387,15 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 	    (unsigned long long)t.kcd_tokens_fast, (unsigned long long)t.kcd_tokens_gss,
 	    (unsigned long long)t.kcd_fast_fallbacks, (unsigned long long)t.kcd_tgt_ok,
 	    (unsigned long long)t.kcd_tgt_errors);
+	emit(&o, "# HELP eas_kcd_proxy_tokens_ahead_total Tokens the workers asked of kcd ahead "
+	    "of a kept-alive connection's next request, by outcome: ready (there when the "
+	    "request came), waited (still on the way then), unused (dropped).\n"
+	    "# TYPE eas_kcd_proxy_tokens_ahead_total counter\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"ready\"} %llu\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"waited\"} %llu\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"unused\"} %llu\n",
+	    (unsigned long long)t.tokens_ahead_ready, (unsigned long long)t.tokens_ahead_waited,
+	    (unsigned long long)t.tokens_ahead_unused);
 	emit(&o, "# HELP eas_kcd_proxy_ldap_lookups_total Directory lookups.\n"
 	    "# TYPE eas_kcd_proxy_ldap_lookups_total counter\n"
 	    "eas_kcd_proxy_ldap_lookups_total{result=\"ok\"} %llu\n"

@@ -59,6 +59,10 @@ struct metrics_slot {
 	uint64_t kcd_fast_fallbacks;		/* warm requests the fast path could
 						 * not serve (went the GSS way) */
 	uint64_t kcd_tgt_ok, kcd_tgt_errors;	/* AS exchanges for the proxy's TGT */
+	/* worker: tokens asked of kcd ahead of a kept-alive connection's next
+	 * request (stream.c, struct ahead): there when it came (ready), still
+	 * on the way then (waited), or dropped unused */
+	uint64_t tokens_ahead_ready, tokens_ahead_waited, tokens_ahead_unused;
 };
 
 struct metrics_shm {
@@ -82,6 +86,12 @@ const struct metrics_shm *metrics_shm_self(void);
  * reached) and some worker sees a backend server up; else 0 with the
  * missing part in why ("kcd: no TGT for P: CLIENT_NOT_FOUND: ..."). */
 int metrics_ready(const struct metrics_shm *m, char *why, size_t len);
+
+/* The proxy's TGT as /metrics shows it: 1 when a running kcd holds one
+ * that has not ended by now_s (unix seconds), else 0; *end_s is the latest
+ * end any running kcd published (0: none ever had one, INT64_MAX: no
+ * end). A slot kcd is rewriting right now counts as having none. */
+int metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s);
 
 /* kcd: publish into slot s (its own; the single writer) that it holds the
  * proxy's TGT until end_s (unix seconds; 0 = it holds none, INT64_MAX = no

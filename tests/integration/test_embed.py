@@ -31,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -311,6 +312,86 @@ def test_identity_hook_refuses_or_keeps(lab, gateways):
     assert status == 200 and exchange_user(status, hdrs, body) == "alice@EXAMPLE.TEST"
     nu = Phone(q, user="bob", cert=certs.no_upn(q.path("pki"), q.device_ca))
     assert nu.sync(OTHER)[0] == 403, "our failed mapping stands when the hook keeps it"
+
+
+# ----------------------------------------------------------- the metrics struct --
+
+# eas_kcd_proxy_metrics field -> its sample in /metrics (the fields since the
+# first version of the struct, and the first version's kcd/KDC ones)
+STRUCT_SAMPLES = {
+    "connections_accepted": "eas_kcd_proxy_connections_accepted_total",
+    "kdc_requests": "eas_kcd_proxy_kdc_requests_total",
+    "kdc_errors": "eas_kcd_proxy_kdc_errors_total",
+    "kcd_cache_hits": 'eas_kcd_proxy_kcd_cache_total{result="hit"}',
+    "kcd_cache_misses": 'eas_kcd_proxy_kcd_cache_total{result="miss"}',
+    "kcd_cache_negative_hits": 'eas_kcd_proxy_kcd_cache_total{result="negative_hit"}',
+    "kcd_tokens_fast": 'eas_kcd_proxy_kcd_tokens_total{route="fast"}',
+    "kcd_tokens_gss": 'eas_kcd_proxy_kcd_tokens_total{route="gss"}',
+    "kcd_fast_fallbacks": "eas_kcd_proxy_kcd_fast_fallbacks_total",
+    "kcd_tgt_acquisitions_ok": 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="ok"}',
+    "kcd_tgt_acquisitions_errors": 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="error"}',
+    "kcd_tgt_valid": "eas_kcd_proxy_kcd_tgt_valid",
+    "kcd_tgt_end": "eas_kcd_proxy_kcd_tgt_end_seconds",
+}
+
+
+def metrics_text(p):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def text_sample(text, name):
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"no {name} in /metrics:\n{text}"
+    return int(m.group(1))
+
+
+def struct_metrics(p, before):
+    """SIGUSR1 to embed_hooks: its next 'metrics:' line (after `before`
+    such lines) as {field: int}."""
+    p.signal(signal.SIGUSR1)
+    lines = wait_until(lambda: (lambda ls: ls if len(ls) > before else None)(
+        re.findall(r"^metrics: (.*)$", p.console_text(), re.M)), 10,
+        "embed_hooks' metrics line")
+    return {k: int(v) for k, v in (kv.split("=") for kv in lines[before].split())}
+
+
+@pytest.mark.parametrize("mode", ["kcd_process", "kcd_thread"])
+def test_metrics_struct_has_the_kcd_counters_of_the_metrics_text(lab, gateways, mode):
+    """eas_kcd_proxy_metrics_get's fields since the first version (tokens by
+    route, fast fallbacks, negative hits, the TGT's acquisitions and gauges)
+    hold what /metrics shows, with kcd as a process and as a thread."""
+    p = start_hooks(lab, "keep", ["-t"] if mode == "kcd_thread" else [])
+    gateways.append(p)
+    wait_until(lambda: text_sample(metrics_text(p), "eas_kcd_proxy_kcd_tgt_valid") == 1,
+               60, "kcd to hold the proxy's TGT")
+    alice = Phone(p)
+    for _ in range(3):
+        status, hdrs, body = alice.sync(GOOD)
+        assert status == 200, f"{status} {body[:200]!r}\n{p.log_text()[-3000:]}"
+    # a user the KDC refuses, twice: the second refusal is a negative hit
+    disabled = Phone(p, user="disabled")
+    assert [disabled.sync(GOOD)[0] for _ in range(2)] == [403, 403]
+    records(p, lambda r: r.get("device_id") == GOOD, count=5)
+
+    # nothing moves now: two reads around the text agree, and match it
+    seen = 0
+    for _ in range(20):
+        a = struct_metrics(p, seen)
+        text = metrics_text(p)
+        b = struct_metrics(p, seen + 1)
+        seen += 2
+        if a == b:
+            break
+    assert a == b, (a, b)
+    for field, sample in STRUCT_SAMPLES.items():
+        assert a[field] == text_sample(text, sample), (field, a[field], sample, text)
+    assert a["kcd_tokens_gss"] >= 1 and a["kcd_tokens_fast"] >= 1, a
+    assert a["kcd_cache_negative_hits"] == 1, a
+    assert a["kcd_tgt_acquisitions_ok"] >= 1 and a["kcd_tgt_valid"] == 1, a
+    assert a["kcd_tgt_end"] > time.time(), a
+    assert a["requests"] == 5 and a["requests_ok"] == 3, a
 
 
 # ------------------------------------------------------- the daemon's lists --

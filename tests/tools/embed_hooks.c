@@ -8,7 +8,10 @@
  *
  * SIGTERM/SIGINT stop the proxy gracefully; the program exits when it has
  * stopped. Each identity call is reported on stderr ("identity: principal
- * P detail D -> VERDICT") for the test to check what the hook saw.
+ * P detail D -> VERDICT") for the test to check what the hook saw. SIGUSR1
+ * prints every field of eas_kcd_proxy_metrics_get's struct on one line
+ * ("metrics: requests=N ... kcd_tgt_end=N"), for the test to compare with
+ * /metrics.
  */
 #include <errno.h>
 #include <signal.h>
@@ -105,11 +108,44 @@ stopped(struct eas_kcd_proxy *p, void *arg)
 }
 
 static void
+print_metrics(void)
+{
+	struct eas_kcd_proxy_metrics m;
+	int rc = eas_kcd_proxy_metrics_get(T.p, &m, sizeof(m));
+
+	if (rc != EAS_KCD_PROXY_OK) {
+		fprintf(stderr, "embed_hooks: metrics: %s\n", eas_kcd_proxy_strerror(rc));
+		return;
+	}
+	fprintf(stderr, "metrics: requests=%llu requests_ok=%llu requests_denied=%llu "
+	    "tls_handshakes=%llu tls_failures=%llu connections_accepted=%llu "
+	    "connections_open=%lld requests_parked=%lld kdc_requests=%llu kdc_errors=%llu "
+	    "kcd_cache_hits=%llu kcd_cache_misses=%llu kcd_cache_negative_hits=%llu "
+	    "kcd_tokens_fast=%llu kcd_tokens_gss=%llu kcd_fast_fallbacks=%llu "
+	    "kcd_tgt_acquisitions_ok=%llu kcd_tgt_acquisitions_errors=%llu "
+	    "kcd_tgt_valid=%lld kcd_tgt_end=%lld\n",
+	    (unsigned long long)m.requests, (unsigned long long)m.requests_ok,
+	    (unsigned long long)m.requests_denied, (unsigned long long)m.tls_handshakes,
+	    (unsigned long long)m.tls_failures, (unsigned long long)m.connections_accepted,
+	    (long long)m.connections_open, (long long)m.requests_parked,
+	    (unsigned long long)m.kdc_requests, (unsigned long long)m.kdc_errors,
+	    (unsigned long long)m.kcd_cache_hits, (unsigned long long)m.kcd_cache_misses,
+	    (unsigned long long)m.kcd_cache_negative_hits, (unsigned long long)m.kcd_tokens_fast,
+	    (unsigned long long)m.kcd_tokens_gss, (unsigned long long)m.kcd_fast_fallbacks,
+	    (unsigned long long)m.kcd_tgt_acquisitions_ok,
+	    (unsigned long long)m.kcd_tgt_acquisitions_errors, (long long)m.kcd_tgt_valid,
+	    (long long)m.kcd_tgt_end);
+}
+
+static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
-	(void)sig;
 	(void)what;
 	(void)arg;
+	if (sig == SIGUSR1) {
+		print_metrics();
+		return;
+	}
 	if (eas_kcd_proxy_stop(T.p, stopped, NULL) != EAS_KCD_PROXY_OK)
 		event_base_loopexit(T.base, NULL);
 }
@@ -118,7 +154,7 @@ int
 main(int argc, char **argv)
 {
 	const char *conf = NULL, *mode = NULL;
-	struct event *term = NULL, *intr = NULL;
+	struct event *term = NULL, *intr = NULL, *usr1 = NULL;
 	char err[4096];
 	int opt, thread = 0, rc = 1;
 
@@ -145,7 +181,9 @@ main(int argc, char **argv)
 	if ((T.base = event_base_new()) == NULL ||
 	    (term = evsignal_new(T.base, SIGTERM, on_signal, NULL)) == NULL ||
 	    (intr = evsignal_new(T.base, SIGINT, on_signal, NULL)) == NULL ||
-	    evsignal_add(term, NULL) != 0 || evsignal_add(intr, NULL) != 0)
+	    (usr1 = evsignal_new(T.base, SIGUSR1, on_signal, NULL)) == NULL ||
+	    evsignal_add(term, NULL) != 0 || evsignal_add(intr, NULL) != 0 ||
+	    evsignal_add(usr1, NULL) != 0)
 		goto cleanup;
 	if (eas_kcd_proxy_new_from_file(conf, &T.p, err, sizeof(err)) != EAS_KCD_PROXY_OK) {
 		fprintf(stderr, "embed_hooks: %s\n", err);
@@ -173,6 +211,8 @@ cleanup:
 		event_free(term);
 	if (intr != NULL)
 		event_free(intr);
+	if (usr1 != NULL)
+		event_free(usr1);
 	if (T.base != NULL)
 		event_base_free(T.base);
 	return rc;

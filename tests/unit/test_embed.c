@@ -182,6 +182,110 @@ run_until(struct event_base *base, const int *flag, unsigned timeout_ms)
 	return *flag;
 }
 
+/* The value of sample name ("eas_kcd_proxy_x" or with its labels) in the
+ * Prometheus text; fails the test when it is absent. "+Inf" is INT64_MAX. */
+static int64_t
+text_sample(const char *text, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *l = text; l != NULL && *l != '\0'; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (strncmp(l, name, n) != 0 || l[n] != ' ')
+			continue;
+		if (strncmp(l + n + 1, "+Inf\n", 5) == 0)
+			return INT64_MAX;
+		return strtoll(l + n + 1, NULL, 10);
+	}
+	fail_msg("no sample %s in /metrics:\n%s", name, text);
+	return -1;
+}
+
+/* The first version of struct eas_kcd_proxy_metrics (0.1.0), as a program
+ * compiled against that header has it. */
+struct metrics_v1 {
+	uint64_t requests, requests_ok, requests_denied, tls_handshakes, tls_failures;
+	uint64_t connections_accepted;
+	int64_t connections_open, requests_parked;
+	uint64_t kdc_requests, kdc_errors, kcd_cache_hits, kcd_cache_misses;
+};
+_Static_assert(offsetof(struct eas_kcd_proxy_metrics, kcd_cache_negative_hits) ==
+    sizeof(struct metrics_v1), "the fields since 0.1.0 follow the first version's");
+
+/* p's metrics read twice around its /metrics text, until both reads agree
+ * (kcd may count a TGT retry meanwhile); then every field of the struct is
+ * checked against its sample in the text. */
+static void
+check_metrics_against_text(struct eas_kcd_proxy *p, struct eas_kcd_proxy_metrics *out)
+{
+	struct eas_kcd_proxy_metrics a, b;
+	char *text = malloc(65536);
+	int same = 0;
+
+	assert_non_null(text);
+	for (int i = 0; i < 50 && !same; i++) {
+		assert_int_equal(eas_kcd_proxy_metrics_get(p, &a, sizeof(a)), EAS_KCD_PROXY_OK);
+		assert_true(eas_kcd_proxy_metrics_text(p, text, 65536) > 0);
+		assert_int_equal(eas_kcd_proxy_metrics_get(p, &b, sizeof(b)), EAS_KCD_PROXY_OK);
+		same = memcmp(&a, &b, sizeof(a)) == 0;
+	}
+	assert_true(same);
+	assert_int_equal(a.connections_accepted,
+	    text_sample(text, "eas_kcd_proxy_connections_accepted_total"));
+	assert_int_equal(a.kdc_requests, text_sample(text, "eas_kcd_proxy_kdc_requests_total"));
+	assert_int_equal(a.kcd_cache_hits,
+	    text_sample(text, "eas_kcd_proxy_kcd_cache_total{result=\"hit\"}"));
+	assert_int_equal(a.kcd_cache_misses,
+	    text_sample(text, "eas_kcd_proxy_kcd_cache_total{result=\"miss\"}"));
+	assert_int_equal(a.kcd_cache_negative_hits,
+	    text_sample(text, "eas_kcd_proxy_kcd_cache_total{result=\"negative_hit\"}"));
+	assert_int_equal(a.kcd_tokens_fast,
+	    text_sample(text, "eas_kcd_proxy_kcd_tokens_total{route=\"fast\"}"));
+	assert_int_equal(a.kcd_tokens_gss,
+	    text_sample(text, "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"}"));
+	assert_int_equal(a.kcd_fast_fallbacks,
+	    text_sample(text, "eas_kcd_proxy_kcd_fast_fallbacks_total"));
+	assert_int_equal(a.kcd_tgt_acquisitions_ok,
+	    text_sample(text, "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"ok\"}"));
+	assert_int_equal(a.kcd_tgt_acquisitions_errors,
+	    text_sample(text, "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"}"));
+	assert_int_equal(a.kcd_tgt_valid, text_sample(text, "eas_kcd_proxy_kcd_tgt_valid"));
+	assert_int_equal(a.kcd_tgt_end, text_sample(text, "eas_kcd_proxy_kcd_tgt_end_seconds"));
+	free(text);
+	*out = a;
+}
+
+/* A caller compiled against the first header passes its smaller size: it
+ * gets exactly the first version's fields (the same values as a current
+ * caller), and not a byte past them is written. */
+static void
+check_old_caller(struct eas_kcd_proxy *p, const struct eas_kcd_proxy_metrics *now)
+{
+	union {
+		struct metrics_v1 v1;
+		unsigned char raw[sizeof(struct eas_kcd_proxy_metrics) + 64];
+	} buf;
+	struct metrics_v1 *exact = malloc(sizeof(*exact));	/* ASan: no room past it */
+
+	assert_non_null(exact);
+	memset(&buf, 0xa5, sizeof(buf));
+	assert_int_equal(eas_kcd_proxy_metrics_get(p, (struct eas_kcd_proxy_metrics *)(void *)&buf,
+	    sizeof(struct metrics_v1)), EAS_KCD_PROXY_OK);
+	for (size_t i = sizeof(struct metrics_v1); i < sizeof(buf.raw); i++)
+		if (buf.raw[i] != 0xa5)
+			fail_msg("byte %zu past the first version's struct was written", i);
+	assert_memory_equal(&buf.v1, now, sizeof(struct metrics_v1));
+	assert_int_equal(eas_kcd_proxy_metrics_get(p, (struct eas_kcd_proxy_metrics *)(void *)exact,
+	    sizeof(*exact)), EAS_KCD_PROXY_OK);
+	assert_memory_equal(exact, now, sizeof(*exact));
+	/* one byte short of the first version: refused, nothing written */
+	memset(&buf, 0xa5, sizeof(buf));
+	assert_int_equal(eas_kcd_proxy_metrics_get(p, (struct eas_kcd_proxy_metrics *)(void *)&buf,
+	    sizeof(struct metrics_v1) - 1), EAS_KCD_PROXY_E_INVALID);
+	for (size_t i = 0; i < sizeof(buf.raw); i++)
+		assert_int_equal(buf.raw[i], 0xa5);
+	free(exact);
+}
+
 /* ---- configurations ------------------------------------------------------------ */
 
 static void
@@ -261,8 +365,14 @@ test_misuse_is_an_error(void **state)
 	assert_int_equal(eas_kcd_proxy_set_kcd_mode(p, (enum eas_kcd_proxy_kcd_mode)9),
 	    EAS_KCD_PROXY_E_INVALID);
 	assert_int_equal(eas_kcd_proxy_metrics_get(p, &m, 8), EAS_KCD_PROXY_E_INVALID);
+	memset(&m, 0xa5, sizeof(m));
 	assert_int_equal(eas_kcd_proxy_metrics_get(p, &m, sizeof(m)), EAS_KCD_PROXY_OK);
 	assert_int_equal(m.requests, 0);
+	/* not started: the fields since the first version are zero too */
+	assert_int_equal(m.kcd_tokens_fast + m.kcd_tokens_gss + m.kcd_fast_fallbacks +
+	    m.kcd_cache_negative_hits + m.kcd_tgt_acquisitions_ok + m.kcd_tgt_acquisitions_errors, 0);
+	assert_int_equal(m.kcd_tgt_valid, 0);
+	assert_int_equal(m.kcd_tgt_end, 0);
 	assert_int_equal(eas_kcd_proxy_metrics_text(p, buf, sizeof(buf)), 0);	/* not started */
 	assert_int_equal(eas_kcd_proxy_generation(p), 0);
 	assert_int_equal(eas_kcd_proxy_reload_config(p, NULL), EAS_KCD_PROXY_E_INVALID);
@@ -392,6 +502,24 @@ lifecycle(enum eas_kcd_proxy_kcd_mode mode)
 	assert_true(accepted);
 	assert_true(eas_kcd_proxy_metrics_text(l.p, text, 65536) > 0);
 	assert_non_null(strstr(text, "eas_kcd_proxy_"));
+
+	/* kcd (process or thread) tries the proxy's TGT with the placeholder
+	 * keytab and fails: counted in the struct as in /metrics */
+	for (int i = 0; i < 1000 && m.kcd_tgt_acquisitions_errors == 0; i++) {
+		struct timeval tick = { 0, 10000 };
+
+		event_base_loopexit(l.base, &tick);
+		event_base_dispatch(l.base);
+		assert_int_equal(eas_kcd_proxy_metrics_get(l.p, &m, sizeof(m)), EAS_KCD_PROXY_OK);
+	}
+	if (m.kcd_tgt_acquisitions_errors == 0)
+		fail_msg("kcd counted no failed TGT acquisition within 10 s");
+	check_metrics_against_text(l.p, &m);
+	assert_true(m.connections_accepted >= 1);
+	assert_int_equal(m.kcd_tgt_acquisitions_ok, 0);
+	assert_int_equal(m.kcd_tgt_valid, 0);
+	assert_int_equal(m.kcd_tgt_end, 0);
+	check_old_caller(l.p, &m);
 
 	/* a reload: generation 2 serves once its kcd is ready */
 	c2 = builder("server", "idle_timeout", "30s", NULL);
