@@ -53,22 +53,27 @@ req_find(struct kcd_client *kc, uint32_t id)
 	return NULL;
 }
 
-/* Remove and free the request; hands ans to its callback unless cancelled. */
+/* Remove and free the request; hands ans to its callback unless cancelled
+ * (then a context kcd kept for the token is released here: nobody else
+ * knows its id). */
 static void
 req_finish(struct kcd_req *r, struct kcd_answer *ans)
 {
+	struct kcd_client *kc = r->kc;
 	kcd_answer_fn *fn = r->fn;
 	void *arg = r->arg;
 
 	assert(r->magic == KCD_REQ_MAGIC);
 	ans->elapsed_ms = clock_mono_ms() - r->start_ms;
 	LIST_REMOVE(r, bucket);
-	r->kc->st.in_flight--;
+	kc->st.in_flight--;
 	event_del(r->timer);
 	r->magic = 0;
 	free(r);
 	if (fn != NULL)
 		fn(ans, arg);
+	else if (ans->ok && ans->ctx_id != 0)
+		kcd_ctx_release(kc, ans->ctx_id);
 }
 
 static void
