@@ -16,6 +16,14 @@
  *     reference taken on the loop before submission.
  *   - kept contexts (KCD_F_MUTUAL) belong to the context table until
  *     verified, released, expired or evicted.
+ *   - the fast path's service ticket: the leader's pool thread copies it
+ *     out of the new credential's ccache (r->svc, the request's); the loop
+ *     turns it into an apreq ticket (its session key as a krb5_key, made
+ *     once) kept with the impersonated credential (imp_cred.fast) and
+ *     freed with it, and frees the copy. A fast-path context kept for
+ *     mutual authentication holds its own reference to that krb5_key
+ *     (struct apreq_reply), so it may outlive the credential. Both are the
+ *     loop's only: the GSS route on pool threads never touches them.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -33,7 +41,9 @@
 #include <gssapi/gssapi_krb5.h>
 #include <krb5.h>
 #include <openssl/evp.h>
+#include <profile.h>
 
+#include "apreq.h"
 #include "clock.h"
 #include "codec.h"
 #include "credcache.h"
@@ -479,22 +489,29 @@ struct proxy_cred {
 /* An impersonated credential as credcache holds it (its opaque cred). */
 struct imp_cred {
 	gss_cred_id_t gss;		/* pool threads: the GSS route */
-	/* The S4U2Proxy service ticket its first token got, copied out of
-	 * gss's ccache once by the leader (NULL: none found, the fast path
-	 * is not used). Read-only from then on; the loop's. */
-	krb5_creds *svc;
+	/* The S4U2Proxy service ticket its first token got, made ready for
+	 * AP-REQs on the loop once (lead_done; NULL: none found or it could
+	 * not be used, the fast path is not used). The loop's only. */
+	struct apreq_ticket *fast;
 };
 
-/* A context kept for mutual authentication: a GSS one (ctx, target) from
- * the GSS route, or the krb5 auth context of a fast-path token (ac). */
+/* A context kept for mutual authentication: a GSS one (gss.ctx, target)
+ * from the GSS route, or what a fast-path token's AP-REP must match
+ * (rep: the authenticator's ctime/cusec, a reference to the ticket's
+ * session key, the subkey). */
 struct kept_ctx {
 	uint32_t id;
-	gss_ctx_id_t ctx;
-	gss_name_t target;		/* the continuation call needs it again */
-	krb5_auth_context ac;		/* s->kctx's */
+	int fast;			/* 1: u.rep; 0: u.gss */
 	uint64_t expires;		/* mono ms */
 	struct kept_ctx *hnext;
 	struct kept_ctx *prev, *next;	/* FIFO: oldest first (one TTL for all) */
+	union {
+		struct {
+			gss_ctx_id_t ctx;
+			gss_name_t target;	/* the continuation call needs it again */
+		} gss;
+		struct apreq_reply rep;	/* its key: s->kctx's */
+	} u;
 };
 
 struct s4u_req;
@@ -517,6 +534,7 @@ struct s4u {
 	 * on the loop thread only (NULL: it could not be made; every token
 	 * goes the GSS way). */
 	krb5_context kctx;
+	unsigned apreq_flags;		/* APREQ_CBT_AWARE from krb5.conf, read once */
 	char *fast_tok;			/* s4u_token_now's last token (base64) */
 	char fast_key[KCD_SPN_MAX + KCD_PRINCIPAL_MAX];
 	char *keytab, *principal;
@@ -592,10 +610,13 @@ struct s4u_req {
 	char name[KCD_NAME_MAX];
 	char text[KCD_TEXT_MAX];
 	struct imp_cred *ic;		/* K_LEAD: the new impersonated credential */
+	krb5_creds *svc;		/* K_LEAD: its service ticket, copied out on
+					 * the pool thread for the loop (lead_done) */
 	uint64_t imp_end;		/* mono ms */
 	gss_ctx_id_t ctx;		/* KCD_F_MUTUAL: kept for verification */
 	gss_name_t target;		/* with ctx */
-	krb5_auth_context ac;		/* KCD_F_MUTUAL, fast path: kept instead */
+	struct apreq_reply rep;		/* KCD_F_MUTUAL, fast path: kept instead
+					 * (rep.key NULL: nothing) */
 	char *token;
 	uint64_t ticket_end;		/* unix ms */
 };
@@ -1235,10 +1256,11 @@ work_lead(struct pool_job *job)
 		r->token = NULL;
 		goto cleanup;
 	}
-	/* the fast path's ticket, once per credential: a failure here only
-	 * means every token for this user goes the GSS way */
+	/* the fast path's ticket, once per credential (lead_done makes it
+	 * ready): a failure here only means every token for this user goes
+	 * the GSS way */
 	if (s->kctx != NULL)
-		r->ic->svc = svc_extract(imp, r->principal, r->spn);
+		r->svc = svc_extract(imp, r->principal, r->spn);
 	r->ic->gss = imp;		/* to the loop, for credcache */
 	imp = GSS_C_NO_CREDENTIAL;
 	r->imp_end = lifetime == GSS_C_INDEFINITE ? UINT64_MAX :
@@ -1291,19 +1313,22 @@ ctx_remove(struct s4u *s, struct kept_ctx *k)
 	else
 		s->ctx_tail = k->prev;
 	s->n_ctx--;
-	if (k->ctx != GSS_C_NO_CONTEXT)
-		gss_delete_sec_context(&minor, &k->ctx, GSS_C_NO_BUFFER);
-	if (k->target != GSS_C_NO_NAME)
-		gss_release_name(&minor, &k->target);
-	if (k->ac != NULL)
-		krb5_auth_con_free(s->kctx, k->ac);
+	if (k->fast) {
+		apreq_reply_clear(s->kctx, &k->u.rep);
+	} else {
+		if (k->u.gss.ctx != GSS_C_NO_CONTEXT)
+			gss_delete_sec_context(&minor, &k->u.gss.ctx, GSS_C_NO_BUFFER);
+		if (k->u.gss.target != GSS_C_NO_NAME)
+			gss_release_name(&minor, &k->u.gss.target);
+	}
 	free(k);
 }
 
-/* Takes ctx and target (GSS route) or ac (fast path; ctx and target then
- * GSS_C_NO_*); returns the id, or 0 (all released) when out of memory. */
+/* Takes ctx and target (GSS route) or, rep not NULL, what *rep holds
+ * (fast path; ctx and target then GSS_C_NO_*; *rep is cleared); returns
+ * the id, or 0 (all released) when out of memory. */
 static uint32_t
-ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, krb5_auth_context ac)
+ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, struct apreq_reply *rep)
 {
 	struct kept_ctx *k;
 	OM_uint32 minor;
@@ -1313,8 +1338,8 @@ ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, krb5_auth_context a
 			gss_delete_sec_context(&minor, &ctx, GSS_C_NO_BUFFER);
 		if (target != GSS_C_NO_NAME)
 			gss_release_name(&minor, &target);
-		if (ac != NULL)
-			krb5_auth_con_free(s->kctx, ac);
+		if (rep != NULL)
+			apreq_reply_clear(s->kctx, rep);
 		return 0;
 	}
 	while (s->n_ctx >= s->p.max_contexts)
@@ -1322,9 +1347,14 @@ ctx_keep(struct s4u *s, gss_ctx_id_t ctx, gss_name_t target, krb5_auth_context a
 	do {
 		k->id = ++s->next_ctx_id;
 	} while (k->id == 0 || *ctx_slot(s, k->id) != NULL);
-	k->ctx = ctx;
-	k->target = target;
-	k->ac = ac;
+	if (rep != NULL) {
+		k->fast = 1;
+		k->u.rep = *rep;		/* the key reference moves */
+		explicit_bzero(rep, sizeof(*rep));
+	} else {
+		k->u.gss.ctx = ctx;
+		k->u.gss.target = target;
+	}
 	k->expires = clock_mono_ms() + s->p.ctx_ttl_ms;
 	k->hnext = NULL;
 	*ctx_slot(s, k->id) = k;
@@ -1368,9 +1398,9 @@ set_err(struct s4u_error *err, enum kcd_err_class cls, const char *name, const c
 /* The backend's reply to a fast-path token, checked as MIT's GSS mechanism
  * checks it (init_sec_context's mutual_auth): the RFC 2743 framing of the
  * krb5 mechanism, a KRB-ERROR (TOK_ID 03 00) is the error it carries, an
- * AP-REP (TOK_ID 02 00) must pass krb5_rd_rep with the kept auth context:
- * decrypted with the ticket's session key (or, as MIT also tries, our
- * subkey) and its ctime/cusec equal to our authenticator's. */
+ * AP-REP (TOK_ID 02 00) must pass apreq_verify_rep with the kept reply
+ * state: decrypted with the ticket's session key (or, as MIT also tries,
+ * our subkey) and its ctime/cusec equal to our authenticator's. */
 static int
 verify_fast(struct s4u *s, struct kept_ctx *k, const unsigned char *in, size_t len,
     struct s4u_error *err)
@@ -1379,12 +1409,10 @@ verify_fast(struct s4u *s, struct kept_ctx *k, const unsigned char *in, size_t l
 	size_t msglen;
 	unsigned tok_id;
 	krb5_data body;
-	krb5_ap_rep_enc_part *rep = NULL;
 	krb5_error *kerr = NULL;
-	krb5_keyblock *sub = NULL;
 	krb5_error_code code;
 	struct s4u_class c;
-	const char *msgtxt;
+	const char *msgtxt, *cause = "";
 
 	if (s4u_token_unframe(in, len, &tok_id, &msg, &msglen) != 0 ||
 	    (tok_id != S4U_TOK_AP_REP && tok_id != S4U_TOK_ERROR)) {
@@ -1393,10 +1421,11 @@ verify_fast(struct s4u *s, struct kept_ctx *k, const unsigned char *in, size_t l
 		    "framing (%zu bytes)", len);
 		return -1;
 	}
-	body.magic = KV5M_DATA;
-	body.length = (unsigned)msglen;
-	body.data = (char *)msg;
 	if (tok_id == S4U_TOK_ERROR) {
+		/* rare: libkrb5's own decoder */
+		body.magic = KV5M_DATA;
+		body.length = (unsigned)msglen;
+		body.data = (char *)msg;
 		code = krb5_rd_error(s->kctx, &body, &kerr);
 		if (code == 0) {
 			code = kerr->error != 0 ? (krb5_error_code)kerr->error + ERROR_TABLE_BASE_krb5 :
@@ -1410,24 +1439,20 @@ verify_fast(struct s4u *s, struct kept_ctx *k, const unsigned char *in, size_t l
 		krb5_free_error_message(s->kctx, msgtxt);
 		return -1;
 	}
-	code = krb5_rd_rep(s->kctx, k->ac, &body, &rep);
-	if (code != 0 && krb5_auth_con_getsendsubkey(s->kctx, k->ac, &sub) == 0 && sub != NULL) {
-		/* MIT's GSS tries the subkey too (older acceptors used it) */
-		if (krb5_auth_con_setuseruserkey(s->kctx, k->ac, sub) == 0 &&
-		    krb5_rd_rep(s->kctx, k->ac, &body, &rep) == 0)
-			code = 0;
-		krb5_free_keyblock(s->kctx, sub);
-	}
-	if (code != 0) {
-		s4u_classify(S4U_STEP_MUTUAL, 0, code, &c);
-		msgtxt = krb5_get_error_message(s->kctx, code);
-		set_err(err, KCD_ERR_PROXY, c.name,
-		    "mutual authentication: the backend's reply token did not verify: %s", msgtxt);
-		krb5_free_error_message(s->kctx, msgtxt);
+	if (apreq_verify_rep(s->kctx, &k->u.rep, msg, msglen, &code, &cause) == 0)
+		return 0;
+	if (code == 0) {
+		set_err(err, KCD_ERR_PROXY, "DEFECTIVE_TOKEN", "mutual authentication: the backend's "
+		    "reply token did not verify: not a well-formed AP-REP: %s (%zu bytes)", cause,
+		    msglen);
 		return -1;
 	}
-	krb5_free_ap_rep_enc_part(s->kctx, rep);
-	return 0;
+	s4u_classify(S4U_STEP_MUTUAL, 0, code, &c);
+	msgtxt = krb5_get_error_message(s->kctx, code);
+	set_err(err, KCD_ERR_PROXY, c.name,
+	    "mutual authentication: the backend's reply token did not verify: %s (%s)", msgtxt, cause);
+	krb5_free_error_message(s->kctx, msgtxt);
+	return -1;
 }
 
 int
@@ -1478,11 +1503,11 @@ s4u_verify_mutual(struct s4u *s, uint32_t ctx_id, const char *token_b64, struct 
 		in.value = (void *)rt;
 		in.length = rtlen;
 	}
-	if (k->ac != NULL) {
+	if (k->fast) {
 		ret = verify_fast(s, k, in.value, in.length, err);
 		goto cleanup;
 	}
-	major = gss_init_sec_context(&minor, GSS_C_NO_CREDENTIAL, &k->ctx, k->target,
+	major = gss_init_sec_context(&minor, GSS_C_NO_CREDENTIAL, &k->u.gss.ctx, k->u.gss.target,
 	    &krb5_mech_oid, 0, 0, GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out, &ret_flags, NULL);
 	if (GSS_ERROR(major)) {
 		struct s4u_class c;
@@ -1510,8 +1535,6 @@ cleanup:
 
 /* ---- warm tokens: the fast path (loop) ------------------------------------------------- */
 
-#define CKSUMTYPE_GSS	0x8003		/* RFC 4121 4.1.1 */
-
 static void
 imp_free(struct s4u *s, struct imp_cred *ic)
 {
@@ -1519,60 +1542,62 @@ imp_free(struct s4u *s, struct imp_cred *ic)
 
 	if (ic->gss != GSS_C_NO_CREDENTIAL)
 		gss_release_cred(&minor, &ic->gss);
-	if (ic->svc != NULL)
-		krb5_free_creds(s->kctx, ic->svc);
+	apreq_ticket_free(s->kctx, ic->fast);	/* kept replies hold their own key reference */
 	free(ic);
 }
 
-/* The 0x8003 checksum mk_req puts in the authenticator, built before the
- * call (it depends on nothing mk_req makes: no delegation). */
-struct cksum_arg {
-	unsigned char buf[S4U_GSS_CKSUM_LEN];
-	krb5_data data;
-};
-
-static krb5_error_code KRB5_CALLCONV
-gss_cksum(krb5_context kc, krb5_auth_context ac, void *arg, krb5_data **out)
+/* The leader's service ticket (r->svc, copied out on its pool thread) made
+ * ready for the fast path and kept with the new credential (r->ic->fast),
+ * here on the loop: its krb5_key is created once and used by the loop only.
+ * The copy is freed either way; a ticket the fast path cannot use only
+ * means every token for this user goes the GSS way. */
+static void
+fast_ticket(struct s4u *s, struct s4u_req *r)
 {
-	struct cksum_arg *ca = arg;
+	krb5_error_code code;
 
-	(void)kc;
-	(void)ac;
-	*out = &ca->data;
-	return 0;
+	if (r->svc == NULL)
+		return;
+	if (r->ok && r->ic != NULL && s->kctx != NULL &&
+	    (code = apreq_ticket_new(s->kctx, r->svc, &r->ic->fast)) != 0) {
+		const char *m = krb5_get_error_message(s->kctx, code);
+		log_debug("s4u", "warm tokens for %s: the service ticket cannot be used (%s); "
+		    "using gss_init_sec_context", r->principal, m);
+		krb5_free_error_message(s->kctx, m);
+	}
+	krb5_free_creds(s->kctx, r->svc);	/* zeroes its session key */
+	r->svc = NULL;
 }
 
 /* What gss_init_sec_context does for a later token on ic (MIT 1.20,
  * init_sec_context.c kg_new_connection / make_ap_req_v1), minus its
- * per-call krb5 context, ccache lookups and locks: an auth context with
- * sequence numbers, a fresh subkey (AP_OPTS_USE_SUBKEY), mutual
- * authentication required (with RFC 4537 etype negotiation, as MIT asks)
- * for KCD_F_MUTUAL, and the 0x8003 checksum over the channel bindings
- * with MIT's context flags; the AP-REQ in RFC 2743 framing. On ic's
- * service ticket, through s->kctx. Returns 0 with *tok (base64, the
- * caller's) and, for KCD_F_MUTUAL, *acp (the caller's: it holds the
- * session key and the authenticator the AP-REP must match); -1 when the
- * fast path cannot make this token (nothing to release; the caller takes
- * the GSS route): no ticket kept, its end within S4U_TICKET_MARGIN_MS,
- * or a krb5 failure (logged at debug). */
+ * per-call krb5 context, ccache lookups and locks, and minus
+ * krb5_mk_req_extended's auth context and per-call key setup: apreq_make
+ * on ic's ticket (its krb5_key made once), with a fresh subkey and
+ * sequence number, mutual authentication required for KCD_F_MUTUAL, the
+ * 0x8003 checksum over the channel bindings with MIT's context flags, and
+ * client_aware_channel_bindings as krb5.conf says; the AP-REQ in RFC 2743
+ * framing. Returns 0 with *tok (base64, the caller's) and, for
+ * KCD_F_MUTUAL, *rep (the caller's: the authenticator's ctime/cusec, a
+ * reference to the session key and the subkey, what the AP-REP must
+ * match); -1 when the fast path cannot make this token (nothing to
+ * release; the caller takes the GSS route): no ticket kept, its end
+ * within S4U_TICKET_MARGIN_MS, or a krb5 failure (logged at debug). */
 static int
 fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
-    uint32_t flags, const char *principal, char **tok, krb5_auth_context *acp)
+    uint32_t flags, const char *principal, char **tok, struct apreq_reply *rep)
 {
-	unsigned char appdata[CB_APPDATA_MAX], bnd[16];
-	struct cksum_arg ca;
-	krb5_auth_context ac = NULL;
-	krb5_data apreq = { KV5M_DATA, 0, NULL };
-	krb5_flags opts = AP_OPTS_USE_SUBKEY;
+	unsigned char appdata[CB_APPDATA_MAX], bnd[16], cksum[S4U_GSS_CKSUM_LEN];
+	struct apreq_reply kept;
 	krb5_error_code code = 0;
-	unsigned char *framed = NULL;
-	size_t alen, flen, cap;
+	unsigned char *msg = NULL, *framed = NULL;
+	size_t alen, mlen = 0, flen, cap;
 	char *b64 = NULL;
 	int ret = -1;
 
-	if (s->kctx == NULL || ic == NULL || ic->svc == NULL ||
-	    (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 <=
-	    clock_unix_ms() + S4U_TICKET_MARGIN_MS)
+	memset(&kept, 0, sizeof(kept));
+	if (s->kctx == NULL || ic == NULL || ic->fast == NULL ||
+	    apreq_ticket_end_ms(ic->fast) <= clock_unix_ms() + S4U_TICKET_MARGIN_MS)
 		return -1;
 	if (cb_len > KCD_CB_MAX)
 		return -1;
@@ -1581,29 +1606,17 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 		log_debug("s4u", "warm token for %s: no MD5 for the channel bindings", principal);
 		return -1;
 	}
-	s4u_gss_checksum(bnd, s4u_gss_flags(flags), ca.buf);
-	ca.data.magic = KV5M_DATA;
-	ca.data.length = sizeof(ca.buf);
-	ca.data.data = (char *)ca.buf;
-	if ((code = krb5_auth_con_init(s->kctx, &ac)) != 0 ||
-	    (code = krb5_auth_con_setflags(s->kctx, ac, KRB5_AUTH_CONTEXT_DO_SEQUENCE)) != 0 ||
-	    (code = krb5_auth_con_set_req_cksumtype(s->kctx, ac, CKSUMTYPE_GSS)) != 0 ||
-	    (code = krb5_auth_con_set_checksum_func(s->kctx, ac, gss_cksum, &ca)) != 0)
-		goto cleanup;
-	if (flags & KCD_F_MUTUAL)
-		opts |= AP_OPTS_MUTUAL_REQUIRED | AP_OPTS_ETYPE_NEGOTIATION;
-	if ((code = krb5_mk_req_extended(s->kctx, &ac, opts, NULL, ic->svc, &apreq)) != 0)
-		goto cleanup;
-	/* ca is on this stack: a kept auth context must not point to it */
-	if ((code = krb5_auth_con_set_checksum_func(s->kctx, ac, NULL, NULL)) != 0)
-		goto cleanup;
-	cap = (size_t)apreq.length + 32;
-	if ((framed = malloc(cap)) == NULL) {
+	s4u_gss_checksum(bnd, s4u_gss_flags(flags), cksum);
+	cap = apreq_max_len(ic->fast);
+	if ((msg = malloc(cap)) == NULL || (framed = malloc(cap + 32)) == NULL) {
 		code = ENOMEM;
 		goto cleanup;
 	}
-	flen = s4u_token_frame(S4U_TOK_AP_REQ, (const unsigned char *)apreq.data, apreq.length,
-	    framed, cap);
+	if ((code = apreq_make(s->kctx, ic->fast, cksum, sizeof(cksum),
+	    s->apreq_flags | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u), msg, cap, &mlen,
+	    (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
+		goto cleanup;
+	flen = s4u_token_frame(S4U_TOK_AP_REQ, msg, mlen, framed, cap + 32);
 	if (flen == 0 || flen > (KCD_TOKEN_MAX / 4) * 3 - 3) {
 		code = KRB5KRB_ERR_FIELD_TOOLONG;
 		goto cleanup;
@@ -1614,35 +1627,32 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 	}
 	*tok = b64;			/* to the caller */
 	if (flags & KCD_F_MUTUAL) {
-		*acp = ac;
-		ac = NULL;
+		*rep = kept;		/* the key reference moves to the caller */
+		explicit_bzero(&kept, sizeof(kept));
 	}
 	ret = 0;
 
 cleanup:
 	if (code != 0) {
 		const char *m = krb5_get_error_message(s->kctx, code);
-		log_debug("s4u", "warm token for %s: krb5_mk_req_extended on the cached ticket "
-		    "failed (%s); using gss_init_sec_context", principal, m);
+		log_debug("s4u", "warm token for %s: the AP-REQ on the cached ticket could not be "
+		    "made (%s); using gss_init_sec_context", principal, m);
 		krb5_free_error_message(s->kctx, m);
 	}
-	if (ac != NULL)
-		krb5_auth_con_free(s->kctx, ac);
-	if (apreq.data != NULL)
-		krb5_free_data_contents(s->kctx, &apreq);
+	apreq_reply_clear(s->kctx, &kept);
+	free(msg);
 	free(framed);
 	return ret;
 }
 
-/* r's token by the fast path (r->ok, token, ac, ticket_end set), or -1
+/* r's token by the fast path (r->ok, token, rep, ticket_end set), or -1
  * (r untouched) for the GSS route. */
 static int
 fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
 {
-	krb5_auth_context ac = NULL;
 	char *tok = NULL;
 
-	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &ac) != 0) {
+	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &r->rep) != 0) {
 		s->st.fast_fallbacks++;
 		r->fast_fallback = 1;
 		return -1;
@@ -1650,8 +1660,7 @@ fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
 	r->ok = 1;
 	r->fast = 1;
 	r->token = tok;
-	r->ac = ac;
-	r->ticket_end = (uint64_t)(uint32_t)ic->svc->times.endtime * 1000;
+	r->ticket_end = apreq_ticket_end_ms(ic->fast);
 	s->st.tokens_fast++;
 	return 0;
 }
@@ -1677,8 +1686,9 @@ req_free(struct s4u_req *r)
 		credcache_cred_put(s->cc, r->ccred);
 	if (r->ic != NULL)
 		imp_free(s, r->ic);
-	if (r->ac != NULL)
-		krb5_auth_con_free(s->kctx, r->ac);
+	if (r->svc != NULL)
+		krb5_free_creds(s->kctx, r->svc);
+	apreq_reply_clear(s->kctx, &r->rep);
 	if (r->ctx != GSS_C_NO_CONTEXT)
 		gss_delete_sec_context(&minor, &r->ctx, GSS_C_NO_BUFFER);
 	if (r->target != GSS_C_NO_NAME)
@@ -1710,11 +1720,11 @@ deliver(struct s4u_req *r)
 	res.fast_fallback = r->fast_fallback;
 	res.elapsed_ms = clock_mono_ms() - r->t0;
 	if (r->ok) {
-		if (r->ctx != GSS_C_NO_CONTEXT || r->ac != NULL) {
-			res.ctx_id = ctx_keep(s, r->ctx, r->target, r->ac);
+		if (r->ctx != GSS_C_NO_CONTEXT || r->rep.key != NULL) {
+			res.ctx_id = ctx_keep(s, r->ctx, r->target,
+			    r->rep.key != NULL ? &r->rep : NULL);
 			r->ctx = GSS_C_NO_CONTEXT;
 			r->target = GSS_C_NO_NAME;
-			r->ac = NULL;
 		}
 		res.token = r->token;
 		res.ticket_end_ms = r->ticket_end;
@@ -1877,6 +1887,7 @@ lead_done(struct s4u *s, struct s4u_req *r)
 	s->st.expired_in_queue += r->expired_in_queue;
 	s->st.s4u2self += r->did_s4u2self;
 	s->st.s4u2proxy += r->did_s4u2proxy;
+	fast_ticket(s, r);
 	if (r->ok) {
 		w = credcache_complete(s->cc, r->key, r->keylen, r->ic, r->imp_end, &c);
 		r->ic = NULL;			/* credcache's now */
@@ -2010,7 +2021,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 {
 	struct credcache_cred *c;
 	const struct imp_cred *ic;
-	krb5_auth_context ac = NULL;
+	struct apreq_reply rep;
 	char *tok = NULL;
 	size_t plen, slen;
 	uint64_t end;
@@ -2029,8 +2040,9 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	if ((c = credcache_peek(s->cc, s->fast_key, slen + 1 + plen)) == NULL)
 		return 0;
 	ic = credcache_cred_get(c);
-	rc = fast_token(s, ic, cb, cb_len, flags, principal, &tok, &ac);
-	end = rc == 0 ? (uint64_t)(uint32_t)ic->svc->times.endtime * 1000 : 0;
+	memset(&rep, 0, sizeof(rep));
+	rc = fast_token(s, ic, cb, cb_len, flags, principal, &tok, &rep);
+	end = rc == 0 ? apreq_ticket_end_ms(ic->fast) : 0;
 	credcache_cred_put(s->cc, c);
 	if (rc != 0)
 		return 0;		/* s4u_token_request counts the fallback */
@@ -2039,7 +2051,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	memset(res, 0, sizeof(*res));
 	res->ok = 1;
 	res->token = tok;
-	res->ctx_id = ac != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, ac) : 0;
+	res->ctx_id = rep.key != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, &rep) : 0;
 	res->ticket_end_ms = end;
 	res->fast = 1;
 	s->st.requests++;
@@ -2252,6 +2264,17 @@ s4u_new(struct event_base *base, const struct s4u_params *p, char *err, size_t e
 		s->kctx = NULL;
 		log_warn("s4u", "cannot make a krb5 context for warm tokens: every token goes "
 		    "through gss_init_sec_context on the pool");
+	} else {
+		/* what krb5_mk_req_extended reads from krb5.conf for each token
+		 * of the GSS route; once here for the fast path */
+		profile_t prof = NULL;
+		int aware = 0;
+		if (krb5_get_profile(s->kctx, &prof) == 0) {
+			if (profile_get_boolean(prof, "libdefaults", "client_aware_channel_bindings",
+			    NULL, 0, &aware) == 0 && aware)
+				s->apreq_flags |= APREQ_CBT_AWARE;
+			profile_release(prof);
+		}
 	}
 	if ((s->pool = pool_new(base, p->kdc_concurrency, err, errlen)) == NULL)
 		goto fail;

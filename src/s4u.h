@@ -26,21 +26,26 @@
  *
  * Warm tokens (the fast path): after step 3 the leader copies the service
  * ticket it got (client = the user, server = the SPN's service/host under
- * the KDC's name for it) out of the credential's ccache, once. Later tokens
- * for that user are made on the loop thread, synchronously, with one
- * krb5_context kept for kcd's life: krb5_mk_req_extended on that ticket
- * with what MIT's gss_init_sec_context would put in (a fresh subkey,
- * sequence number, mutual-required + RFC 4537 etype negotiation for
- * KCD_F_MUTUAL, the RFC 4121 0x8003 checksum over the channel bindings
- * with MIT's context flags), in RFC 2743 framing: the same raw krb5 token.
- * No KDC, no file or ccache access, no lock and no thread hand-off, so it
- * never blocks the loop. For KCD_F_MUTUAL the krb5 auth context is kept
- * (it holds the session key and the authenticator) and the backend's
- * AP-REP is checked with krb5_rd_rep, as MIT's mutual_auth does. Session
- * keys and tickets never leave kcd. The GSS route stays for the first
- * token of a credential, for KCD_F_REFRESH and whenever the fast path
- * cannot serve: no ticket was found, it ends within S4U_TICKET_MARGIN_MS,
- * or a krb5 call failed (stats: tokens_fast, fast_fallbacks).
+ * the KDC's name for it) out of the credential's ccache, once, and the
+ * loop makes it ready for AP-REQs (apreq.h: the session key as a krb5_key
+ * made once, whose derived keys stay cached). Later tokens for that user
+ * are made on the loop thread, synchronously, with one krb5_context kept
+ * for kcd's life: apreq_make on that ticket with what MIT's
+ * gss_init_sec_context would put in (a fresh subkey, sequence number,
+ * mutual-required for KCD_F_MUTUAL, the RFC 4121 0x8003 checksum over the
+ * channel bindings with MIT's context flags, the client_aware_channel_
+ * bindings authorization data when krb5.conf asks for it; apreq.h says
+ * why the RFC 4537 etype list is left out), in RFC 2743 framing: the same
+ * raw krb5 token. No KDC, no file or ccache access, no lock and no thread
+ * hand-off, so it never blocks the loop. For KCD_F_MUTUAL a small value
+ * is kept (the authenticator's ctime/cusec, a reference to the session
+ * key, the subkey) and the backend's AP-REP is checked against it with
+ * apreq_verify_rep, as MIT's mutual_auth checks it with krb5_rd_rep.
+ * Session keys and tickets never leave kcd. The GSS route stays for the
+ * first token of a credential, for KCD_F_REFRESH and whenever the fast
+ * path cannot serve: no ticket was found or apreq cannot use it, it ends
+ * within S4U_TICKET_MARGIN_MS, or a krb5 call failed (stats: tokens_fast,
+ * fast_fallbacks).
  *
  * Timeouts: libkrb5 (1.20) has no per-call timeout, only its own retry
  * schedule per KDC. A request has two bounds, both kept by a timer on the
