@@ -1049,6 +1049,9 @@ gen_retire(struct egen *g, const char *why)
 	if (g->retiring)
 		return;
 	g->retiring = 1;
+	/* /readyz judges the serving generation's kcd, not this one's */
+	if (g->kslot >= 0 && g->p->shm != NULL)
+		metrics_slot_retire(g->p->shm, g->kslot);
 	evtimer_del(g->restart_ev);
 	if (g->w != NULL)
 		worker_drain(g->w, deadline, why);	/* on_drained follows */

@@ -76,6 +76,13 @@ fold(struct metrics_slot *dst, const struct metrics_slot *src)
 }
 
 void
+metrics_slot_retire(struct metrics_shm *m, int i)
+{
+	if (i >= 0 && (unsigned)i < m->nslots)
+		__atomic_store_n(&m->slot[i].retiring, 1u, __ATOMIC_RELAXED);
+}
+
+void
 metrics_slot_release(struct metrics_shm *m, int i)
 {
 	if (i < 0 || (unsigned)i >= m->nslots)
@@ -146,6 +153,14 @@ read_tgt(const struct metrics_slot *s, int64_t *end, char *why, size_t len)
 	return -1;
 }
 
+/* 1 unless the slot's generation drains (the parent marks it; the child
+ * itself may still be writing its counters). */
+static int
+serves(const struct metrics_slot *s)
+{
+	return __atomic_load_n(&s->retiring, __ATOMIC_RELAXED) == 0;
+}
+
 int
 metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s)
 {
@@ -156,7 +171,8 @@ metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s)
 		const struct metrics_slot *s = &m->slot[i];
 		int64_t end = 0;
 
-		if (s->kind != SLOT_KCD || !s->kcd_ready || read_tgt(s, &end, NULL, 0) != 0)
+		if (s->kind != SLOT_KCD || !s->kcd_ready || serves(s) == 0 ||
+		    read_tgt(s, &end, NULL, 0) != 0)
 			continue;
 		if (end > latest)
 			latest = end;
@@ -169,12 +185,16 @@ metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s)
 int
 metrics_ready(const struct metrics_shm *m, char *why, size_t len)
 {
-	int kcd = 0, tgt = 0, up = 0, workers = 0;
+	int kcd = 0, tgt = 0, up = 0, workers = 0, draining = 0;
 	time_t now = time(NULL);
 	char tgt_why[sizeof(m->slot[0].kcd_tgt_why) + 128] = "";
 
 	for (unsigned i = 0; i < m->nslots; i++) {
 		const struct metrics_slot *s = &m->slot[i];
+		if (s->kind != SLOT_FREE && !serves(s)) {
+			draining = 1;
+			continue;
+		}
 		if (s->kind == SLOT_KCD && s->kcd_ready) {
 			char w[sizeof(s->kcd_tgt_why)];
 			int64_t end = 0;
@@ -212,7 +232,9 @@ metrics_ready(const struct metrics_shm *m, char *why, size_t len)
 				up = 1;
 		}
 	}
-	if (!kcd)
+	if (!kcd && draining)
+		snprintf(why, len, "kcd is not running (only a draining generation's)");
+	else if (!kcd)
 		snprintf(why, len, "kcd is not running");
 	else if (!tgt)
 		snprintf(why, len, "%s", tgt_why);

@@ -42,6 +42,10 @@ struct metrics_slot {
 	uint64_t kdc_ms_sum, kdc_ms_count;
 	uint64_t ldap_lookups, ldap_errors;
 	/* for /readyz */
+	uint32_t retiring;			/* parent: this child's generation no longer
+						 * serves (a reload's newer one does, or the
+						 * proxy stops); /readyz and the TGT gauges
+						 * judge the serving generation only */
 	int64_t backend_servers_up;		/* worker: servers its backend sees up */
 	int64_t kcd_ready;			/* kcd: 1 once its Kerberos core runs */
 	/* kcd: the proxy's own TGT, written by metrics_kcd_tgt only (a
@@ -72,20 +76,26 @@ struct metrics_shm {
 struct metrics_shm *metrics_shm_create(void);
 /* Parent: a free slot for a new child, or -1. */
 int metrics_slot_alloc(struct metrics_shm *m, enum metrics_slot_kind kind);
+/* Parent: the generation of the child of slot i stopped serving (it
+ * drains); its counters still count, its readiness no longer does. */
+void metrics_slot_retire(struct metrics_shm *m, int i);
 /* Parent: the child of slot i exited; fold counters, free the slot. */
 void metrics_slot_release(struct metrics_shm *m, int i);
 
 /* The region this process attached to (NULL when not attached). */
 const struct metrics_shm *metrics_shm_self(void);
 
-/* /readyz: 1 when a kcd is up and holds the proxy's TGT (its end not
- * reached) and some worker sees a backend server up; else 0 with the
- * missing part in why ("kcd: no TGT for P: CLIENT_NOT_FOUND: ..."). */
+/* /readyz: 1 when a kcd of the serving generation (a slot not retiring)
+ * is up and holds the proxy's TGT (its end not reached) and one of its
+ * workers sees a backend server up; else 0 with the missing part in why
+ * ("kcd: no TGT for P: CLIENT_NOT_FOUND: ..."). A draining generation's
+ * TGT never makes the proxy ready: after a reload, new requests go to the
+ * new generation, whose keytab may be the one that fails. */
 int metrics_ready(const struct metrics_shm *m, char *why, size_t len);
 
-/* The proxy's TGT as /metrics shows it: 1 when a running kcd holds one
- * that has not ended by now_s (unix seconds), else 0; *end_s is the latest
- * end any running kcd published (0: none ever had one, INT64_MAX: no
+/* The proxy's TGT as /metrics shows it: 1 when a running kcd of the
+ * serving generation holds one that has not ended by now_s (unix seconds),
+ * else 0; *end_s is the latest end such a kcd published (0: none ever had one, INT64_MAX: no
  * end). A slot kcd is rewriting right now counts as having none. */
 int metrics_tgt(const struct metrics_shm *m, int64_t now_s, int64_t *end_s);
 

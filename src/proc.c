@@ -888,6 +888,11 @@ gen_retire(struct gen *g, uint64_t deadline)
 	 * worker stops accepting, instead of queueing connections in a backlog
 	 * nobody accepts from for the whole drain */
 	gen_close_listeners(g);
+	/* /readyz judges the serving generation: a draining kcd's TGT says
+	 * nothing about the keytab new requests will need */
+	for (unsigned i = 0; P.shm != NULL && i < gen_nchildren(g); i++)
+		if (gen_child(g, i)->metrics_slot >= 0)
+			metrics_slot_retire(P.shm, gen_child(g, i)->metrics_slot);
 	log_info("proc", "generation %u: draining, deadline in %llu ms", g->id,
 	    (unsigned long long)(deadline > now ? deadline - now : 0));
 	for (unsigned i = 0; i < gen_nchildren(g); i++)

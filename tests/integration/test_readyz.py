@@ -13,9 +13,21 @@ eas_kcd_proxy_kcd_tgt_* gauges agree; the proxy's AS exchanges are counted
 in eas_kcd_proxy_kcd_tgt_acquisitions_total (by result), never among the S4U
 exchanges of eas_kcd_proxy_kdc_requests_total; the error log says when the
 TGT was obtained and why there is none.
+
+Across a SIGHUP reload (a new generation of kcd and workers): /readyz stays
+200 with a good config; a keytab the KDC refuses is never ready once its
+generation serves, though the draining generation's kcd still holds a TGT;
+a keytab refused before anything serves with it (missing, world-readable)
+fails the reload whole and /readyz stays 200 on the old generation.
 """
 
+import os
 import re
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -286,3 +298,193 @@ def test_embedded_gateway_is_ready_once_its_kcd_holds_the_tgt(lab, mode):
         assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") > time.time()
     finally:
         stop_all([p])
+
+
+# ----------------------------------------------------------------- reload --
+
+class ReadyzPoller:
+    """Asks /readyz every 10 ms in a thread; .answers is every (monotonic
+    time, status, body) seen."""
+
+    def __init__(self, p):
+        self.p = p
+        self.answers = []
+        self.stopping = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                st, body = admin(self.p, "/readyz")
+            except OSError as e:
+                st, body = None, f"{type(e).__name__}: {e}"
+            self.answers.append((time.monotonic(), st, body))
+            time.sleep(0.01)
+
+    def stop(self):
+        self.stopping = True
+        self.t.join(10)
+        return self.answers
+
+
+def wrong_key_keytab(lab_, path, name):
+    """A keytab for principal name whose key the KDC never had (made with
+    ktutil from a random password): a readable, well-formed keytab that
+    config.c accepts, refused by the KDC at the first AS exchange."""
+    kvno = re.search(r"kvno = (\d+)|Key: vno (\d+)",
+                     lab_.kadmin_local(f"getprinc {name}"))
+    vno = next(g for g in kvno.groups() if g) if kvno else "1"
+    script = (f"addent -password -p {principal(name)} -k {vno} -e aes256-cts-hmac-sha1-96\n"
+              f"{secrets.token_hex(16)}\nwkt {path}\nquit\n")
+    subprocess.run(["ktutil"], input=script, text=True, check=True, env=lab_.env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.chmod(path, 0o600)
+    return path
+
+
+def serving_pids(p):
+    return sorted(c["pid"] for c in p.children())
+
+
+def reload_to(p, settings, generation):
+    """Write settings into p's config, SIGHUP, wait until generation serves
+    and the previous one drains (its slots are marked by then)."""
+    p.write_config(settings=settings)
+    p.signal(signal.SIGHUP)
+    p.wait_ready(generation)
+    p.wait_for_log(rf"generation {generation - 1}: draining", 15)
+    return time.monotonic()
+
+
+def test_readyz_stays_200_across_a_sighup_reload(lab, proxies):
+    """A reload with a good config (a new generation: new kcd, new workers,
+    the old ones drained) keeps /readyz at 200: asked every 10 ms, it never
+    says anything but ready, except, for as long as it takes, that the new
+    kcd is still acquiring its TGT; once settled it is 200 on the new
+    generation, whose kcd got its own TGT."""
+    p = proxies(lab, workers=2)
+    assert wait_readyz(p, 200) == "ready\n"
+    before = serving_pids(p)
+    poll = ReadyzPoller(p)
+    try:
+        time.sleep(0.2)
+        reload_to(p, {"server": {"idle_timeout": "121s"}}, 2)
+        p.wait_for_log(r"generation 1 finished", 20)
+        p.wait_for_log(r"obtained the TGT for " + re.escape(principal(PROXY)), count=2,
+                       timeout=DEADLINE)
+        time.sleep(0.5)
+    finally:
+        answers = poll.stop()
+    acquiring = "not ready: kcd: no TGT for " + principal(PROXY) + " yet: acquiring"
+    odd = [a for a in answers if a[1:] != (200, "ready\n") and
+           not (a[1] == 503 and a[2].startswith(acquiring))]
+    assert not odd, f"/readyz during the reload: {odd[:5]}\n{tail(p)}"
+    assert answers[-1][1:] == (200, "ready\n"), answers[-5:]
+    assert len(answers) > 50, "the poller hardly ran"
+    assert admin(p, "/readyz") == (200, "ready\n")
+    after = serving_pids(p)
+    assert len(after) == 3 and not set(after) & set(before), (before, after)
+    # each generation's kcd made its own AS exchange; none failed
+    assert (counter(p, TGT_OK), counter(p, TGT_ERR)) == (2, 0)
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 1
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       target=device.eas_target("Sync", "alice"), method="OPTIONS")
+    assert r.status == 200, (r.status, tail(p))
+
+
+def test_reload_to_a_keytab_the_kdc_refuses_is_never_ready(lab, proxies):
+    """A reload to a keytab config.c accepts (readable, mode 0600, a real
+    keytab) but whose key the KDC never had starts a new generation whose
+    kcd gets no TGT. From the moment it serves, /readyz answers 503 naming
+    the cause, also while the old generation, whose kcd still holds a good
+    TGT, drains a parked request (answered 200 on the old config); the TGT
+    gauges follow the serving kcd. A reload back to the good keytab is
+    ready again."""
+    p = proxies(lab)
+    assert wait_readyz(p, 200) == "ready\n"
+    good = p.settings["kerberos"]["keytab"]
+    wrong_key_keytab(lab, p.path("wrong.keytab"), PROXY)
+    parked = {}
+
+    def park():
+        try:
+            parked["r"] = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                                         target=device.sleep_target(6), timeout=60)
+        except Exception as e:      # the test looks at it
+            parked["r"] = e
+        parked["end"] = time.monotonic()
+    t = threading.Thread(target=park, daemon=True)
+    t.start()
+    wait_until(lambda: gauge(p, "eas_kcd_proxy_backend_connections_open") == 1, 30,
+               "the Ping at the backend")
+    poll = ReadyzPoller(p)
+    try:
+        serving = reload_to(p, {"kerberos": {"keytab": p.path("wrong.keytab")}}, 2)
+        p.wait_for_log(r"kcd: no TGT for " + re.escape(principal(PROXY)), timeout=DEADLINE)
+        assert "end" not in parked, "the parked request ended before the check"
+        status, body = admin(p, "/readyz")
+        assert status == 503, (status, body, tail(p))
+        assert re.match(r"not ready: kcd: no TGT for " + re.escape(principal(PROXY)) +
+                        r": (BAD_INTEGRITY|PREAUTH_FAILED): ", body), body
+        # the draining kcd's TGT is not shown as the proxy's
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 0
+        assert gauge(p, "eas_kcd_proxy_kcd_tgt_end_seconds") == 0
+        t.join(60)
+        p.wait_for_log(r"generation 1 finished", 20)
+        assert admin(p, "/readyz")[0] == 503
+    finally:
+        answers = poll.stop()
+    r = parked["r"]
+    assert getattr(r, "status", None) == 200, f"the parked request: {r}"
+    assert parked["end"] > serving + 1, "the old generation drained too early to matter"
+    late = [a for a in answers if a[0] > serving]
+    assert late and all(a[1] == 503 for a in late), \
+        [a for a in late if a[1] != 503][:5]
+    assert any(a[0] < parked["end"] for a in late), "no answer while the old generation drained"
+
+    # back to the good keytab: ready again, on generation 3
+    reload_to(p, {"kerberos": {"keytab": good}}, 3)
+    assert wait_readyz(p, 200) == "ready\n"
+    assert gauge(p, "eas_kcd_proxy_kcd_tgt_valid") == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "world_readable"])
+def test_reload_with_a_refused_keytab_keeps_the_old_generation_ready(lab, proxies, case):
+    """A keytab that is refused before anything serves with it fails the
+    reload whole: a missing one in config.c (the configuration has
+    errors), one readable by anyone in the new kcd's start-up (config.c only
+    warns; kcd will not open it). The error log says so, the same children
+    serve, and /readyz stays 200 throughout."""
+    p = proxies(lab, workers=1)
+    assert wait_readyz(p, 200) == "ready\n"
+    before = serving_pids(p)
+    bad = p.path("bad.keytab")
+    if case == "world_readable":
+        shutil.copyfile(p.settings["kerberos"]["keytab"], bad)
+        os.chmod(bad, 0o644)
+    poll = ReadyzPoller(p)
+    try:
+        time.sleep(0.2)
+        p.write_config(settings={"kerberos": {"keytab": bad}})
+        p.signal(signal.SIGHUP)
+        if case == "missing":
+            p.wait_for_log(r"reload refused: the configuration has errors; generation 1 "
+                           r"keeps serving", 15)
+        else:
+            p.wait_for_log(r"kcd: keytab '" + re.escape(bad) + r"' is readable by every user", 15)
+            p.wait_for_log(r"reload failed: kcd \(pid \d+\) of generation 2 exited with "
+                           r"status 1 during start-up; the previous generation keeps serving", 15)
+            p.wait_for_log(r"generation 2 finished", 15)
+        time.sleep(1.0)
+    finally:
+        answers = poll.stop()
+    assert re.search(r"keytab", tail(p)), tail(p)
+    assert "generation 2 ready" not in p.log_text(), tail(p)
+    odd = [a for a in answers if a[1:] != (200, "ready\n")]
+    assert not odd and len(answers) > 50, (odd[:5], len(answers))
+    assert serving_pids(p) == before
+    assert (counter(p, TGT_OK), counter(p, TGT_ERR)) == (1, 0)
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       target=device.eas_target("Sync", "alice"), method="OPTIONS")
+    assert r.status == 200, (r.status, tail(p))

@@ -217,6 +217,76 @@ readyz_needs_the_proxys_tgt(void **state)
 	assert_string_equal(why, "kcd is not running");
 }
 
+/* A reload: while generation 2 starts, generation 1 serves and is what
+ * /readyz judges; once generation 1 drains (the parent marks its slots),
+ * only generation 2 counts, so its kcd without a TGT (a keytab the KDC
+ * refuses) makes the proxy not ready though the draining kcd still holds
+ * one; the gauges follow the serving kcd too. */
+static void
+readyz_judges_the_serving_generation(void **state)
+{
+	struct metrics_shm *m = metrics_shm_create();
+	static char buf[65536];
+	char why[1024], expect[128];
+	int64_t now = (int64_t)time(NULL);
+	int k1, w1, k2, w2;
+
+	(void)state;
+	assert_non_null(m);
+	k1 = metrics_slot_alloc(m, SLOT_KCD);
+	w1 = metrics_slot_alloc(m, SLOT_WORKER);
+	m->slot[k1].kcd_ready = 1;
+	metrics_kcd_tgt(&m->slot[k1], now + 3600, "");
+	m->slot[w1].backend_servers_up = 1;
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+
+	/* generation 2 starting: its kcd acquiring; generation 1 serves */
+	k2 = metrics_slot_alloc(m, SLOT_KCD);
+	w2 = metrics_slot_alloc(m, SLOT_WORKER);
+	m->slot[k2].kcd_ready = 1;
+	metrics_kcd_tgt(&m->slot[k2], 0, "no TGT for HTTP/p@R yet: acquiring it from the keytab");
+	m->slot[w2].backend_servers_up = 1;
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+
+	/* generation 2 serves, generation 1 drains with its TGT */
+	metrics_slot_retire(m, k1);
+	metrics_slot_retire(m, w1);
+	m->slot[k1].kcd_tokens_gss = 7;		/* still counted */
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd: no TGT for HTTP/p@R yet: acquiring it from the keytab");
+	metrics_kcd_tgt(&m->slot[k2], 0, "no TGT for HTTP/p@R: BAD_INTEGRITY: x");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd: no TGT for HTTP/p@R: BAD_INTEGRITY: x");
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_valid 0\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_end_seconds 0\n"));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tokens_total{route=\"gss\"} 7\n"));
+
+	/* its own TGT makes it ready; the gauges show its end */
+	metrics_kcd_tgt(&m->slot[k2], now + 600, "");
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+	assert_true(metrics_render(m, buf, sizeof(buf)) > 0);
+	snprintf(expect, sizeof(expect), "eas_kcd_proxy_kcd_tgt_end_seconds %lld\n",
+	    (long long)(now + 600));
+	assert_non_null(strstr(buf, expect));
+	assert_non_null(strstr(buf, "eas_kcd_proxy_kcd_tgt_valid 1\n"));
+
+	/* stopping: every generation drains */
+	metrics_slot_retire(m, k2);
+	metrics_slot_retire(m, w2);
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 0);
+	assert_string_equal(why, "kcd is not running (only a draining generation's)");
+
+	/* a slot used again (a new child) starts serving */
+	metrics_slot_release(m, k2);
+	k2 = metrics_slot_alloc(m, SLOT_KCD);
+	w2 = metrics_slot_alloc(m, SLOT_WORKER);
+	m->slot[k2].kcd_ready = 1;
+	metrics_kcd_tgt(&m->slot[k2], now + 600, "");
+	m->slot[w2].backend_servers_up = 1;
+	assert_int_equal(metrics_ready(m, why, sizeof(why)), 1);
+}
+
 int
 main(void)
 {
@@ -226,6 +296,7 @@ main(void)
 		cmocka_unit_test(kcd_token_routes_and_tgt_acquisitions),
 		cmocka_unit_test(small_buffer_renders_nothing),
 		cmocka_unit_test(readyz_needs_the_proxys_tgt),
+		cmocka_unit_test(readyz_judges_the_serving_generation),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
