@@ -79,23 +79,21 @@ apreq_der_bytes(struct apreq_der *w, const void *p, size_t n)
 static void
 hdr(struct apreq_der *w, unsigned char tag, size_t len)
 {
-	unsigned char h[6];
-	size_t n = 0, k;
+	size_t k = len < 0x80 ? 0 : len <= 0xff ? 1 : len <= 0xffff ? 2 : len <= 0xffffff ? 3 : 4;
+	unsigned char *h;
 
-	if (len > 0xffffffffu) {
+	if (len > 0xffffffffu || (h = apreq_der_reserve(w, 2 + k)) == NULL) {
 		w->overflow = 1;
 		return;
 	}
-	h[n++] = tag;
-	if (len < 0x80) {
-		h[n++] = (unsigned char)len;
-	} else {
-		k = len <= 0xff ? 1 : len <= 0xffff ? 2 : len <= 0xffffff ? 3 : 4;
-		h[n++] = (unsigned char)(0x80 | k);
-		for (; k > 0; k--)
-			h[n++] = (unsigned char)(len >> (8 * (k - 1)));
+	h[0] = tag;
+	if (k == 0) {
+		h[1] = (unsigned char)len;
+		return;
 	}
-	apreq_der_bytes(w, h, n);
+	h[1] = (unsigned char)(0x80 | k);
+	for (size_t i = 0; i < k; i++)
+		h[2 + i] = (unsigned char)(len >> (8 * (k - 1 - i)));
 }
 
 void
