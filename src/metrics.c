@@ -73,6 +73,9 @@ fold(struct metrics_slot *dst, const struct metrics_slot *src)
 	dst->kcd_fast_fallbacks += src->kcd_fast_fallbacks;
 	dst->kcd_tgt_ok += src->kcd_tgt_ok;
 	dst->kcd_tgt_errors += src->kcd_tgt_errors;
+	dst->tokens_ahead_ready += src->tokens_ahead_ready;
+	dst->tokens_ahead_waited += src->tokens_ahead_waited;
+	dst->tokens_ahead_unused += src->tokens_ahead_unused;
 }
 
 void
@@ -406,6 +409,15 @@ metrics_render(const struct metrics_shm *m, char *buf, size_t len)
 	    (unsigned long long)t.kcd_tokens_fast, (unsigned long long)t.kcd_tokens_gss,
 	    (unsigned long long)t.kcd_fast_fallbacks, (unsigned long long)t.kcd_tgt_ok,
 	    (unsigned long long)t.kcd_tgt_errors);
+	emit(&o, "# HELP eas_kcd_proxy_tokens_ahead_total Tokens the workers asked of kcd ahead "
+	    "of a kept-alive connection's next request, by outcome: ready (there when the "
+	    "request came), waited (still on the way then), unused (dropped).\n"
+	    "# TYPE eas_kcd_proxy_tokens_ahead_total counter\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"ready\"} %llu\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"waited\"} %llu\n"
+	    "eas_kcd_proxy_tokens_ahead_total{result=\"unused\"} %llu\n",
+	    (unsigned long long)t.tokens_ahead_ready, (unsigned long long)t.tokens_ahead_waited,
+	    (unsigned long long)t.tokens_ahead_unused);
 	emit(&o, "# HELP eas_kcd_proxy_ldap_lookups_total Directory lookups.\n"
 	    "# TYPE eas_kcd_proxy_ldap_lookups_total counter\n"
 	    "eas_kcd_proxy_ldap_lookups_total{result=\"ok\"} %llu\n"

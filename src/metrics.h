@@ -63,6 +63,10 @@ struct metrics_slot {
 	uint64_t kcd_fast_fallbacks;		/* warm requests the fast path could
 						 * not serve (went the GSS way) */
 	uint64_t kcd_tgt_ok, kcd_tgt_errors;	/* AS exchanges for the proxy's TGT */
+	/* worker: tokens asked of kcd ahead of a kept-alive connection's next
+	 * request (stream.c, struct ahead): there when it came (ready), still
+	 * on the way then (waited), or dropped unused */
+	uint64_t tokens_ahead_ready, tokens_ahead_waited, tokens_ahead_unused;
 };
 
 struct metrics_shm {

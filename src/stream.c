@@ -100,6 +100,12 @@
  * libevent's chain header within one 64 KiB allocation. */
 #define BULK_IO		(60u * 1024u)
 #define BULK_IO_WRITE	(4u * BULK_IO)	/* several full TLS records per write event */
+/* A token asked for ahead (struct ahead) is used only this young, and
+ * dropped once older (on_flush): it serves requests that follow each other
+ * closely, and the credential it was made from is used at most this much
+ * past credential_ttl (a user kcd would now refuse is refused from then
+ * on). The acceptor's clock skew (5 minutes) is far. */
+#define AHEAD_MAX_MS	1000u
 /* How long a final error answer may take to flush. */
 #define LINGER_MS	5000u
 /* Retry-After for 503 answers (seconds). */
@@ -208,6 +214,28 @@ struct req {
 	char backend_name[HOST_MAX + 8];
 };
 
+/*
+ * The next request's token, asked of kcd while this request is forwarded
+ * (ask_ahead): on a kept-alive connection the next request then finds its
+ * token here instead of waiting a loop turn, or more, for kcd's answer.
+ * Asked only from a connection's second request on (most connections that
+ * make two make many), never during a Ping (it parks for up to an hour)
+ * or a retry after a 401, and used only for the same channel bindings
+ * within AHEAD_MAX_MS; an unused one is dropped with its kept context
+ * (at the next request, the connection's end, or on_flush's sweep, so an
+ * idle connection holds none for long). Owned by the stream.
+ */
+struct ahead {
+	struct kcd_req *kr;		/* in flight; NULL once answered */
+	int waited;			/* the request in ST_TOKEN waits for it */
+	uint64_t asked_ms;		/* mono */
+	char *token;			/* answered: the token (malloc) */
+	uint32_t ctx_id;		/* its kept context (ours to release) */
+	uint64_t cred_end_ms;
+	unsigned cb_len;
+	unsigned char cb[KCD_CB_MAX];	/* the bindings it was asked with */
+};
+
 struct stream {
 	unsigned magic;
 	struct worker *w;
@@ -229,6 +257,7 @@ struct stream {
 	int head_bytes_seen;		/* a byte of the next head arrived */
 	unsigned nreq;
 	struct req *rq;
+	struct ahead *ahead;		/* the next request's token, or NULL */
 	struct pp_read *pp;		/* only while the PROXY header is read */
 	int pp_local;			/* the header was LOCAL/UNKNOWN (a balancer's check) */
 	struct senv *env;		/* its worker's */
@@ -246,6 +275,7 @@ struct pp_read {
 
 static void stream_close(struct stream *s, enum reason r, const char *detail);
 static void pp_free(struct stream *s, int close_fd);
+static void ahead_drop(struct stream *s, int unused);
 static void process_input(struct stream *s);
 static void pump_request_body(struct stream *s);
 static void set_parked(struct req *rq);
@@ -382,6 +412,8 @@ req_free(struct stream *s)
 	policy_cancel(rq->pc);
 	if (rq->kr != NULL)
 		kcd_request_cancel(rq->kr);
+	if (s->ahead != NULL)
+		s->ahead->waited = 0;	/* kept for the next request */
 	if (rq->bw != NULL)
 		backend_cancel(rq->bw);
 	if (rq->bc != NULL)
@@ -460,6 +492,7 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 	else
 		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
 	msg_put(s->env, s->req_msg);
+	ahead_drop(s, 1);
 	if (s->pp != NULL)
 		pp_free(s, 1);
 	policy_cancel(s->idc);
@@ -1216,13 +1249,133 @@ dev_send(struct stream *s, struct evbuffer *src)
 
 static void on_token(const struct kcd_answer *ans, void *arg);
 
+/* The channel bindings a token for rq's backend connection carries (none:
+ * NULL, *len 0). */
+static const unsigned char *
+req_cb(const struct req *rq, unsigned *len)
+{
+	*len = 0;
+	return env->cfg->kerberos.channel_bindings != TRI_OFF ? bconn_cb_hash(rq->bc, len) : NULL;
+}
+
+/* ---- the next request's token, asked ahead (struct ahead) ---------------------- */
+
+/* Drop s's ahead token: an answer still coming is dropped by kcd_client
+ * (which releases its context), a token here releases its own. */
+static void
+ahead_drop(struct stream *s, int unused)
+{
+	struct ahead *a = s->ahead;
+
+	if (a == NULL)
+		return;
+	if (a->kr != NULL)
+		kcd_request_cancel(a->kr);
+	else if (a->ctx_id != 0)
+		kcd_ctx_release(front_kcd(s->w), a->ctx_id);
+	if (unused)
+		metrics_self()->tokens_ahead_unused++;
+	free(a->token);
+	free(a);
+	s->ahead = NULL;
+}
+
+static void
+on_ahead(const struct kcd_answer *ans, void *arg)
+{
+	struct stream *s = stream_of(arg);
+	struct ahead *a = s->ahead;
+
+	assert(a != NULL && a->kr != NULL);
+	a->kr = NULL;
+	if (a->waited) {
+		/* the request in ST_TOKEN takes this answer as its own */
+		s->ahead = NULL;
+		free(a);
+		on_token(ans, s);
+		return;
+	}
+	if (!ans->ok || (a->token = strdup(ans->token)) == NULL) {
+		/* nothing waits: the next request asks for itself */
+		if (ans->ok && ans->ctx_id != 0)
+			kcd_ctx_release(front_kcd(s->w), ans->ctx_id);
+		ahead_drop(s, 0);
+		return;
+	}
+	a->ctx_id = ans->ctx_id;
+	a->cred_end_ms = ans->cred_end_ms;
+}
+
+/* Ask for the next request's token while rq is forwarded (struct ahead
+ * says when); no ahead token is no error. */
+static void
+ask_ahead(struct stream *s, const struct req *rq)
+{
+	const unsigned char *cb;
+	unsigned cb_len;
+	struct ahead *a;
+
+	if (s->ahead != NULL || s->nreq < 2 || rq->retried ||
+	    strcasecmp(rq->eas_cmd, "Ping") == 0 || !rq->dev_keep_alive)
+		return;
+	cb = req_cb(rq, &cb_len);
+	if (cb_len > sizeof(a->cb) || (a = calloc(1, sizeof(*a))) == NULL)
+		return;
+	if (cb_len > 0)
+		memcpy(a->cb, cb, cb_len);
+	a->cb_len = cb_len;
+	a->asked_ms = clock_mono_ms();
+	a->kr = kcd_token_request(front_kcd(s->w), s->principal, env->cfg->backend.spn,
+	    cb_len ? cb : NULL, cb_len, KCD_F_MUTUAL, on_ahead, s);
+	if (a->kr == NULL) {
+		free(a);
+		return;
+	}
+	s->ahead = a;
+}
+
+/* rq's token from s's ahead token: 1 when it was used (on_token ran, s may
+ * be gone) or is awaited (s in ST_TOKEN), 0 when rq must ask for its own
+ * (an unusable ahead token is dropped). */
+static int
+take_ahead(struct stream *s, struct req *rq, const unsigned char *cb, unsigned cb_len)
+{
+	struct ahead *a = s->ahead;
+	struct kcd_answer ans = { 0 };
+
+	if (a == NULL)
+		return 0;
+	if (rq->retried || a->cb_len != cb_len || (cb_len > 0 && memcmp(a->cb, cb, cb_len) != 0) ||
+	    clock_mono_ms() - a->asked_ms > AHEAD_MAX_MS) {
+		ahead_drop(s, 1);
+		return 0;
+	}
+	s->state = ST_TOKEN;
+	if (a->kr != NULL) {
+		a->waited = 1;		/* on_ahead hands the answer on */
+		metrics_self()->tokens_ahead_waited++;
+		return 1;
+	}
+	/* answered: detached first, on_token may end the stream */
+	s->ahead = NULL;
+	ans.ok = 1;
+	ans.token = a->token;
+	ans.ctx_id = a->ctx_id;
+	ans.cred_end_ms = a->cred_end_ms;
+	metrics_self()->tokens_ahead_ready++;
+	on_token(&ans, s);
+	free(a->token);
+	free(a);
+	return 1;
+}
+
 static void
 on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 {
 	struct stream *s = stream_of(arg);
 	struct req *rq = s->rq;
-	const unsigned char *cb = NULL;
-	unsigned cb_len = 0;
+	const unsigned char *cb;
+	unsigned cb_len;
 
 	assert(rq != NULL && rq->magic == REQ_MAGIC);
 	rq->bw = NULL;
@@ -1234,8 +1387,7 @@ on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 	}
 	rq->bc = bc;
 	str_copy(rq->backend_name, sizeof(rq->backend_name), bconn_server_name(bc));
-	if (env->cfg->kerberos.channel_bindings != TRI_OFF)
-		cb = bconn_cb_hash(bc, &cb_len);
+	cb = req_cb(rq, &cb_len);
 	if (env->cfg->kerberos.channel_bindings == TRI_ON && cb_len == 0) {
 		log_error("stream", "channel_bindings = on but the backend connection to %s "
 		    "is not TLS; set [backend] tls = on or channel_bindings = auto",
@@ -1243,6 +1395,8 @@ on_backend_ready(struct bconn *bc, enum reason r, const char *detail, void *arg)
 		respond_error(s, REASON_BACKEND_TLS, "no_channel_bindings");
 		return;
 	}
+	if (take_ahead(s, rq, cb, cb_len))
+		return;
 	s->state = ST_TOKEN;
 	/* KCD_F_MUTUAL: kcd keeps the context so that the backend's reply
 	 * token can be verified (SPEC §4) */
@@ -1340,6 +1494,8 @@ on_token(const struct kcd_answer *ans, void *arg)
 		kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
 	rq->ctx_id = ans->ctx_id;
 	rq->mutual_checked = 0;
+	/* first out, in this loop turn's datagram to kcd */
+	ask_ahead(s, rq);
 	be = bconn_bev(rq->bc);
 	/* the head (and the body bytes already in) go out with be_send */
 	out = env->be_direct;
@@ -1739,6 +1895,8 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 			log_info("stream", "%s %s: backend %s answered 401; retrying once with a "
 			    "fresh credential", s->c_ip, s->principal, rq->backend_name);
 			rq->retried = 1;
+			/* a token asked ahead came from the same credential */
+			ahead_drop(s, 1);
 			evbuffer_drain(in, consumed);
 			backend_release(rq->bc, 0);
 			rq->bc = NULL;
@@ -2308,11 +2466,19 @@ static void
 on_flush(evutil_socket_t fd, short what, void *arg)
 {
 	struct backend_stats st;
+	struct stream *s;
+	uint64_t now;
 
 	(void)fd;
 	(void)what;
 	env = arg;
 	access_log_flush();
+	now = clock_mono_ms();
+	LIST_FOREACH(s, &env->streams, link) {
+		/* answered, not waited for, and stale: nothing will use it */
+		if (s->ahead != NULL && s->ahead->kr == NULL && now - s->ahead->asked_ms > AHEAD_MAX_MS)
+			ahead_drop(s, 1);
+	}
 	backend_stats(env->backend, &st);
 	metrics_self()->backend_servers_up = st.servers_up;
 }

@@ -869,3 +869,81 @@ def test_backend_401_for_a_stale_ticket_is_retried_once_without_a_body(
                        "three lines", 3)
     assert [(r["status"], r["reason"]) for r in recs] == \
         [(200, "ok"), (200, "ok"), (502, "backend_auth")], recs
+
+
+# ------------------------------------------------------- tokens asked ahead --
+
+def ahead_counts(p):
+    """eas_kcd_proxy_tokens_ahead_total by result, and kcd's tokens made."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port}/metrics",
+                                timeout=10) as r:
+        text = r.read().decode()
+
+    def val(name):
+        m = re.search(r"^" + re.escape(name) + r" (\d+)$", text, re.M)
+        assert m, f"{name} not in /metrics"
+        return int(m.group(1))
+    a = {k: val(f'eas_kcd_proxy_tokens_ahead_total{{result="{k}"}}')
+         for k in ("ready", "waited", "unused")}
+    a["made"] = (val('eas_kcd_proxy_kcd_tokens_total{route="fast"}') +
+                 val('eas_kcd_proxy_kcd_tokens_total{route="gss"}'))
+    return a
+
+
+def test_the_next_token_is_asked_ahead_on_a_kept_alive_connection(
+        lab, small_proxies):
+    p = small_proxies()
+    zero = {"ready": 0, "waited": 0, "unused": 0}
+    # one request per connection (a handshake-bound device): nothing ahead
+    for _ in range(2):
+        dev = Device(p, "alice")
+        assert as_user(dev) == principal("alice")
+        dev.close()
+    a = ahead_counts(p)
+    assert {k: a[k] for k in zero} == zero and a["made"] == 2, a
+    # six on one connection: the 2nd asks for the 3rd's token, and so on;
+    # Apache takes each (a replayed authenticator would be refused)
+    dev = Device(p, "alice")
+    try:
+        for _ in range(6):
+            assert as_user(dev) == principal("alice")
+        a = ahead_counts(p)
+        assert a["ready"] + a["waited"] == 4, a
+        assert a["made"] == 2 + 6 + 1, a        # the 7th's, not used yet
+        # an idle connection does not keep it: dropped within a second or
+        # two of being made (AHEAD_MAX_MS, swept every second)
+        wait_until(lambda: ahead_counts(p)["unused"] == 1, 10,
+                   "the token asked ahead dropped while the connection idles")
+        # the 7th asks for itself, and ahead for an 8th
+        assert as_user(dev) == principal("alice")
+        b = ahead_counts(p)
+        assert b["ready"] + b["waited"] == 4 and b["made"] == a["made"] + 2, (a, b)
+        assert dev.connections == 1
+    finally:
+        dev.close()
+    # the connection ends: the token asked for an 8th request is dropped
+    wait_until(lambda: ahead_counts(p)["unused"] == 2, 10,
+               "the unused token asked ahead dropped at close")
+    # a Ping parks for up to an hour: nothing is asked during it
+    a = ahead_counts(p)
+    dev = Device(p, "alice")
+    try:
+        assert as_user(dev) == principal("alice")
+        st, _, body = dev.request("POST", target("alice", "Ping"), WBXML)
+        assert st == 200, (st, body)
+        b = ahead_counts(p)
+        assert b["ready"] + b["waited"] == a["ready"] + a["waited"], (a, b)
+        assert b["made"] == a["made"] + 2, (a, b)
+        # the request after it asks for itself, and ahead for the next
+        assert as_user(dev) == principal("alice")
+        b = ahead_counts(p)
+        assert b["ready"] + b["waited"] == a["ready"] + a["waited"], (a, b)
+        assert b["made"] == a["made"] + 4, (a, b)
+    finally:
+        dev.close()
+    wait_until(lambda: ahead_counts(p)["unused"] == 3, 10,
+               "the token asked ahead after the Ping dropped")
+    recs = wait_access(p, lambda r: r["username"] == principal("alice"),
+                       "every request's line", 2 + 7 + 3)
+    assert all(r["status"] == 200 and r["reason"] == "ok" for r in recs), recs
