@@ -1894,9 +1894,7 @@ accept_response_head(struct stream *s, struct http_msg *m, const char *buf, size
 		if (!rq->retried && !rq->has_body) {
 			log_info("stream", "%s %s: backend %s answered 401; retrying once with a "
 			    "fresh credential", s->c_ip, s->principal, rq->backend_name);
-			rq->retried = 1;
-			/* a token asked ahead came from the same credential */
-			ahead_drop(s, 1);
+			rq->retried = 1;	/* (take_ahead drops a token asked ahead) */
 			evbuffer_drain(in, consumed);
 			backend_release(rq->bc, 0);
 			rq->bc = NULL;
