@@ -341,6 +341,10 @@ struct eas_kcd_proxy_metrics {
 	 * time; in the past: expired; 0: kcd never had one; INT64_MAX: no end) */
 	int64_t kcd_tgt_valid;
 	int64_t kcd_tgt_end;
+	/* _tokens_ahead_total{result="ready"|"waited"|"unused"}: tokens the
+	 * workers asked of kcd ahead of a kept-alive connection's next
+	 * request, there when it came, still on the way then, or dropped */
+	uint64_t tokens_ahead_ready, tokens_ahead_waited, tokens_ahead_unused;
 };
 
 /* Fill m; size is sizeof(struct eas_kcd_proxy_metrics) as the caller was

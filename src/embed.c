@@ -1483,6 +1483,9 @@ add_slot(struct eas_kcd_proxy_metrics *m, const struct metrics_slot *s, int gaug
 	m->kcd_fast_fallbacks += s->kcd_fast_fallbacks;
 	m->kcd_tgt_acquisitions_ok += s->kcd_tgt_ok;
 	m->kcd_tgt_acquisitions_errors += s->kcd_tgt_errors;
+	m->tokens_ahead_ready += s->tokens_ahead_ready;
+	m->tokens_ahead_waited += s->tokens_ahead_waited;
+	m->tokens_ahead_unused += s->tokens_ahead_unused;
 }
 
 int

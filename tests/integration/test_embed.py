@@ -332,6 +332,9 @@ STRUCT_SAMPLES = {
     "kcd_tgt_acquisitions_errors": 'eas_kcd_proxy_kcd_tgt_acquisitions_total{result="error"}',
     "kcd_tgt_valid": "eas_kcd_proxy_kcd_tgt_valid",
     "kcd_tgt_end": "eas_kcd_proxy_kcd_tgt_end_seconds",
+    "tokens_ahead_ready": 'eas_kcd_proxy_tokens_ahead_total{result="ready"}',
+    "tokens_ahead_waited": 'eas_kcd_proxy_tokens_ahead_total{result="waited"}',
+    "tokens_ahead_unused": 'eas_kcd_proxy_tokens_ahead_total{result="unused"}',
 }
 
 
@@ -392,6 +395,10 @@ def test_metrics_struct_has_the_kcd_counters_of_the_metrics_text(lab, gateways, 
     assert a["kcd_tgt_acquisitions_ok"] >= 1 and a["kcd_tgt_valid"] == 1, a
     assert a["kcd_tgt_end"] > time.time(), a
     assert a["requests"] == 5 and a["requests_ok"] == 3, a
+    # a Phone connects anew for each request: no token is asked ahead
+    assert a["connections_accepted"] == 5, a
+    assert (a["tokens_ahead_ready"], a["tokens_ahead_waited"],
+            a["tokens_ahead_unused"]) == (0, 0, 0), a
 
 
 # ------------------------------------------------------- the daemon's lists --

@@ -123,7 +123,8 @@ print_metrics(void)
 	    "kcd_cache_hits=%llu kcd_cache_misses=%llu kcd_cache_negative_hits=%llu "
 	    "kcd_tokens_fast=%llu kcd_tokens_gss=%llu kcd_fast_fallbacks=%llu "
 	    "kcd_tgt_acquisitions_ok=%llu kcd_tgt_acquisitions_errors=%llu "
-	    "kcd_tgt_valid=%lld kcd_tgt_end=%lld\n",
+	    "kcd_tgt_valid=%lld kcd_tgt_end=%lld tokens_ahead_ready=%llu "
+	    "tokens_ahead_waited=%llu tokens_ahead_unused=%llu\n",
 	    (unsigned long long)m.requests, (unsigned long long)m.requests_ok,
 	    (unsigned long long)m.requests_denied, (unsigned long long)m.tls_handshakes,
 	    (unsigned long long)m.tls_failures, (unsigned long long)m.connections_accepted,
@@ -134,7 +135,8 @@ print_metrics(void)
 	    (unsigned long long)m.kcd_tokens_gss, (unsigned long long)m.kcd_fast_fallbacks,
 	    (unsigned long long)m.kcd_tgt_acquisitions_ok,
 	    (unsigned long long)m.kcd_tgt_acquisitions_errors, (long long)m.kcd_tgt_valid,
-	    (long long)m.kcd_tgt_end);
+	    (long long)m.kcd_tgt_end, (unsigned long long)m.tokens_ahead_ready,
+	    (unsigned long long)m.tokens_ahead_waited, (unsigned long long)m.tokens_ahead_unused);
 }
 
 static void

@@ -250,6 +250,12 @@ check_metrics_against_text(struct eas_kcd_proxy *p, struct eas_kcd_proxy_metrics
 	    text_sample(text, "eas_kcd_proxy_kcd_tgt_acquisitions_total{result=\"error\"}"));
 	assert_int_equal(a.kcd_tgt_valid, text_sample(text, "eas_kcd_proxy_kcd_tgt_valid"));
 	assert_int_equal(a.kcd_tgt_end, text_sample(text, "eas_kcd_proxy_kcd_tgt_end_seconds"));
+	assert_int_equal(a.tokens_ahead_ready,
+	    text_sample(text, "eas_kcd_proxy_tokens_ahead_total{result=\"ready\"}"));
+	assert_int_equal(a.tokens_ahead_waited,
+	    text_sample(text, "eas_kcd_proxy_tokens_ahead_total{result=\"waited\"}"));
+	assert_int_equal(a.tokens_ahead_unused,
+	    text_sample(text, "eas_kcd_proxy_tokens_ahead_total{result=\"unused\"}"));
 	free(text);
 	*out = a;
 }
