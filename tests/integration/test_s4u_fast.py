@@ -1,6 +1,6 @@
 """Warm tokens (src/s4u.h, Warm tokens): once a user's impersonated
 credential is cached, kcd makes each further token on its loop with
-krb5_mk_req_extended on the cached S4U2Proxy service ticket instead of
+apreq.c's AP-REQ on the cached S4U2Proxy service ticket instead of
 gss_init_sec_context on a pool thread. The first token (the S4U2Proxy)
 still goes through GSSAPI.
 
@@ -14,6 +14,10 @@ Extended Protection backend behind the daemon):
     they are; the context flags are MIT's (mutual only when asked for);
   * mutual authentication verifies the acceptor's real AP-REP and refuses
     a forged one, another token's, a KRB-ERROR and a token of another kind;
+  * krb5.conf's client_aware_channel_bindings (KERB_AP_OPTIONS_CBT) is
+    honoured alike by both routes: MIT's acceptor then refuses a token
+    without bindings when it has bindings of its own, and nothing else
+    changes;
   * through the daemon, a long keep-alive run is accepted request after
     request by a backend that checks every token and its bindings, and
     /metrics says which route the tokens took (eas_kcd_proxy_kcd_tokens_total
@@ -314,3 +318,87 @@ def test_keep_alive_run_through_the_daemon_every_token_checked(cb_world):
         if conn is not None:
             conn.close()
         p.stop()
+
+
+# ------------------------------------- client_aware_channel_bindings ----
+
+def aware_krb5_conf(lab, tmp_path):
+    """The lab's krb5.conf with client_aware_channel_bindings = true, for
+    kcd only (the acceptor keeps the lab's)."""
+    text = open(lab.krb5_conf).read()
+    assert "[libdefaults]\n" in text and "client_aware" not in text
+    conf = tmp_path / "krb5-cbt-aware.conf"
+    conf.write_text(text.replace(
+        "[libdefaults]\n",
+        "[libdefaults]\n  client_aware_channel_bindings = true\n", 1))
+    return str(conf)
+
+
+CB_GOOD = bytes(range(32))
+CB_OTHER = bytes(range(1, 33))
+# (the token's bindings, the acceptor's): every combination that MIT's
+# acceptor (accept_sec_context.c, check_cbt / process_checksum) tells apart
+CBT_CASES = (("good", "good"), ("good", None), (None, None), (None, "good"),
+             ("other", "good"))
+CBS = {"good": CB_GOOD, "other": CB_OTHER, None: None}
+
+
+def cbt_outcome(acc, tok, acc_cb, user):
+    """'bound', 'unbound' (accepted, not channel-bound) or 'refused'
+    (GSS_S_BAD_BINDINGS) for one token at MIT's acceptor."""
+    try:
+        who, flags, _ = acc.accept(
+            tok, None if acc_cb is None else CB_PREFIX + acc_cb)
+    except acc.gssapi.exceptions.BadChannelBindingsError:
+        return "refused"
+    assert who == principal(user)
+    return "bound" if flags & GSS_C_CHANNEL_BOUND_FLAG else "unbound"
+
+
+def cbt_matrix(acc, served, user, route):
+    """The acceptor's answer to a token of `route` ('gss': each one a
+    fresh S4U2Proxy through gss_init_sec_context, asked with refresh;
+    'fast': apreq on the cached ticket) for each of CBT_CASES."""
+    st0 = served.stats()
+    out = {}
+    for tok_cb, acc_cb in CBT_CASES:
+        opts = ("refresh",) if route == "gss" else ()
+        t = parse(served.token(user, SPN, CBS[tok_cb], *opts))
+        assert t[0] == "token", t
+        out[(tok_cb, acc_cb)] = cbt_outcome(acc, t[2], CBS[acc_cb], user)
+    st = served.stats()
+    fast = st["tokens_fast"] - st0["tokens_fast"]
+    exchanges = st["s4u2proxy"] - st0["s4u2proxy"]
+    n = len(CBT_CASES)
+    assert (fast, exchanges) == ((0, n) if route == "gss" else (n, 0)), \
+        (route, st0, st)
+    assert st["fast_fallbacks"] == st0["fast_fallbacks"], (st0, st)
+    return out
+
+
+def test_client_aware_channel_bindings_the_gss_route_and_fast_path_agree(
+        lab, tmp_path):
+    # krb5.conf's client_aware_channel_bindings makes MIT's initiator put
+    # AD-IF-RELEVANT { AD-AP-OPTIONS KERB_AP_OPTIONS_CBT } into the
+    # authenticator; apreq.c does the same on the fast path when kcd's
+    # krb5.conf says so (read once at s4u_new). MIT's acceptor (1.19+)
+    # then refuses a token without bindings when it has bindings of its
+    # own (without the option such a token is accepted, not channel-bound);
+    # with no bindings of its own it accepts the token either way. Both
+    # routes of kcd, with and without the option, against MIT's acceptor:
+    acc = Acceptor(lab)
+    want_plain = {("good", "good"): "bound", ("good", None): "unbound",
+                  (None, None): "unbound", (None, "good"): "unbound",
+                  ("other", "good"): "refused"}
+    want_aware = dict(want_plain)
+    want_aware[(None, "good")] = "refused"
+    for conf, want in ((None, want_plain),
+                       (aware_krb5_conf(lab, tmp_path), want_aware)):
+        s = Served(lab, extra=["--krb5-conf", conf] if conf else [])
+        try:
+            gss = cbt_matrix(acc, s, "alice", "gss")
+            fast = cbt_matrix(acc, s, "alice", "fast")
+        finally:
+            s.close()
+        assert gss == want, (conf, gss)
+        assert fast == want, (conf, fast)
