@@ -149,7 +149,9 @@ count_token(const struct s4u_result *res)
 		m->kcd_cache_hits++;
 	else
 		m->kcd_negative_hits++;
-	/* the token's route (s4u_token_now's, or s4u_token_request's own try) */
+	/* the token's route (s4u_token_now's, or the pool's); a fallback is
+	 * counted once, on the pool's answer (s4u_token_now tried, and
+	 * s4u_token_request_gss did not try again) */
 	if (res->ok && res->fast)
 		m->kcd_tokens_fast++;
 	else if (res->ok)
@@ -218,7 +220,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 		answer_error(p, msg->id, serr.cls, serr.name, serr.text);
 		return 0;
 	default:
-		break;			/* the pool's route */
+		break;			/* the pool's route (below) */
 	}
 	if ((pd = malloc(sizeof(*pd))) == NULL) {
 		answer_error(p, msg->id, KCD_ERR_INTERNAL, "out_of_memory", "kcd is out of memory");
@@ -228,8 +230,11 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	pd->epoch = p->epoch;
 	pd->id = msg->id;
 	LIST_INSERT_HEAD(&p->k->pending, pd, link);
-	if (s4u_token_request(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len, flags,
-	    on_token, pd, &serr) != 0) {
+	/* a fast path that has just failed (res.fast_fallback) is not tried
+	 * again: straight to gss_init_sec_context */
+	if ((res.fast_fallback ? s4u_token_request_gss : s4u_token_request)(p->k->s4u,
+	    p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len, flags, on_token, pd,
+	    &serr) != 0) {
 		LIST_REMOVE(pd, link);
 		free(pd);
 		answer_error(p, msg->id, serr.cls, serr.name, serr.text);

@@ -2031,6 +2031,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 		abort();
 	if (check_args(principal, spn, cb, cb_len, err) != 0)
 		return -1;
+	memset(res, 0, sizeof(*res));
 	if ((flags & KCD_F_REFRESH) || s->kctx == NULL)
 		return 0;
 	plen = strlen(principal);	/* both bounded by check_args */
@@ -2044,11 +2045,14 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	rc = fast_token(s, ic, cb, cb_len, flags, principal, &tok, &rep);
 	end = rc == 0 ? apreq_ticket_end_ms(ic->fast) : 0;
 	credcache_cred_put(s->cc, c);
-	if (rc != 0)
-		return 0;		/* s4u_token_request counts the fallback */
+	if (rc != 0) {
+		/* counted here, once: s4u_token_request_gss does not try again */
+		s->st.fast_fallbacks++;
+		res->fast_fallback = 1;
+		return 0;
+	}
 	free(s->fast_tok);
 	s->fast_tok = tok;
-	memset(res, 0, sizeof(*res));
 	res->ok = 1;
 	res->token = tok;
 	res->ctx_id = rep.key != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, &rep) : 0;
@@ -2061,9 +2065,11 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	return 1;
 }
 
-int
-s4u_token_request(struct s4u *s, const char *principal, const char *spn,
-    const unsigned char *cb, size_t cb_len, uint32_t flags,
+/* s4u_token_request and s4u_token_request_gss: fast_tried 1 when the
+ * caller's s4u_token_now has just tried (and counted) the fast path. */
+static int
+token_request(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags, int fast_tried,
     s4u_done_fn *fn, void *arg, struct s4u_error *err)
 {
 	struct s4u_req *r = NULL;
@@ -2118,7 +2124,9 @@ s4u_token_request(struct s4u *s, const char *principal, const char *spn,
 	switch (credcache_lookup(s->cc, r->key, r->keylen, &r->waiter, &l)) {
 	case CREDCACHE_HIT:
 		s->st.cache_hits++;
-		if (fast_answer(s, r, credcache_cred_get(l.cred)) == 0) {
+		if (fast_tried)
+			r->fast_fallback = 1;	/* for the answer; counted by s4u_token_now */
+		else if (fast_answer(s, r, credcache_cred_get(l.cred)) == 0) {
 			credcache_cred_put(s->cc, l.cred);
 			goto immediate;
 		}
@@ -2163,6 +2171,22 @@ immediate:
 	r->immediate = 1;
 	event_active(r->ev, EV_TIMEOUT, 1);
 	return 0;
+}
+
+int
+s4u_token_request(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags,
+    s4u_done_fn *fn, void *arg, struct s4u_error *err)
+{
+	return token_request(s, principal, spn, cb, cb_len, flags, 0, fn, arg, err);
+}
+
+int
+s4u_token_request_gss(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags,
+    s4u_done_fn *fn, void *arg, struct s4u_error *err)
+{
+	return token_request(s, principal, spn, cb, cb_len, flags, 1, fn, arg, err);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */

@@ -201,12 +201,28 @@ void s4u_ctx_release(struct s4u *s, uint32_t ctx_id);
  * more than S4U_TICKET_MARGIN_MS left, make the token now, on the loop,
  * and fill *res (its pointers valid until the next s4u call; res->ctx_id
  * as s4u_token_request's). Returns 1 when answered; 0 when this request
- * must go through s4u_token_request (nothing kept, no state changed: no
- * cached credential, KCD_F_REFRESH, a ticket near its end, a krb5 error);
- * -1 with err for the arguments s4u_token_request refuses. */
+ * must go through the pool (nothing kept; *res zeroed but for
+ * res->fast_fallback): with res->fast_fallback 0 nothing was tried (no
+ * cached credential, KCD_F_REFRESH, no krb5 context): call
+ * s4u_token_request; with res->fast_fallback 1 the fast path tried and
+ * could not serve (no usable ticket kept, its end within the margin, a
+ * krb5 error; counted in fast_fallbacks): call s4u_token_request_gss,
+ * which does not try it again. -1 with err for the arguments
+ * s4u_token_request refuses. */
 int s4u_token_now(struct s4u *s, const char *principal, const char *spn,
     const unsigned char *cb, size_t cb_len, uint32_t flags, struct s4u_result *res,
     struct s4u_error *err);
+
+/* s4u_token_request for a request whose fast path s4u_token_now has just
+ * tried and counted (it returned 0 with res->fast_fallback): the same
+ * lookup and answer, except that a cached credential goes straight to
+ * gss_init_sec_context on the pool, and the answer carries fast_fallback
+ * (for the caller's metrics) without counting it again. Callers that
+ * never call s4u_token_now use s4u_token_request, which tries the fast
+ * path itself. */
+int s4u_token_request_gss(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags,
+    s4u_done_fn *fn, void *arg, struct s4u_error *err);
 
 /* The pure pieces of the fast path (unit-tested against RFC vectors):
  * s4u_cb_md5: Bnd of RFC 4121 4.1.1.2, MD5 over the channel bindings as
@@ -277,9 +293,12 @@ struct s4u_stats {
 	uint64_t tokens, errors_user, errors_proxy, errors_unreachable, errors_internal;
 	uint64_t tokens_fast;		/* of tokens: made on the loop from the
 					 * cached service ticket (Warm tokens) */
-	uint64_t fast_fallbacks;	/* warm requests the fast path could not
-					 * serve (no ticket kept, near its end,
-					 * krb5 error): GSS route instead */
+	uint64_t fast_fallbacks;	/* tries of the fast path that could not
+					 * serve a warm request (no ticket kept,
+					 * near its end, krb5 error): GSS route
+					 * instead. One per request when its
+					 * caller uses s4u_token_now then
+					 * s4u_token_request_gss */
 	uint64_t timeouts;		/* answered TIMEOUT */
 	uint64_t expired_in_queue;	/* jobs that found their deadline passed
 					 * when a thread got to them (no KDC asked) */
