@@ -308,7 +308,10 @@ def test_keep_alive_run_through_the_daemon_every_token_checked(cb_world):
         m1 = metrics(p)
         d = {k: m1[k] - m0[k] for k in (FAST, GSS, FALLBACKS, S4U_EXCHANGES)}
         assert d[FAST] >= n - 1 and d[GSS] == 1, d
-        assert d[FAST] + d[GSS] == n, d            # one token per request
+        # one token per request, plus at most the one the worker asked for
+        # ahead for this kept-alive connection's next request (stream.c,
+        # struct ahead), not used yet
+        assert n <= d[FAST] + d[GSS] <= n + 1, d
         assert d[FALLBACKS] == 0, d
         # one S4U exchange (the cold token); the proxy's TGT, acquired once
         # by kcd at start or by that first request, is not one of them
