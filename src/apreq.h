@@ -25,9 +25,11 @@
  *     session key's enctype, a fresh random key }, seq-number (random &
  *     0x3fffffff, never 0, as krb5_generate_seq_number), and
  *     authorization-data only for APREQ_CBT_AWARE (below).
- * Randomness: one RAND_priv_bytes call (OpenSSL's per-thread private
- * DRBG, no system call) for the subkey and the sequence number together;
- * the confounder is krb5_k_encrypt's own.
+ * Randomness: the subkey and the sequence number come from OpenSSL's
+ * private DRBG (RAND_priv_bytes, no system call), drawn 1 KiB at a time
+ * into a per-thread pool whose bytes are each used once and zeroed as
+ * taken (emptied in a forked child); the confounder is krb5_k_encrypt's
+ * own.
  *
  * Authorization data, decided:
  *   - AD-IF-RELEVANT { AD-AP-OPTIONS KERB_AP_OPTIONS_CBT } is kept: MIT

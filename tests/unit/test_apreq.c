@@ -9,7 +9,8 @@
  * decrypted here with krb5_c_decrypt (usage 11) field by field, and
  * AP-REPs made here (our DER + krb5_c_encrypt, usage 12) that verify —
  * under the session key, under the subkey — or do not (another ctime,
- * another key, another usage, a flipped byte, a malformed plaintext).
+ * another key, another usage, a flipped byte, a malformed plaintext);
+ * subkeys fresh across the random pool's refills and in a forked child.
  * The real acceptors (MIT through python-gssapi, Apache mod_auth_gssapi)
  * take these tokens in tests/integration/test_s4u_fast.py.
  */
@@ -22,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <krb5.h>
@@ -750,6 +753,51 @@ test_make_refuses_what_does_not_fit_and_bad_arguments(void **state)
 	assert_int_equal(apreq_make(f->kc, f->t, CKSUM, 65, 0, out, sizeof(out), &len, NULL), EINVAL);
 }
 
+/* The subkeys come from a per-thread pool of the DRBG's bytes: each byte
+ * used once, across refills (1 KiB: 28 AES-256 tokens), and a forked child
+ * never takes the bytes its parent takes next. */
+static void
+test_subkeys_are_fresh_across_refills_and_forks(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char out[2048], (*keys)[32], child_key[32];
+	struct apreq_reply rep;
+	size_t len = 0;
+	const unsigned n = 200;
+	int fds[2], status = 0;
+	pid_t pid;
+
+	assert_non_null(keys = calloc(n, sizeof(*keys)));
+	for (unsigned i = 0; i < n; i++) {
+		assert_int_equal(apreq_make(f->kc, f->t, CKSUM, sizeof(CKSUM), APREQ_MUTUAL, out,
+		    sizeof(out), &len, &rep), 0);
+		memcpy(keys[i], rep.subkey, 32);
+		apreq_reply_clear(f->kc, &rep);
+		for (unsigned j = 0; j < i; j++)
+			assert_memory_not_equal(keys[i], keys[j], 32);
+	}
+	free(keys);
+	/* the pool holds unused bytes now; the child and the parent each make
+	 * one more subkey */
+	assert_int_equal(pipe(fds), 0);
+	assert_true((pid = fork()) >= 0);
+	if (pid == 0) {
+		int ok = apreq_make(f->kc, f->t, CKSUM, sizeof(CKSUM), APREQ_MUTUAL, out,
+		    sizeof(out), &len, &rep) == 0 &&
+		    write(fds[1], rep.subkey, 32) == 32;
+		_exit(ok ? 0 : 1);
+	}
+	close(fds[1]);
+	assert_int_equal(apreq_make(f->kc, f->t, CKSUM, sizeof(CKSUM), APREQ_MUTUAL, out,
+	    sizeof(out), &len, &rep), 0);
+	assert_int_equal(read(fds[0], child_key, 32), 32);
+	close(fds[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_memory_not_equal(child_key, rep.subkey, 32);
+	apreq_reply_clear(f->kc, &rep);
+}
+
 static void
 test_ticket_refuses_what_the_fast_path_does_not_make(void **state)
 {
@@ -902,6 +950,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_make_refuses_what_does_not_fit_and_bad_arguments,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ticket_refuses_what_the_fast_path_does_not_make,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_subkeys_are_fresh_across_refills_and_forks,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ap_rep_round_trip, setup, teardown),
 	};
