@@ -754,7 +754,7 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 	krb5_enc_data ed;
 	krb5_timestamp sec = 0;
 	krb5_int32 usec = 0;
-	const unsigned char *auth, *msg;
+	const unsigned char *auth;
 	unsigned char *cipher;
 	size_t alen = 0, clen = 0, mlen = 0, m, m0, mc;
 	uint32_t seq, opts;
@@ -866,7 +866,8 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 	ctx_int(&w, 0, 5);				/* [0] pvno */
 	apreq_der_wrap(&w, T_SEQ, m0);
 	apreq_der_wrap(&w, T_AP_REQ, m0);
-	if ((msg = apreq_der_result(&w, &mlen)) == NULL) {
+	/* the message is out[cap - mlen ..): the writer fills from the end */
+	if (apreq_der_result(&w, &mlen) == NULL) {
 		code = KRB5_BAD_MSIZE;
 		goto cleanup;
 	}
@@ -874,7 +875,6 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 		krb5_k_reference_key(kc, t->key);
 		ref = t->key;
 	}
-	memmove(out, msg, mlen);
 	*len = mlen;
 	if (flags & APREQ_MUTUAL) {
 		memset(rep, 0, sizeof(*rep));

@@ -113,8 +113,10 @@ uint64_t apreq_ticket_end_ms(const struct apreq_ticket *t);
 /* An upper bound on the length of apreq_make's message for t. */
 size_t apreq_max_len(const struct apreq_ticket *t);
 
-/* One AP-REQ on t (the message, unframed) into out[0..cap), its length in
- * *len. cksum: the authenticator's 0x8003 checksum bytes (RFC 4121
+/* One AP-REQ on t (the message, unframed) at the end of out[0..cap):
+ * out[cap - *len .. cap), so that a caller can put a header in front of
+ * it without moving it (s4u.c's RFC 2743 framing). cksum: the
+ * authenticator's 0x8003 checksum bytes (RFC 4121
  * 4.1.1), cksum_len of them. flags: APREQ_*. With APREQ_MUTUAL, *rep gets
  * what apreq_verify_rep needs (the caller's: apreq_reply_clear); without
  * it rep may be NULL and is not touched. Returns 0, or a krb5 error

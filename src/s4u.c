@@ -425,9 +425,13 @@ s4u_gss_checksum(const unsigned char bnd[16], uint32_t gss_flags,
 	put_le32(out + 20, gss_flags);
 }
 
-size_t
-s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
-    unsigned char *out, size_t outlen)
+/* The RFC 2743 header in front of a krb5 message of len bytes: 0x60, the
+ * DER length, the mechanism OID, the TOK_ID. Returns its length (at most
+ * FRAME_HEAD_MAX), or 0 when len is too long to frame. */
+#define FRAME_HEAD_MAX	(5 + sizeof(KRB5_OID_TLV) + 2)
+
+static size_t
+frame_head(unsigned tok_id, size_t len, unsigned char out[FRAME_HEAD_MAX])
 {
 	size_t inner, hdr, n = 0;
 
@@ -435,8 +439,6 @@ s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
 		return 0;
 	inner = sizeof(KRB5_OID_TLV) + 2 + len;
 	hdr = inner < 0x80 ? 2 : inner < 0x100 ? 3 : inner < 0x10000 ? 4 : 5;
-	if (outlen < hdr + inner)
-		return 0;
 	out[n++] = 0x60;
 	if (inner < 0x80) {
 		out[n++] = (unsigned char)inner;
@@ -449,6 +451,19 @@ s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
 	n += sizeof(KRB5_OID_TLV);
 	out[n++] = (unsigned char)(tok_id >> 8);
 	out[n++] = (unsigned char)tok_id;
+	return n;
+}
+
+size_t
+s4u_token_frame(unsigned tok_id, const unsigned char *msg, size_t len,
+    unsigned char *out, size_t outlen)
+{
+	unsigned char head[FRAME_HEAD_MAX];
+	size_t n = frame_head(tok_id, len, head);
+
+	if (n == 0 || outlen < n || outlen - n < len)
+		return 0;
+	memcpy(out, head, n);
 	if (len > 0)
 		memcpy(out + n, msg, len);
 	return n + len;
@@ -536,6 +551,11 @@ struct s4u {
 	krb5_context kctx;
 	unsigned apreq_flags;		/* APREQ_CBT_AWARE from krb5.conf, read once */
 	char *fast_tok;			/* s4u_token_now's last token (base64) */
+	/* fast_token's scratch space for the framed AP-REQ, kept and grown to
+	 * the largest ticket's need (no secret in it: the ticket and the
+	 * encrypted authenticator) */
+	unsigned char *fast_buf;
+	size_t fast_cap;
 	char fast_key[KCD_SPN_MAX + KCD_PRINCIPAL_MAX];
 	char *keytab, *principal;
 	struct s4u_params p;
@@ -1588,10 +1608,11 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
     uint32_t flags, const char *principal, char **tok, struct apreq_reply *rep)
 {
 	unsigned char appdata[CB_APPDATA_MAX], bnd[16], cksum[S4U_GSS_CKSUM_LEN];
+	unsigned char head[FRAME_HEAD_MAX];
 	struct apreq_reply kept;
 	krb5_error_code code = 0;
-	unsigned char *msg = NULL, *framed = NULL;
-	size_t alen, mlen = 0, flen, cap;
+	unsigned char *framed;
+	size_t alen, mlen = 0, hlen, flen, cap;
 	char *b64 = NULL;
 	int ret = -1;
 
@@ -1607,20 +1628,30 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 		return -1;
 	}
 	s4u_gss_checksum(bnd, s4u_gss_flags(flags), cksum);
-	cap = apreq_max_len(ic->fast);
-	if ((msg = malloc(cap)) == NULL || (framed = malloc(cap + 32)) == NULL) {
-		code = ENOMEM;
-		goto cleanup;
+	/* the AP-REQ at the end of the scratch space, its RFC 2743 header
+	 * put in front of it there: no copy of the message */
+	cap = FRAME_HEAD_MAX + apreq_max_len(ic->fast);
+	if (cap > s->fast_cap) {
+		unsigned char *nb = realloc(s->fast_buf, cap);
+		if (nb == NULL) {
+			code = ENOMEM;
+			goto cleanup;
+		}
+		s->fast_buf = nb;
+		s->fast_cap = cap;
 	}
 	if ((code = apreq_make(s->kctx, ic->fast, cksum, sizeof(cksum),
-	    s->apreq_flags | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u), msg, cap, &mlen,
-	    (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
+	    s->apreq_flags | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u), s->fast_buf,
+	    s->fast_cap, &mlen, (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
 		goto cleanup;
-	flen = s4u_token_frame(S4U_TOK_AP_REQ, msg, mlen, framed, cap + 32);
-	if (flen == 0 || flen > (KCD_TOKEN_MAX / 4) * 3 - 3) {
+	hlen = frame_head(S4U_TOK_AP_REQ, mlen, head);
+	flen = hlen + mlen;
+	if (hlen == 0 || s->fast_cap - mlen < hlen || flen > (KCD_TOKEN_MAX / 4) * 3 - 3) {
 		code = KRB5KRB_ERR_FIELD_TOOLONG;
 		goto cleanup;
 	}
+	framed = s->fast_buf + (s->fast_cap - mlen - hlen);
+	memcpy(framed, head, hlen);
 	if ((b64 = codec_b64_encode(framed, flen)) == NULL) {
 		code = ENOMEM;
 		goto cleanup;
@@ -1640,8 +1671,6 @@ cleanup:
 		krb5_free_error_message(s->kctx, m);
 	}
 	apreq_reply_clear(s->kctx, &kept);
-	free(msg);
-	free(framed);
 	return ret;
 }
 
@@ -2330,6 +2359,7 @@ s4u_free(struct s4u *s)
 		ctx_remove(s, s->ctx_head);
 	credcache_free(s->cc);
 	free(s->fast_tok);
+	free(s->fast_buf);
 	if (s->kctx != NULL)
 		krb5_free_context(s->kctx);
 	if (s->pcur != NULL && --s->pcur->refs == 0)
