@@ -3,25 +3,37 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "codec.h"
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-char *
-codec_b64_encode(const unsigned char *in, size_t n)
-{
-	size_t olen = 4 * ((n + 2) / 3), o = 0, i;
-	char *out = malloc(olen + 1);
+/* The two characters of every 12-bit value, so that three bytes take two
+ * look-ups instead of four (kcd encodes a ~1.5 KB token per request: 0.77
+ * -> 0.47 us). B64C is b64[] as a constant expression. */
+#define B64C(i)		((i) < 26 ? 'A' + (i) : (i) < 52 ? 'a' + (i) - 26 : \
+			 (i) < 62 ? '0' + (i) - 52 : (i) == 62 ? '+' : '/')
+#define B64P1(i)	{ (char)B64C((i) >> 6), (char)B64C((i) & 63) }
+#define B64P4(i)	B64P1(i), B64P1((i) + 1), B64P1((i) + 2), B64P1((i) + 3)
+#define B64P16(i)	B64P4(i), B64P4((i) + 4), B64P4((i) + 8), B64P4((i) + 12)
+#define B64P64(i)	B64P16(i), B64P16((i) + 16), B64P16((i) + 32), B64P16((i) + 48)
+#define B64P256(i)	B64P64(i), B64P64((i) + 64), B64P64((i) + 128), B64P64((i) + 192)
+#define B64P1024(i)	B64P256(i), B64P256((i) + 256), B64P256((i) + 512), B64P256((i) + 768)
+static const char b64_pairs[4096][2] = {
+	B64P1024(0), B64P1024(1024), B64P1024(2048), B64P1024(3072)
+};
 
-	if (out == NULL)
-		return NULL;
+size_t
+codec_b64_encode_to(const unsigned char *in, size_t n, char *out)
+{
+	size_t o = 0, i;
+
 	for (i = 0; i + 2 < n; i += 3) {
 		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		out[o++] = b64[v >> 18];
-		out[o++] = b64[(v >> 12) & 63];
-		out[o++] = b64[(v >> 6) & 63];
-		out[o++] = b64[v & 63];
+		memcpy(out + o, b64_pairs[v >> 12], 2);
+		memcpy(out + o + 2, b64_pairs[v & 4095], 2);
+		o += 4;
 	}
 	if (i < n) {
 		uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
@@ -31,6 +43,16 @@ codec_b64_encode(const unsigned char *in, size_t n)
 		out[o++] = '=';
 	}
 	out[o] = '\0';
+	return o;
+}
+
+char *
+codec_b64_encode(const unsigned char *in, size_t n)
+{
+	char *out = malloc(CODEC_B64_LEN(n) + 1);
+
+	if (out != NULL)
+		(void)codec_b64_encode_to(in, n, out);
 	return out;
 }
 

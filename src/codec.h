@@ -8,7 +8,7 @@
  * whatever a caller refuses beyond it (a padding it insists on, an
  * escaped byte it does not allow, its own error names) stays with the
  * caller. No allocation except codec_b64_encode's result, no I/O, no
- * global state.
+ * global state (constant tables only).
  */
 #ifndef EKP_CODEC_H
 #define EKP_CODEC_H
@@ -18,6 +18,12 @@
 /* Base64 of in[0..n), '=' padded to whole quads, as a NUL-terminated
  * string the caller owns (free()). NULL when out of memory. */
 char *codec_b64_encode(const unsigned char *in, size_t n);
+
+/* The same into out, which has room for CODEC_B64_LEN(n) + 1 bytes (the
+ * NUL); returns CODEC_B64_LEN(n). No allocation: for callers that keep
+ * a buffer (kcd's tokens). */
+#define CODEC_B64_LEN(n)	(4 * (((n) + 2) / 3))
+size_t codec_b64_encode_to(const unsigned char *in, size_t n, char *out);
 
 /* Strict base64 decoding of in[0..len) into out[0..cap): only the
  * alphabet A-Z a-z 0-9 + /; '=' padding is optional, but when present it
