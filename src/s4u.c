@@ -550,12 +550,14 @@ struct s4u {
 	 * goes the GSS way). */
 	krb5_context kctx;
 	unsigned apreq_flags;		/* APREQ_CBT_AWARE from krb5.conf, read once */
-	char *fast_tok;			/* s4u_token_now's last token (base64) */
-	/* fast_token's scratch space for the framed AP-REQ, kept and grown to
-	 * the largest ticket's need (no secret in it: the ticket and the
-	 * encrypted authenticator) */
+	/* fast_token's scratch space, kept and grown to the largest ticket's
+	 * need (no secret in either: the ticket and the encrypted
+	 * authenticator): the framed AP-REQ, and its base64, the last token
+	 * (s4u_token_now's answer points to it) */
 	unsigned char *fast_buf;
 	size_t fast_cap;
+	char *fast_tok;
+	size_t fast_tok_cap;
 	char fast_key[KCD_SPN_MAX + KCD_PRINCIPAL_MAX];
 	char *keytab, *principal;
 	struct s4u_params p;
@@ -1597,15 +1599,15 @@ fast_ticket(struct s4u *s, struct s4u_req *r)
  * sequence number, mutual authentication required for KCD_F_MUTUAL, the
  * 0x8003 checksum over the channel bindings with MIT's context flags, and
  * client_aware_channel_bindings as krb5.conf says; the AP-REQ in RFC 2743
- * framing. Returns 0 with *tok (base64, the caller's) and, for
- * KCD_F_MUTUAL, *rep (the caller's: the authenticator's ctime/cusec, a
+ * framing. Returns 0 with *tok (base64 in s->fast_tok: valid until the
+ * next fast_token) and, for KCD_F_MUTUAL, *rep (the caller's: the authenticator's ctime/cusec, a
  * reference to the session key and the subkey, what the AP-REP must
  * match); -1 when the fast path cannot make this token (nothing to
  * release; the caller takes the GSS route): no ticket kept, its end
  * within S4U_TICKET_MARGIN_MS, or a krb5 failure (logged at debug). */
 static int
 fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
-    uint32_t flags, const char *principal, char **tok, struct apreq_reply *rep)
+    uint32_t flags, const char *principal, const char **tok, struct apreq_reply *rep)
 {
 	unsigned char appdata[CB_APPDATA_MAX], bnd[16], cksum[S4U_GSS_CKSUM_LEN];
 	unsigned char head[FRAME_HEAD_MAX];
@@ -1613,7 +1615,6 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 	krb5_error_code code = 0;
 	unsigned char *framed;
 	size_t alen, mlen = 0, hlen, flen, cap;
-	char *b64 = NULL;
 	int ret = -1;
 
 	memset(&kept, 0, sizeof(kept));
@@ -1652,11 +1653,17 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 	}
 	framed = s->fast_buf + (s->fast_cap - mlen - hlen);
 	memcpy(framed, head, hlen);
-	if ((b64 = codec_b64_encode(framed, flen)) == NULL) {
-		code = ENOMEM;
-		goto cleanup;
+	if (CODEC_B64_LEN(flen) + 1 > s->fast_tok_cap) {
+		char *nt = realloc(s->fast_tok, CODEC_B64_LEN(flen) + 1);
+		if (nt == NULL) {
+			code = ENOMEM;
+			goto cleanup;
+		}
+		s->fast_tok = nt;
+		s->fast_tok_cap = CODEC_B64_LEN(flen) + 1;
 	}
-	*tok = b64;			/* to the caller */
+	(void)codec_b64_encode_to(framed, flen, s->fast_tok);
+	*tok = s->fast_tok;
 	if (flags & KCD_F_MUTUAL) {
 		*rep = kept;		/* the key reference moves to the caller */
 		explicit_bzero(&kept, sizeof(kept));
@@ -1679,16 +1686,19 @@ cleanup:
 static int
 fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
 {
-	char *tok = NULL;
+	const char *tok = NULL;
+	char *own = NULL;
 
-	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &r->rep) != 0) {
+	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &r->rep) != 0 ||
+	    (own = strdup(tok)) == NULL) {	/* r's own: answered a turn later */
+		apreq_reply_clear(s->kctx, &r->rep);
 		s->st.fast_fallbacks++;
 		r->fast_fallback = 1;
 		return -1;
 	}
 	r->ok = 1;
 	r->fast = 1;
-	r->token = tok;
+	r->token = own;
 	r->ticket_end = apreq_ticket_end_ms(ic->fast);
 	s->st.tokens_fast++;
 	return 0;
@@ -2051,7 +2061,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 	struct credcache_cred *c;
 	const struct imp_cred *ic;
 	struct apreq_reply rep;
-	char *tok = NULL;
+	const char *tok = NULL;
 	size_t plen, slen;
 	uint64_t end;
 	int rc;
@@ -2080,10 +2090,8 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 		res->fast_fallback = 1;
 		return 0;
 	}
-	free(s->fast_tok);
-	s->fast_tok = tok;
 	res->ok = 1;
-	res->token = tok;
+	res->token = tok;		/* s->fast_tok, until the next token */
 	res->ctx_id = rep.key != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, &rep) : 0;
 	res->ticket_end_ms = end;
 	res->fast = 1;
