@@ -9,7 +9,10 @@
  * or a thread with a loop of its own, and either way it is driven over the
  * same control channel and messages (proc.h): WORKER_CHANNEL, SHUTDOWN,
  * READY. A reload makes a new generation on the same listening sockets and
- * switches to it when its kcd is READY; the older one drains. A kcd that
+ * switches to it when its kcd is READY (its worker is built but accepts
+ * nothing before); the older one drains. A reload whose kcd exits before
+ * READY, or is not READY within KCD_READY_TIMEOUT_MS, is abandoned and the
+ * serving generation stays, its worker never having accepted. A kcd that
  * dies while its generation serves is started again with back-off, as the
  * parent does.
  *
@@ -56,6 +59,8 @@
 #define DESTROY_WAIT_MS	2000u		/* destroy: wait this long, then SIGKILL */
 #define BACKOFF_MIN_MS	100u
 #define BACKOFF_MAX_MS	10000u
+/* a reload's kcd must be READY this soon (as the daemon's, proc.c) */
+#define KCD_READY_TIMEOUT_MS 10000u
 #define CONFIG_NAME	"eas_kcd_proxy_config"
 
 /* ---- the configuration builder ---------------------------------------------- */
@@ -341,6 +346,7 @@ struct egen {
 	uint64_t kill_at_ms;		/* process mode: SIGKILL past this; 0 none */
 	struct event *reap_ev;		/* looks for kcd's exit */
 	struct event *restart_ev;
+	struct event *start_ev;		/* a reload's bound on kcd's READY */
 	unsigned backoff_ms;
 	uint64_t kcd_started_ms;
 	struct egen *next;
@@ -639,6 +645,7 @@ listeners_close(struct eas_kcd_proxy *p)
 static void on_kcd_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg);
 static void on_kcd_close(struct ipc_chan *ch, const char *why, void *arg);
 static void gen_activate(struct egen *g);
+static void gen_abandon(struct egen *g);
 
 /* libevent's messages in the forked kcd. The embedding program's loop was
  * copied by fork and is never run here, but libevent remembers it as the
@@ -777,7 +784,13 @@ gen_kcd_start(struct egen *g, int *worker_end)
 	memcpy(payload, &slot, sizeof(payload));
 	if (g->kctl == NULL ||
 	    ipc_send(g->kctl, IPC_WORKER_CHANNEL, 0, payload, sizeof(payload), ch[0]) != 0) {
-		set_err(p, "generation %u: cannot hand kcd its channel to the worker", g->id);
+		/* the send fails when kcd has already closed its end: it refused
+		 * to start, and logged why, before it even read its channel */
+		if (g->kctl != NULL)
+			set_err(p, "generation %u: kcd exited at start, before it took its channel "
+			    "to the worker (kcd's own error line says why)", g->id);
+		else
+			set_err(p, "generation %u: cannot hand kcd its channel to the worker", g->id);
 		close(ch[0]);
 		close(ch[1]);
 		if (g->kctl != NULL) {
@@ -944,13 +957,9 @@ on_kcd_close(struct ipc_chan *ch, const char *why, void *arg)
 	g->kcd_ready = 0;
 	if (!g->active) {
 		/* a reload whose kcd never came up: the serving generation stays */
-		log_error("embed", "generation %u: kcd exited before it was ready (%s); "
-		    "generation %u keeps serving", g->id, why, p->serving);
-		g->retiring = 1;
-		if (g->w != NULL) {
-			worker_free(g->w);
-			g->w = NULL;
-		}
+		log_error("embed", "reload failed: generation %u: kcd exited before it was ready "
+		    "(%s); generation %u keeps serving", g->id, why, p->serving);
+		gen_abandon(g);
 		evtimer_add(g->reap_ev, &tv);
 		return;
 	}
@@ -1012,6 +1021,8 @@ gen_free(struct egen *g)
 		event_free(g->reap_ev);
 	if (g->restart_ev != NULL)
 		event_free(g->restart_ev);
+	if (g->start_ev != NULL)
+		event_free(g->start_ev);
 	config_free(g->cfg);
 	g->magic = 0;
 	free(g);
@@ -1053,11 +1064,58 @@ gen_retire(struct egen *g, const char *why)
 	if (g->kslot >= 0 && g->p->shm != NULL)
 		metrics_slot_retire(g->p->shm, g->kslot);
 	evtimer_del(g->restart_ev);
+	evtimer_del(g->start_ev);
 	if (g->w != NULL)
 		worker_drain(g->w, deadline, why);	/* on_drained follows */
 	/* kcd outlives the worker's drain: requests in flight need tokens;
 	 * it leaves when the worker's channel closes, or at its deadline */
 	gen_kcd_stop(g, deadline + 1000u);
+}
+
+/* A generation that never served is given up (its kcd failed, hung, or a
+ * newer reload supersedes it): its worker, which never accepted, is freed;
+ * its kcd, if still there, is stopped by the caller. */
+static void
+gen_abandon(struct egen *g)
+{
+	g->retiring = 1;
+	evtimer_del(g->start_ev);
+	evtimer_del(g->restart_ev);
+	if (g->w != NULL) {
+		worker_free(g->w);
+		g->w = NULL;
+	}
+}
+
+/* A reload's kcd is not READY in time. A helper process has no worker and
+ * nothing in flight, and a hung one reads no SHUTDOWN: it is killed at
+ * once (its channel closed first). A thread cannot be killed: it is asked
+ * to stop and joined whenever it returns. */
+static void
+on_start_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct egen *g = arg;
+	struct timeval tv = { 0, REAP_POLL_MS * 1000 };
+
+	(void)fd;
+	(void)what;
+	assert(g->magic == EGEN_MAGIC);
+	if (g->active || g->retiring)
+		return;
+	log_error("embed", "reload failed: generation %u: kcd not ready within %u ms%s; "
+	    "generation %u keeps serving", g->id, KCD_READY_TIMEOUT_MS,
+	    g->kpid > 0 ? ", killed" : "", g->p->serving);
+	gen_abandon(g);
+	if (g->kpid > 0) {
+		if (g->kctl != NULL) {
+			ipc_chan_free(g->kctl);
+			g->kctl = NULL;
+		}
+		kill(g->kpid, SIGKILL);
+		evtimer_add(g->reap_ev, &tv);
+	} else {
+		gen_kcd_stop(g, proc_now_ms());
+	}
 }
 
 /* g's kcd is ready: g accepts devices, every other generation drains. */
@@ -1068,6 +1126,7 @@ gen_activate(struct egen *g)
 
 	if (!g->active) {
 		g->active = 1;
+		evtimer_del(g->start_ev);
 		worker_start(g->w);
 		p->serving = g->id;
 		log_info("embed", "generation %u serving on %u sockets", g->id, p->n_listen);
@@ -1103,7 +1162,8 @@ gen_new(struct eas_kcd_proxy *p, struct config *cfg, const struct lset *ls)
 	g->cfg = cfg;
 	g->kslot = -1;
 	if ((g->reap_ev = evtimer_new(p->base, on_reap, g)) == NULL ||
-	    (g->restart_ev = evtimer_new(p->base, on_kcd_restart, g)) == NULL) {
+	    (g->restart_ev = evtimer_new(p->base, on_kcd_restart, g)) == NULL ||
+	    (g->start_ev = evtimer_new(p->base, on_start_timeout, g)) == NULL) {
 		set_err(p, "out of memory");
 		goto fail;
 	}
@@ -1274,7 +1334,8 @@ reload_config(struct eas_kcd_proxy *p)
 }
 
 /* A new generation with cfg (taken over); nothing changes on failure but
- * the message. */
+ * the message (also logged: a reload that fails after the call returned is
+ * logged as well, so the error log has each failed reload once). */
 static int
 reload(struct eas_kcd_proxy *p, struct config *cfg)
 {
@@ -1283,31 +1344,39 @@ reload(struct eas_kcd_proxy *p, struct config *cfg)
 
 	if (listeners_prepare(p, cfg, &ls) != 0) {
 		config_free(cfg);
-		return EAS_KCD_PROXY_E_START;
+		goto fail;
 	}
 	if ((g = gen_new(p, cfg, &ls)) == NULL) {	/* takes cfg */
 		listeners_abort(&ls);
-		return EAS_KCD_PROXY_E_START;
+		goto fail;
 	}
 	if (open_logs(p, g->cfg) != 0) {
 		p->gens = g->next;	/* gen_new put it first */
 		g->retiring = 1;
 		gen_free(g);
 		listeners_abort(&ls);
-		return EAS_KCD_PROXY_E_START;
+		goto fail;
 	}
 	listeners_commit(p, g->cfg, &ls);
 	/* a generation still waiting for its kcd is superseded by this one */
 	for (struct egen *o = g->next; o != NULL; o = o->next)
 		if (!o->active && !o->retiring) {
-			o->retiring = 1;
-			worker_free(o->w);
-			o->w = NULL;
+			gen_abandon(o);
 			gen_kcd_stop(o, proc_now_ms());
 		}
 	log_info("embed", "reload: generation %u starts; generation %u serves until its kcd "
 	    "is ready", g->id, p->serving);
+	if (!g->active && !g->retiring) {
+		struct timeval tv;
+
+		tv.tv_sec = (time_t)(KCD_READY_TIMEOUT_MS / 1000u);
+		tv.tv_usec = (suseconds_t)((KCD_READY_TIMEOUT_MS % 1000u) * 1000u);
+		evtimer_add(g->start_ev, &tv);
+	}
 	return EAS_KCD_PROXY_OK;
+fail:
+	log_error("embed", "reload failed: %s; generation %u keeps serving", p->errmsg, p->serving);
+	return EAS_KCD_PROXY_E_START;
 }
 
 int

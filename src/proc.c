@@ -55,6 +55,10 @@
 #define BACKOFF_MAX_MS	10000u
 #define BACKOFF_RESET_MS 60000u		/* up this long: the next crash starts over */
 #define KILL_GRACE_MS	1000u		/* after a drain deadline, before SIGKILL */
+/* A reload's new kcd must report READY this soon, else the reload is
+ * abandoned. Its start-up reads local files only (krb5.conf, the keytab's
+ * mode; the TGT comes after READY), so this is a hang, not a slow disk. */
+#define KCD_READY_TIMEOUT_MS 10000u
 #define LISTEN_BACKLOG	511
 
 enum child_kind { CHILD_KCD, CHILD_WORKER };
@@ -92,6 +96,11 @@ struct gen {
 	unsigned n_workers;
 	struct child *workers;
 	struct event *kill_ev;		/* SIGKILL stragglers after the drain deadline */
+	/* a reload's generation starts its kcd alone and its workers once kcd
+	 * reported READY (gen_start): no worker accepts a device before its
+	 * kcd is known to be up. start_ev bounds that wait. */
+	int workers_started;
+	struct event *start_ev;
 	uint64_t deadline;		/* drain deadline (proc_now_ms) once retiring */
 	struct gen *next;		/* older */
 	/* TLS session ticket keys shared by this generation's workers, so a
@@ -481,6 +490,8 @@ gen_free(struct gen *g)
 	}
 	if (g->kill_ev != NULL)
 		event_free(g->kill_ev);
+	if (g->start_ev != NULL)
+		event_free(g->start_ev);
 	gen_close_listeners(g);
 	config_free(g->cfg);
 	free(g->workers);
@@ -552,6 +563,9 @@ reap_gens(void)
 
 static void on_restart(evutil_socket_t fd, short what, void *arg);
 static void on_gen_kill(evutil_socket_t fd, short what, void *arg);
+static void on_gen_start_timeout(evutil_socket_t fd, short what, void *arg);
+static int has_older_serving(const struct gen *g);
+static void gen_retire(struct gen *g, uint64_t deadline);
 static void on_child_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg);
 static void on_child_close(struct ipc_chan *ch, const char *why, void *arg);
 
@@ -809,21 +823,79 @@ on_restart(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void
+gen_start_workers(struct gen *g)
+{
+	g->workers_started = 1;
+	for (unsigned i = 0; i < g->n_workers; i++)
+		if (spawn(&g->workers[i]) != 0)
+			schedule_restart(&g->workers[i], 0);
+}
+
+/*
+ * Start g's children, kcd first, so each worker's channel to it is made as
+ * the worker starts. The first generation starts its workers at once:
+ * nothing else serves, and they answer /readyz and the devices (503) while
+ * kcd comes up. A reload's generation starts only its kcd: its workers are
+ * forked once kcd reported READY (child_ready), within KCD_READY_TIMEOUT_MS
+ * or the reload is abandoned (on_gen_start_timeout). A new worker accepts
+ * on the very sockets the serving generation accepts on (a dup: the same
+ * SO_REUSEPORT member), so one started next to a kcd that then refuses its
+ * keytab would take devices it can only fail.
+ */
 static int
 gen_start(struct gen *g)
 {
+	struct timeval tv = ms_tv(KCD_READY_TIMEOUT_MS);
+
 	for (unsigned i = 0; i < gen_nchildren(g); i++) {
 		struct child *c = gen_child(g, i);
 		if ((c->restart_ev = evtimer_new(P.base, on_restart, c)) == NULL)
 			return -1;
 	}
-	if ((g->kill_ev = evtimer_new(P.base, on_gen_kill, g)) == NULL)
+	if ((g->kill_ev = evtimer_new(P.base, on_gen_kill, g)) == NULL ||
+	    (g->start_ev = evtimer_new(P.base, on_gen_start_timeout, g)) == NULL)
 		return -1;
-	/* kcd first, so each worker's channel to it is made as the worker starts */
-	for (unsigned i = 0; i < gen_nchildren(g); i++)
-		if (spawn(gen_child(g, i)) != 0)
-			schedule_restart(gen_child(g, i), 0);
+	if (spawn(&g->kcd) != 0)
+		schedule_restart(&g->kcd, 0);
+	if (!has_older_serving(g))
+		gen_start_workers(g);
+	else
+		evtimer_add(g->start_ev, &tv);
 	return 0;
+}
+
+/* A reload's kcd did not report READY in time: it hangs in its start-up
+ * (or keeps failing to be forked). The serving generation stays. The kcd
+ * has no worker and nothing in flight, and a hung one would not read a
+ * SHUTDOWN: it is killed at once (its channel closed first, so that its
+ * end does not read as a failure of its own). */
+static void
+on_gen_start_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct gen *g = arg;
+	struct child *k = &g->kcd;
+
+	(void)fd;
+	(void)what;
+	assert(g->magic == GEN_MAGIC);
+	if (g->state != GEN_STARTING || k->ready || !has_older_serving(g))
+		return;
+	if (k->pid > 0) {
+		log_error("proc", "reload failed: generation %u: kcd (pid %ld) not ready within "
+		    "%u ms, killed; the previous generation keeps serving", g->id, (long)k->pid,
+		    KCD_READY_TIMEOUT_MS);
+		if (k->ctl != NULL) {
+			ipc_chan_free(k->ctl);
+			k->ctl = NULL;
+		}
+		kill(k->pid, SIGKILL);
+	} else {
+		log_error("proc", "reload failed: generation %u: kcd could not be started within "
+		    "%u ms; the previous generation keeps serving", g->id, KCD_READY_TIMEOUT_MS);
+	}
+	gen_retire(g, proc_now_ms());
+	reap_gens();			/* a killed kcd: once on_sigchld has it */
 }
 
 static void
@@ -882,6 +954,8 @@ gen_retire(struct gen *g, uint64_t deadline)
 	}
 	g->state = GEN_RETIRING;
 	g->deadline = deadline;
+	if (g->start_ev != NULL)
+		evtimer_del(g->start_ev);
 	/* nothing restarts a retiring generation's children: the parent's
 	 * copies go now, so a socket that no newer generation kept (an
 	 * address or a worker slot the reload dropped) closes as soon as its
@@ -920,6 +994,12 @@ child_ready(struct child *c)
 
 	c->ready = 1;
 	log_debug("proc", "%s (pid %ld, generation %u) ready", c->name, (long)c->pid, g->id);
+	if (g->state == GEN_STARTING && c->kind == CHILD_KCD && !g->workers_started) {
+		/* a reload's kcd is up: now its workers may take devices */
+		evtimer_del(g->start_ev);
+		log_info("proc", "generation %u: kcd ready; starting %u workers", g->id, g->n_workers);
+		gen_start_workers(g);
+	}
 	if (g->state != GEN_STARTING || !gen_all_ready(g))
 		return;
 	g->state = GEN_ACTIVE;
@@ -1015,8 +1095,10 @@ child_exited(struct child *c, int st)
 		c->pid = 0;
 		return;
 	}
-	if (g->state == GEN_STARTING && !c->ready && has_older_serving(g)) {
-		/* a reload whose new children cannot start: keep the old ones */
+	if (g->state == GEN_STARTING && has_older_serving(g)) {
+		/* a reload whose new children cannot start, or a child that
+		 * fails before the rest is up: keep the old ones. A kcd that
+		 * dies here has workers that would accept without it. */
 		log_error("proc", "reload failed: %s (pid %ld) of generation %u %s during start-up; "
 		    "the previous generation keeps serving", c->name, (long)c->pid, g->id, how);
 		c->pid = 0;

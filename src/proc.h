@@ -5,10 +5,14 @@
  *
  * A generation is {config, listening sockets, kcd, workers}. The parent runs
  * one generation at start; SIGHUP loads the file again and, when it is
- * valid, starts a new generation on the same listening sockets. Once every
- * child of the new generation has reported IPC_READY, the older generations
- * get IPC_SHUTDOWN and drain; the parent forgets a generation when its last
- * child has exited (docs/architecture.md, "Reload is a new generation").
+ * valid, starts a new generation on the same listening sockets: its kcd
+ * first, its workers only once that kcd has reported IPC_READY (within
+ * 10 s, else the reload is abandoned), so no new worker accepts a device
+ * without a kcd. Once every child of the new generation has reported
+ * IPC_READY, the older generations get IPC_SHUTDOWN and drain; a child of
+ * the new generation that exits before that abandons the reload. The
+ * parent forgets a generation when its last child has exited
+ * (docs/architecture.md, "Reload is a new generation").
  *
  * Control messages (parent <-> child, payloads built with ipc_put_*):
  *   SHUTDOWN        p->c  u64 deadline: CLOCK_MONOTONIC ms (proc_now_ms);

@@ -170,6 +170,25 @@ def test_sighup_with_a_good_config_replaces_the_generation(started_proxy):
     assert p.exited() is None
 
 
+def test_a_reloads_workers_are_started_only_once_its_kcd_is_ready(started_proxy):
+    """A new worker accepts on the serving generation's own sockets, so the
+    parent forks a reload's workers only after the new kcd reported READY:
+    in the log, kcd 2 starts, the parent gets its READY, then starts the
+    workers of generation 2; none is started before."""
+    p = started_proxy
+    p.signal(signal.SIGHUP)
+    p.wait_ready(2)
+    log = p.log_text()
+    kcd = re.search(r"started kcd \(pid (\d+), generation 2\)", log)
+    assert kcd, log[-3000:]
+    ready = re.search(rf"proc: kcd \(pid {kcd.group(1)}, generation 2\) ready", log)
+    go = re.search(r"info proc: generation 2: kcd ready; starting 2 workers", log)
+    started = [m.start() for m in
+               re.finditer(r"started worker \d \(pid \d+, generation 2\)", log)]
+    assert ready and go and len(started) == 2, log[-3000:]
+    assert kcd.start() < ready.start() < go.start() < min(started), log[-3000:]
+
+
 def test_sighup_to_fewer_workers_closes_the_dropped_slot_socket(started_proxy):
     # a slot the reload drops must not keep a socket in the group: the
     # kernel would queue its share of connections where nobody accepts

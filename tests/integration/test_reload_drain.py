@@ -6,11 +6,19 @@ like a Ping that is answered.
 Each device connection comes from its own loopback address (127.0.0.x), so
 the error log's "[pid] worker debug stream: 127.0.0.x: certificate maps
 to ..." line names the worker process that served it.
+
+A reload whose new kcd fails at start (a keytab readable by every user,
+which config.c only warns about and kcd refuses; a kcd that never reports
+ready) is abandoned before any worker of the new generation exists: devices
+connecting in a loop all through it are answered by the old generation.
 """
+import os
 import re
+import shutil
 import signal
 import socket
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -243,3 +251,254 @@ def test_sigterm_during_a_reload_drain_shortens_the_old_generations_deadline(mak
     assert re.search(r"generation 1: drain deadline now in \d+ ms", log), log[-3000:]
     assert re.search(rf"worker 0 \(pid {old}, generation 1\) exited with status 0", log), log[-3000:]
     assert "killing it" not in log, log[-3000:]
+
+
+# ---------------------------------------------------- a reload whose kcd fails --
+
+class DeviceLoop:
+    """New device connections from source, one after another, in a thread,
+    until stop(): .results holds a device.Response or the exception of each
+    request. Every request is a fresh connection (so a worker that accepts
+    anything during the reload would get some of them)."""
+
+    def __init__(self, p, source, dev):
+        self.p = p
+        self.source = source
+        self.dev = dev
+        self.results = []
+        self.stopping = False
+        self.cert = p.device_cert("alice")
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                r = device.request(self.p.port, self.cert, self.p.server_ca.cert,
+                                   device.eas_target("Sync", user="alice", device=self.dev),
+                                   source=self.source, timeout=30)
+            except Exception as e:      # the test inspects it
+                r = e
+            self.results.append(r)
+
+    def wait_for(self, n, timeout=30):
+        wait_until(lambda: len(self.results) >= n, timeout, f"{n} device requests from {self.source}")
+
+    def stop(self):
+        self.stopping = True
+        self.t.join(60)
+        assert not self.t.is_alive(), "the device loop did not end"
+        return self.results
+
+
+def metrics_text(p):
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def answered_by_old_generation(p, loop, gen1):
+    """Every request of loop answered 200 by a worker of gen1 (pids), each
+    exactly once in the error log and the access log, nothing else counted."""
+    results = loop.results
+    bad = [r for r in results if not (isinstance(r, device.Response) and r.status == 200)]
+    assert not bad, f"{len(bad)} of {len(results)} device requests failed: {bad[:3]}"
+    served = [int(m.group(1)) for m in re.finditer(
+        rf"\[(\d+)\] worker debug stream: {re.escape(loop.source)}: certificate maps to",
+        p.log_text(), re.M)]
+    assert len(served) == len(results), (len(served), len(results))
+    assert set(served) <= gen1, f"served by {set(served) - gen1}, not generation 1 {gen1}"
+    recs = wait_until(lambda: (lambda r: r if len(r) == len(results) else None)(
+        [r for r in access_records(p) if r["device_id"] == loop.dev]), 15,
+        f"{len(results)} access records of {loop.dev}")
+    assert all(r["status"] == 200 and r["reason"] == "ok" for r in recs), \
+        [r for r in recs if r["status"] != 200][:3]
+    # nothing accepted anywhere else: every handshake and request counted
+    # is one of the loop's, answered ok
+    text = metrics_text(p)
+    hs = re.search(r"^eas_kcd_proxy_tls_handshakes_total (\d+)$", text, re.M)
+    assert hs and int(hs.group(1)) == len(results), (hs and hs.group(0), len(results))
+    reqs = re.findall(r'^eas_kcd_proxy_requests_total\{reason="([^"]+)",status="([^"]+)"\} (\d+)$',
+                      text, re.M)
+    assert {(r, s) for r, s, n in reqs if int(n)} == {("ok", "2xx")}, reqs
+    assert sum(int(n) for *_, n in reqs) == len(results), (reqs, len(results))
+
+
+def errors_after_sighup(p):
+    """The error-level lines of the log from the (last) SIGHUP on."""
+    log = p.log_text()
+    log = log[log.rindex("SIGHUP: reloading"):]
+    return [ln for ln in log.splitlines() if re.search(r"\] \w+ error ", ln)]
+
+
+def no_worker_of(p, generation):
+    log = p.log_text()
+    assert not re.search(rf"started worker \d+ \(pid \d+, generation {generation}\)", log), \
+        f"a worker of generation {generation} was started:\n{log[-3000:]}"
+    assert not re.search(rf"\(generation {generation}\) accepting", log), log[-3000:]
+
+
+def good_reload_works(p, settings, generation, gen1):
+    """A later reload to settings starts generation, whose new workers
+    answer a new device."""
+    p.write_config(settings=settings)
+    p.signal(signal.SIGHUP)
+    p.wait_ready(generation, timeout=30)
+    p.wait_for_log(rf"generation {generation} ready")
+    fresh = workers(p) - gen1
+    r = device.request(p.port, p.device_cert("bob"), p.server_ca.cert,
+                       device.eas_target("Sync", user="bob", device="LATER"), source="127.0.0.12")
+    assert r.status == 200 and r.json()["remote_user"] == "bob@EXAMPLE.TEST", r.status
+    assert served_by(p, "127.0.0.12") in fresh
+
+
+def test_a_reload_whose_kcd_refuses_the_keytab_never_accepts_a_device(make_lab_proxy):
+    """The new kcd refuses a keytab readable by every user (config.c only
+    warns). The reload is abandoned before any worker of generation 2 is
+    started, so no device lands on a worker without a kcd: devices
+    connecting in a loop throughout are all answered 200 by generation 1;
+    the error log names the cause once and the failure once; a later good
+    reload works."""
+    p = make_lab_proxy(workers=2).start()
+    good = p.settings["kerberos"]["keytab"]
+    before = {c["pid"] for c in p.children()}
+    gen1 = workers(p)
+    bad = p.path("world-readable.keytab")
+    shutil.copyfile(good, bad)
+    os.chmod(bad, 0o644)
+    loop = DeviceLoop(p, "127.0.0.10", "LOOPKEYTAB")
+    try:
+        loop.wait_for(3)
+        p.write_config(settings={"kerberos": {"keytab": bad}})
+        p.signal(signal.SIGHUP)
+        p.wait_for_log(r"reload failed: kcd \(pid \d+\) of generation 2 exited with status 1 "
+                       r"during start-up; the previous generation keeps serving", 20)
+        p.wait_for_log(r"generation 2 finished", 20)
+        n = len(loop.results)
+        loop.wait_for(n + 3)
+    finally:
+        loop.stop()
+    answered_by_old_generation(p, loop, gen1)
+    no_worker_of(p, 2)
+    # the cause once (kcd), the failure once (the parent), nothing else
+    errors = errors_after_sighup(p)
+    assert len(errors) == 2, errors
+    assert re.search(r"kcd error kcd: keytab '" + re.escape(bad) + r"' is readable by every user",
+                     errors[0]), errors
+    assert "reload failed" in errors[1], errors
+    assert {c["pid"] for c in p.children()} == before
+    good_reload_works(p, {"kerberos": {"keytab": good}}, 3, gen1)
+
+
+def test_a_reload_whose_kcd_never_reports_ready_is_abandoned_in_time(make_lab_proxy, lab):  # noqa: F811
+    """The new kcd hangs at start (its krb5.conf includes a FIFO nobody
+    writes: libkrb5 blocks opening it). No worker of generation 2 is
+    started while its kcd is not ready; after the bound the reload is
+    abandoned, the hung kcd killed, and generation 1 answered every device
+    throughout; a later good reload works."""
+    p = make_lab_proxy(workers=2).start()
+    before = {c["pid"] for c in p.children()}
+    gen1 = workers(p)
+    fifo = p.path("hang.fifo")
+    os.mkfifo(fifo, 0o600)
+    hang = p.path("krb5-hang.conf")
+    with open(lab.krb5_conf) as src, open(hang, "w") as out:
+        out.write(f"include {fifo}\n\n" + src.read())
+    loop = DeviceLoop(p, "127.0.0.11", "LOOPHANG")
+    try:
+        loop.wait_for(3)
+        p.write_config(settings={"kerberos": {"krb5_conf": hang}})
+        p.signal(signal.SIGHUP)
+        m = p.wait_for_log(r"started kcd \(pid (\d+), generation 2\)", 20)
+        kcd2 = int(m.group(1))
+        time.sleep(2)
+        # kcd 2 is stuck before READY: nothing of generation 2 but it runs
+        assert {c["pid"] for c in p.children()} == before | {kcd2}, p.children()
+        no_worker_of(p, 2)
+        p.wait_for_log(r"reload failed: generation 2: kcd \(pid \d+\) not ready within \d+ ms, "
+                       r"killed; the previous generation keeps serving", 30)
+        p.wait_for_log(r"generation 2 finished", 20)
+        n = len(loop.results)
+        loop.wait_for(n + 3)
+    finally:
+        loop.stop()
+    answered_by_old_generation(p, loop, gen1)
+    no_worker_of(p, 2)
+    errors = errors_after_sighup(p)
+    assert len(errors) == 1 and "reload failed" in errors[0], errors
+    assert {c["pid"] for c in p.children()} == before
+    good_reload_works(p, {"kerberos": {"krb5_conf": lab.krb5_conf}}, 3, gen1)
+
+
+# ------------------------------------- the same through the embedding library --
+
+def embedded_answered_by_old_generation(p, loop):
+    results = loop.results
+    bad = [r for r in results if not (isinstance(r, device.Response) and r.status == 200)]
+    assert not bad, f"{len(bad)} of {len(results)} device requests failed: {bad[:3]}"
+    recs = wait_until(lambda: (lambda r: r if len(r) == len(results) else None)(
+        [r for r in access_records(p) if r["device_id"] == loop.dev]), 15,
+        f"{len(results)} access records of {loop.dev}")
+    assert all(r["status"] == 200 and r["reason"] == "ok" for r in recs), recs[:3]
+    assert not re.search(r"embed: generation 2 serving", p.log_text()), p.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("case", ["world_readable_keytab_process", "world_readable_keytab_thread",
+                                  "hung_kcd_process"])
+def test_an_embedded_reload_whose_kcd_fails_keeps_the_serving_generation(lab, case):  # noqa: F811
+    """mdm-gateway (the embedding library on the example's loop): a reload
+    whose kcd refuses the keytab (kcd as a helper process or a thread), or
+    whose kcd process hangs before READY, is abandoned; its worker never
+    accepts, devices looping throughout are answered by generation 1, the
+    failure is logged once; a later good reload serves."""
+    from test_embed import start_gateway, built
+    args = ["-t"] if case.endswith("_thread") else []
+    p = start_gateway(lab, built("san", "examples", "mdm-gateway"), args=args,
+                      allow=("LOOPEMBED", "LATER"))
+    try:
+        good = dict(p.settings["kerberos"])
+        if case.startswith("world_readable"):
+            bad = p.path("world-readable.keytab")
+            shutil.copyfile(good["keytab"], bad)
+            os.chmod(bad, 0o644)
+            change = {"kerberos": {"keytab": bad}}
+            # kcd refuses at once: the reload call may still be handing it
+            # the worker's channel (and fail), or have returned already
+            failed = (r"reload failed: generation 2: kcd exited (before it was ready "
+                      r"\(.*\)|at start, .*); generation 1 keeps serving")
+        else:
+            fifo = p.path("hang.fifo")
+            os.mkfifo(fifo, 0o600)
+            hang = p.path("krb5-hang.conf")
+            with open(lab.krb5_conf) as src, open(hang, "w") as out:
+                out.write(f"include {fifo}\n\n" + src.read())
+            change = {"kerberos": {"krb5_conf": hang}}
+            failed = (r"reload failed: generation 2: kcd not ready within \d+ ms, killed; "
+                      r"generation 1 keeps serving")
+        loop = DeviceLoop(p, "127.0.0.13", "LOOPEMBED")
+        try:
+            loop.wait_for(3)
+            p.write_config(settings=change)
+            p.signal(signal.SIGHUP)
+            m = p.wait_for_log(failed, 30)
+            if "exited at start" not in m.group(0):
+                # given up after the call returned (else it freed it at once)
+                p.wait_for_log(r"embed: generation 2 finished", 20)
+            n = len(loop.results)
+            loop.wait_for(n + 3)
+        finally:
+            loop.stop()
+        embedded_answered_by_old_generation(p, loop)
+        log = p.log_text()
+        assert len(re.findall(r"reload failed", log)) == 1, log[-3000:]
+        if case.startswith("world_readable"):
+            assert len(re.findall(r"kcd: keytab '" + re.escape(bad) +
+                                  r"' is readable by every user", log)) == 1, log[-3000:]
+        p.write_config(settings={"kerberos": good})
+        p.signal(signal.SIGHUP)
+        p.wait_for_log(r"embed: generation 3 serving", 30)
+        r = device.request(p.port, p.device_cert("bob"), p.server_ca.cert,
+                           device.eas_target("Sync", user="bob", device="LATER"),
+                           source="127.0.0.14")
+        assert r.status == 200 and r.json()["remote_user"] == "bob@EXAMPLE.TEST", r.status
+    finally:
+        stop_all([p])
