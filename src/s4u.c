@@ -1606,9 +1606,9 @@ fast_ticket(struct s4u *s, struct s4u_req *r)
  * 0x8003 checksum over the channel bindings with MIT's context flags, and
  * client_aware_channel_bindings as krb5.conf says; the AP-REQ in RFC 2743
  * framing. Returns 0 with *tok (base64 in s->fast_tok: valid until the
- * next fast_token) and, for KCD_F_MUTUAL, *rep (the caller's: the authenticator's ctime/cusec, a
- * reference to the session key and the subkey, what the AP-REP must
- * match); -1 when the fast path cannot make this token (nothing to
+ * next fast_token) and, for KCD_F_MUTUAL, *rep (the caller's: the
+ * authenticator's ctime/cusec, a reference to the session key and the
+ * subkey, what the AP-REP must match); -1 when the fast path cannot make this token (nothing to
  * release; the caller takes the GSS route): no ticket kept, its end
  * within S4U_TICKET_MARGIN_MS, or a krb5 failure (logged at debug). */
 static int
