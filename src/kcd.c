@@ -209,6 +209,11 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 		    cb_len, KCD_CB_MAX);
 		return -1;
 	}
+	if (flags & ~KCD_F_ALL) {
+		/* no worker sends them: a bug or a compromised worker */
+		snprintf(why, whylen, "token_req with unknown flags 0x%x", flags & ~KCD_F_ALL);
+		return -1;
+	}
 	/* a warm user: the token is made here and now (s4u.h, Warm tokens) */
 	switch (s4u_token_now(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len,
 	    flags, &res, &serr)) {

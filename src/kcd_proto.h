@@ -45,6 +45,7 @@
 #define KCD_F_MUTUAL		0x1u	/* keep the context to verify the reply */
 #define KCD_F_REFRESH		0x2u	/* the backend refused the last token (401):
 					 * drop the cached credential, ask the KDC anew */
+#define KCD_F_ALL		(KCD_F_MUTUAL | KCD_F_REFRESH)	/* kcd refuses other bits */
 
 enum kcd_err_class {
 	KCD_ERR_USER = 1,	/* KDC refused the user: 403 kdc_<NAME> */

@@ -317,6 +317,16 @@ test_refusals_close_only_that_worker_channel(void **state)
 	close(w);
 	expect_logged(&k, "closing the channel of worker 7: token_req with 65 bytes of channel bindings");
 
+	/* flags no worker sends */
+	w = worker_channel(&k, 1);	/* (its first channel was closed above) */
+	put_token_req("alice@EXAMPLE.TEST", 0);
+	B.len -= 4;
+	ipc_put_u32(&B, 0x80u | KCD_F_MUTUAL);
+	assert_int_equal(ipc_send_blocking(w, IPC_TOKEN_REQ, 1, B.data, B.len, -1), 0);
+	expect_closed(w);
+	close(w);
+	expect_logged(&k, "closing the channel of worker 1: token_req with unknown flags 0x80");
+
 	/* a descriptor passed by a worker */
 	w = worker_channel(&k, 8);
 	assert_int_equal(pipe(pipefd), 0);
