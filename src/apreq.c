@@ -397,6 +397,32 @@ get_ctx_int(const unsigned char **p, const unsigned char *end, unsigned n, int64
 	return 0;
 }
 
+/* in..in+len is exactly [tag] { SEQUENCE { ... } }, nothing after either:
+ * *v, *vlen are the SEQUENCE's contents; after and after_seq are the
+ * causes for bytes left over after the outer and the inner one. */
+static int
+get_wrapped_seq(const unsigned char *in, size_t len, unsigned char tag, const char *after,
+    const char *after_seq, const unsigned char **v, size_t *vlen, const char **cause)
+{
+	const unsigned char *p = in, *end = in + len, *w;
+	size_t wlen;
+
+	if (get_tlv(&p, end, tag, &w, &wlen, cause) != 0)
+		return -1;
+	if (p != end) {
+		*cause = after;
+		return -1;
+	}
+	p = w;
+	if (get_tlv(&p, w + wlen, T_SEQ, v, vlen, cause) != 0)
+		return -1;
+	if (p != end) {
+		*cause = after_seq;
+		return -1;
+	}
+	return 0;
+}
+
 static int
 is_ctx(const unsigned char *p, const unsigned char *end, unsigned n)
 {
@@ -420,19 +446,9 @@ apreq_parse_rep(const unsigned char *in, size_t len, struct apreq_enc_part *out,
 		*cause = "not an AP-REP (its first tag is not [APPLICATION 15])";
 		return -1;
 	}
-	if (get_tlv(&p, end, T_AP_REP, &v, &vlen, cause) != 0)
+	if (get_wrapped_seq(in, len, T_AP_REP, "bytes after the AP-REP",
+	    "bytes after the AP-REP's SEQUENCE", &v, &vlen, cause) != 0)
 		return -1;
-	if (p != end) {
-		*cause = "bytes after the AP-REP";
-		return -1;
-	}
-	p = v;
-	if (get_tlv(&p, v + vlen, T_SEQ, &v, &vlen, cause) != 0)
-		return -1;
-	if (p != end) {
-		*cause = "bytes after the AP-REP's SEQUENCE";
-		return -1;
-	}
 	p = v;
 	end = v + vlen;
 	if (get_ctx_int(&p, end, 0, &x, cause) != 0)
@@ -515,19 +531,9 @@ apreq_parse_enc_rep_part(const unsigned char *in, size_t len, int64_t *ctime,
 		*cause = "empty EncAPRepPart";
 		return -1;
 	}
-	if (get_tlv(&p, end, T_ENC_REP_PART, &v, &vlen, cause) != 0)
+	if (get_wrapped_seq(in, len, T_ENC_REP_PART, "bytes after the EncAPRepPart",
+	    "bytes after the EncAPRepPart's SEQUENCE", &v, &vlen, cause) != 0)
 		return -1;
-	if (p != end) {
-		*cause = "bytes after the EncAPRepPart";
-		return -1;
-	}
-	p = v;
-	if (get_tlv(&p, v + vlen, T_SEQ, &v, &vlen, cause) != 0)
-		return -1;
-	if (p != end) {
-		*cause = "bytes after the EncAPRepPart's SEQUENCE";
-		return -1;
-	}
 	p = v;
 	end = v + vlen;
 	/* ctime [0] KerberosTime */
