@@ -7,7 +7,9 @@
 #define EKP_TEST_KRB5TEST_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <krb5.h>
 
@@ -46,6 +48,32 @@ krb5test_write_conf(const char *path, int port)
 	    " dns_canonicalize_hostname = false\n rdns = false\n"
 	    "[realms]\n EXAMPLE.TEST = {\n  kdc = 127.0.0.1:%d\n }\n", port);
 	assert_int_equal(fclose(f), 0);
+}
+
+/* A test's own directory in /tmp for its krb5.conf and the proxy's keytab
+ * (the paths are set; nothing is written yet). */
+struct krb5test_dir {
+	char dir[64], krb5_conf[96], keytab[96];
+};
+
+static inline void
+krb5test_dir_make(struct krb5test_dir *d, const char *name)
+{
+	snprintf(d->dir, sizeof(d->dir), "/tmp/%s.XXXXXX", name);
+	assert_non_null(mkdtemp(d->dir));
+	snprintf(d->krb5_conf, sizeof(d->krb5_conf), "%s/krb5.conf", d->dir);
+	snprintf(d->keytab, sizeof(d->keytab), "%s/proxy.keytab", d->dir);
+}
+
+/* Removes what krb5test_dir_make made (and the two files, if written). */
+static inline void
+krb5test_dir_remove(const struct krb5test_dir *d)
+{
+	if (d->dir[0] == '\0')
+		return;
+	unlink(d->keytab);
+	unlink(d->krb5_conf);
+	rmdir(d->dir);
 }
 
 #endif

@@ -223,9 +223,7 @@ test_spnego_reply_is_unwrapped_to_its_response_token(void **state)
 /* ---- the asynchronous machinery --------------------------------------------------- */
 
 struct world {
-	char dir[64];
-	char krb5_conf[128];
-	char keytab[128];
+	struct krb5test_dir d;
 	int udp, tcp;			/* the "KDC" sockets, -1 when none */
 	struct event_base *base;
 	struct s4u *s;
@@ -317,18 +315,15 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 
 	memset(w, 0, sizeof(*w));
 	w->udp = w->tcp = -1;
-	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u.XXXXXX");
-	assert_non_null(mkdtemp(w->dir));
+	krb5test_dir_make(&w->d, "test_s4u");
 	current = w;
-	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
-	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
 	port = kdc_port(w, blackhole);
-	krb5test_write_conf(w->krb5_conf, port);
+	krb5test_write_conf(w->d.krb5_conf, port);
 	if (with_keytab)
-		krb5test_make_keytab(w->keytab, PROXY);
-	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
+		krb5test_make_keytab(w->d.keytab, PROXY);
+	assert_int_equal(s4u_env_init(w->d.krb5_conf, err, sizeof(err)), 0);
 	assert_non_null(w->base = event_base_new());
-	p.keytab = w->keytab;
+	p.keytab = w->d.keytab;
 	p.principal = PROXY;
 	w->s = s4u_new(w->base, &p, err, sizeof(err));
 	if (w->s == NULL)
@@ -338,8 +333,6 @@ world_up(struct world *w, int blackhole, int with_keytab, unsigned threads, uint
 static void
 world_down(struct world *w)
 {
-	char path[160];
-
 	current = NULL;
 	if (w->udp >= 0)
 		close(w->udp);
@@ -349,10 +342,7 @@ world_down(struct world *w)
 		s4u_free(w->s);
 	if (w->base != NULL)
 		event_base_free(w->base);
-	snprintf(path, sizeof(path), "%s/proxy.keytab", w->dir);
-	unlink(path);
-	unlink(w->krb5_conf);
-	rmdir(w->dir);
+	krb5test_dir_remove(&w->d);
 }
 
 static int
@@ -594,7 +584,7 @@ test_missing_keytab_is_a_cached_proxy_refusal(void **state)
 	run_until(&w, &ans, 1);
 	assert_false(ans.a[0].ok);
 	assert_int_equal(ans.a[0].cls, KCD_ERR_PROXY);
-	if (strstr(ans.a[0].text, "hint:") == NULL || strstr(ans.a[0].text, w.keytab) == NULL)
+	if (strstr(ans.a[0].text, "hint:") == NULL || strstr(ans.a[0].text, w.d.keytab) == NULL)
 		fail_msg("expected the keytab path and a hint in: %s", ans.a[0].text);
 
 	ask(&w, "alice@EXAMPLE.TEST", &ans);

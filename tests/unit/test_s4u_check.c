@@ -29,7 +29,7 @@
 #define PROXY	"HTTP/proxy.example.test@EXAMPLE.TEST"
 
 struct world {
-	char dir[64], krb5_conf[96], keytab[96];
+	struct krb5test_dir d;
 	struct event_base *base;
 	struct s4u *s;
 	unsigned as_ok, as_err;		/* on_tgt_exchange reports */
@@ -86,17 +86,14 @@ world_up(struct world *w, int with_keytab)
 	char err[256];
 
 	memset(w, 0, sizeof(*w));
-	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u_check.XXXXXX");
-	assert_non_null(mkdtemp(w->dir));
+	krb5test_dir_make(&w->d, "test_s4u_check");
 	current = w;
-	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
-	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
-	krb5test_write_conf(w->krb5_conf, closed_port());
+	krb5test_write_conf(w->d.krb5_conf, closed_port());
 	if (with_keytab)
-		krb5test_make_keytab(w->keytab, PROXY);
-	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
+		krb5test_make_keytab(w->d.keytab, PROXY);
+	assert_int_equal(s4u_env_init(w->d.krb5_conf, err, sizeof(err)), 0);
 	assert_non_null(w->base = event_base_new());
-	p.keytab = w->keytab;
+	p.keytab = w->d.keytab;
 	p.principal = PROXY;
 	p.on_tgt_exchange = on_exchange;
 	p.tgt_arg = w;
@@ -112,9 +109,7 @@ world_down(struct world *w)
 		s4u_free(w->s);
 	if (w->base != NULL)
 		event_base_free(w->base);
-	unlink(w->keytab);
-	unlink(w->krb5_conf);
-	rmdir(w->dir);
+	krb5test_dir_remove(&w->d);
 }
 
 static int
@@ -176,7 +171,7 @@ test_no_keytab_is_no_tgt_with_the_cause(void **state)
 	assert_int_equal(seen.end_ms, 0);
 	assert_int_equal(seen.cls, KCD_ERR_PROXY);
 	assert_true(seen.name[0] != '\0');
-	if (strstr(seen.text, PROXY) == NULL || strstr(seen.text, w.keytab) == NULL)
+	if (strstr(seen.text, PROXY) == NULL || strstr(seen.text, w.d.keytab) == NULL)
 		fail_msg("the cause names neither the principal nor the keytab: %s", seen.text);
 	/* a failed acquisition, reported before the check's answer */
 	assert_int_equal(w.as_ok, 0);

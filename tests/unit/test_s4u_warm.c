@@ -30,7 +30,7 @@
 #define SPN	"HTTP@exchange.example.test"
 
 struct world {
-	char dir[64], krb5_conf[96], keytab[96];
+	struct krb5test_dir d;
 	struct event_base *base;
 	struct s4u *s;
 };
@@ -66,20 +66,17 @@ world_up(struct world *w)
 	char err[256];
 
 	memset(w, 0, sizeof(*w));
-	snprintf(w->dir, sizeof(w->dir), "/tmp/test_s4u_warm.XXXXXX");
-	assert_non_null(mkdtemp(w->dir));
+	krb5test_dir_make(&w->d, "test_s4u_warm");
 	current = w;
-	snprintf(w->krb5_conf, sizeof(w->krb5_conf), "%s/krb5.conf", w->dir);
-	snprintf(w->keytab, sizeof(w->keytab), "%s/proxy.keytab", w->dir);
-	krb5test_write_conf(w->krb5_conf, 9);	/* discard: no KDC is ever asked */
-	krb5test_make_keytab(w->keytab, PROXY);
+	krb5test_write_conf(w->d.krb5_conf, 9);	/* discard: no KDC is ever asked */
+	krb5test_make_keytab(w->d.keytab, PROXY);
 	/* the GSS route on a planted credential (GSS_C_NO_CREDENTIAL) must
 	 * find nothing by default, whatever this machine holds */
 	assert_int_equal(setenv("KRB5CCNAME", "MEMORY:test_s4u_warm_default", 1), 0);
 	assert_int_equal(setenv("KRB5_CLIENT_KTNAME", "FILE:/nonexistent/test_s4u_warm", 1), 0);
-	assert_int_equal(s4u_env_init(w->krb5_conf, err, sizeof(err)), 0);
+	assert_int_equal(s4u_env_init(w->d.krb5_conf, err, sizeof(err)), 0);
 	assert_non_null(w->base = event_base_new());
-	p.keytab = w->keytab;
+	p.keytab = w->d.keytab;
 	p.principal = PROXY;
 	if ((w->s = s4u_new(w->base, &p, err, sizeof(err))) == NULL)
 		fail_msg("s4u_new: %s", err);
@@ -94,9 +91,7 @@ world_down(struct world *w)
 		s4u_free(w->s);
 	if (w->base != NULL)
 		event_base_free(w->base);
-	unlink(w->keytab);
-	unlink(w->krb5_conf);
-	rmdir(w->dir);
+	krb5test_dir_remove(&w->d);
 }
 
 static int
