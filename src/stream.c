@@ -231,7 +231,6 @@ struct ahead {
 	uint64_t asked_ms;		/* mono */
 	char *token;			/* answered: the token (malloc) */
 	uint32_t ctx_id;		/* its kept context (ours to release) */
-	uint64_t cred_end_ms;
 	unsigned cb_len;
 	unsigned char cb[KCD_CB_MAX];	/* the bindings it was asked with */
 };
@@ -1295,15 +1294,16 @@ on_ahead(const struct kcd_answer *ans, void *arg)
 		on_token(ans, s);
 		return;
 	}
-	if (!ans->ok || (a->token = strdup(ans->token)) == NULL) {
-		/* nothing waits: the next request asks for itself */
-		if (ans->ok && ans->ctx_id != 0)
-			kcd_ctx_release(front_kcd(s->w), ans->ctx_id);
-		ahead_drop(s, 0);
-		return;
-	}
-	a->ctx_id = ans->ctx_id;
-	a->cred_end_ms = ans->cred_end_ms;
+	a->ctx_id = ans->ok ? ans->ctx_id : 0;
+	if (!ans->ok || (a->token = strdup(ans->token)) == NULL)
+		ahead_drop(s, 0);	/* (with its context) the next request asks for itself */
+}
+
+/* a is too old to be used, or to be kept (AHEAD_MAX_MS) */
+static int
+ahead_stale(const struct ahead *a, uint64_t now)
+{
+	return now - a->asked_ms > AHEAD_MAX_MS;
 }
 
 /* Ask for the next request's token while rq is forwarded (struct ahead
@@ -1346,7 +1346,7 @@ take_ahead(struct stream *s, struct req *rq, const unsigned char *cb, unsigned c
 	if (a == NULL)
 		return 0;
 	if (rq->retried || a->cb_len != cb_len || (cb_len > 0 && memcmp(a->cb, cb, cb_len) != 0) ||
-	    clock_mono_ms() - a->asked_ms > AHEAD_MAX_MS) {
+	    ahead_stale(a, clock_mono_ms())) {
 		ahead_drop(s, 1);
 		return 0;
 	}
@@ -1361,7 +1361,6 @@ take_ahead(struct stream *s, struct req *rq, const unsigned char *cb, unsigned c
 	ans.ok = 1;
 	ans.token = a->token;
 	ans.ctx_id = a->ctx_id;
-	ans.cred_end_ms = a->cred_end_ms;
 	metrics_self()->tokens_ahead_ready++;
 	on_token(&ans, s);
 	free(a->token);
@@ -2474,7 +2473,7 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	now = clock_mono_ms();
 	LIST_FOREACH(s, &env->streams, link) {
 		/* answered, not waited for, and stale: nothing will use it */
-		if (s->ahead != NULL && s->ahead->kr == NULL && now - s->ahead->asked_ms > AHEAD_MAX_MS)
+		if (s->ahead != NULL && s->ahead->kr == NULL && ahead_stale(s->ahead, now))
 			ahead_drop(s, 1);
 	}
 	backend_stats(env->backend, &st);
