@@ -67,80 +67,102 @@ spin(struct event_base *base)
 		event_base_loop(base, EVLOOP_NONBLOCK);
 }
 
+/* A client on one end of a socketpair, the scripted kcd on the other. */
+struct chan {
+	struct event_base *base;
+	struct kcd_client *kc;
+	int kcd_fd;
+};
+
+static void
+chan_open(struct chan *c)
+{
+	int fds[2];
+
+	assert_non_null(c->base = event_base_new());
+	assert_int_equal(ipc_socketpair(fds), 0);
+	assert_non_null(c->kc = kcd_client_new(c->base, fds[0], 5000));
+	c->kcd_fd = fds[1];
+}
+
+static void
+chan_close(struct chan *c)
+{
+	kcd_client_free(c->kc);
+	close(c->kcd_fd);
+	event_base_free(c->base);
+}
+
+/* user's token asked for (into g); returns the request, *id the id kcd
+ * saw on its TOKEN_REQ. */
+static struct kcd_req *
+ask(struct chan *c, const char *user, struct got *g, uint32_t *id)
+{
+	static uint8_t buf[IPC_MAX_FRAME];
+	struct kcd_req *r;
+	struct ipc_msg m;
+
+	r = kcd_token_request(c->kc, user, "HTTP@exchange.example.test", NULL, 0, KCD_F_MUTUAL,
+	    on_answer, g);
+	assert_non_null(r);
+	spin(c->base);
+	kcd_recv(c->kcd_fd, buf, &m);
+	assert_int_equal(m.type, IPC_TOKEN_REQ);
+	*id = m.id;
+	return r;
+}
+
 static void
 test_answer_reaches_the_caller_and_nothing_is_released(void **state)
 {
 	static uint8_t buf[IPC_MAX_FRAME];
-	struct event_base *base = event_base_new();
-	struct kcd_client *kc;
-	struct kcd_req *r;
+	struct chan c;
 	struct ipc_msg m;
 	struct got g = { 0 };
-	int fds[2];
+	uint32_t id;
 	char err[64];
 
 	(void)state;
-	assert_non_null(base);
-	assert_int_equal(ipc_socketpair(fds), 0);
-	assert_non_null(kc = kcd_client_new(base, fds[0], 5000));
-	r = kcd_token_request(kc, "alice@EXAMPLE.TEST", "HTTP@exchange.example.test", NULL, 0,
-	    KCD_F_MUTUAL, on_answer, &g);
-	assert_non_null(r);
-	spin(base);
-	kcd_recv(fds[1], buf, &m);
-	assert_int_equal(m.type, IPC_TOKEN_REQ);
-	kcd_token_ok(fds[1], m.id, "YIIB", 7);
-	spin(base);
+	chan_open(&c);
+	(void)ask(&c, "alice@EXAMPLE.TEST", &g, &id);
+	kcd_token_ok(c.kcd_fd, id, "YIIB", 7);
+	spin(c.base);
 	assert_int_equal(g.calls, 1);
 	assert_true(g.ok);
 	assert_int_equal(g.ctx_id, 7);
 	assert_string_equal(g.token, "YIIB");
 	/* the caller owns context 7 now: the client sent nothing on its own */
-	assert_int_equal(ipc_recv_blocking(fds[1], buf, IPC_MAX_FRAME, &m, 100, err,
+	assert_int_equal(ipc_recv_blocking(c.kcd_fd, buf, IPC_MAX_FRAME, &m, 100, err,
 	    sizeof(err)), -1);
-	kcd_client_free(kc);
-	close(fds[1]);
-	event_base_free(base);
+	chan_close(&c);
 }
 
 static void
 test_cancelled_token_request_releases_its_kept_context(void **state)
 {
 	static uint8_t buf[IPC_MAX_FRAME];
-	struct event_base *base = event_base_new();
-	struct kcd_client *kc;
+	struct chan c;
 	struct kcd_req *r;
 	struct ipc_msg m;
 	struct ipc_rd rd;
 	struct got g = { 0 };
-	int fds[2];
 	uint32_t id;
 
 	(void)state;
-	assert_non_null(base);
-	assert_int_equal(ipc_socketpair(fds), 0);
-	assert_non_null(kc = kcd_client_new(base, fds[0], 5000));
-	r = kcd_token_request(kc, "bob@EXAMPLE.TEST", "HTTP@exchange.example.test", NULL, 0,
-	    KCD_F_MUTUAL, on_answer, &g);
-	assert_non_null(r);
-	spin(base);
-	kcd_recv(fds[1], buf, &m);
-	assert_int_equal(m.type, IPC_TOKEN_REQ);
-	id = m.id;
+	chan_open(&c);
+	r = ask(&c, "bob@EXAMPLE.TEST", &g, &id);
 	/* the device went away while kcd made the token */
 	kcd_request_cancel(r);
-	kcd_token_ok(fds[1], id, "YIIC", 42);
-	spin(base);
+	kcd_token_ok(c.kcd_fd, id, "YIIC", 42);
+	spin(c.base);
 	assert_int_equal(g.calls, 0);
 	/* nobody else knows context 42: the client gives it back */
-	kcd_recv(fds[1], buf, &m);
+	kcd_recv(c.kcd_fd, buf, &m);
 	assert_int_equal(m.type, IPC_CTX_RELEASE);
 	ipc_rd_init(&rd, m.data, m.len);
 	assert_int_equal(ipc_get_u32(&rd), 42);
 	assert_int_equal(ipc_rd_done(&rd), 0);
-	kcd_client_free(kc);
-	close(fds[1]);
-	event_base_free(base);
+	chan_close(&c);
 }
 
 int
