@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 
 #include "apreq.h"
+#include "kcrypt.h"
 
 #define CKSUMTYPE_GSS		0x8003	/* RFC 4121 4.1.1 */
 #define KERB_AP_OPTIONS_CBT	0x4000u	/* [MS-KILE] 2.2.11, little-endian in ad-data */
@@ -31,8 +32,23 @@
 #define T_AUTHENT	0x62		/* [APPLICATION 2] */
 #define T_ENC_REP_PART	0x7b		/* [APPLICATION 27] */
 
+/* A ticket's session key, shared by the ticket and the replies kept for
+ * its tokens (a reply may outlive its ticket): counted references, one
+ * thread's (apreq.h, Threads). For aes*-cts-hmac-sha1-96 the usage keys
+ * of usages 11 and 12 are derived once and kcrypt does the work; for any
+ * other enctype, or when OpenSSL cannot (kcrypt_derive failed), libkrb5
+ * does it on a krb5_key, which caches its derived keys. */
+struct apreq_key {
+	unsigned refs;
+	krb5_enctype enctype;
+	krb5_key k5;			/* NULL when fast */
+	int fast;
+	struct kcrypt_key auth;		/* usage 11: the authenticator */
+	struct kcrypt_key rep;		/* usage 12: the AP-REP's enc-part */
+};
+
 struct apreq_ticket {
-	krb5_key key;			/* the session key: its derived keys cached */
+	struct apreq_key *key;		/* a reference */
 	krb5_enctype enctype;
 	size_t keybytes, keylength;	/* random bytes for a subkey, its length */
 	uint64_t end_ms;
@@ -629,6 +645,49 @@ put_client(struct apreq_der *w, krb5_const_principal p)
 	apreq_der_wrap(w, T_CTX(1), m);
 }
 
+/* The session key kb as a struct apreq_key with one reference, the
+ * caller's: 0 or a krb5 error. */
+static krb5_error_code
+key_new(krb5_context kc, const krb5_keyblock *kb, struct apreq_key **out)
+{
+	struct apreq_key *k;
+	krb5_error_code code = 0;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return ENOMEM;
+	k->refs = 1;
+	k->enctype = kb->enctype;
+	k->fast = kcrypt_supported(kb->enctype) &&
+	    kcrypt_derive(kb->enctype, kb->contents, kb->length, KRB5_KEYUSAGE_AP_REQ_AUTH,
+	    &k->auth) == 0 &&
+	    kcrypt_derive(kb->enctype, kb->contents, kb->length, KRB5_KEYUSAGE_AP_REP_ENCPART,
+	    &k->rep) == 0;
+	if (!k->fast && (code = krb5_k_create_key(kc, kb, &k->k5)) != 0) {
+		explicit_bzero(k, sizeof(*k));
+		free(k);
+		return code;
+	}
+	*out = k;
+	return 0;
+}
+
+static struct apreq_key *
+key_ref(struct apreq_key *k)
+{
+	k->refs++;
+	return k;
+}
+
+static void
+key_unref(krb5_context kc, struct apreq_key *k)
+{
+	if (k == NULL || --k->refs > 0)
+		return;
+	krb5_k_free_key(kc, k->k5);
+	explicit_bzero(k, sizeof(*k));	/* the usage keys */
+	free(k);
+}
+
 krb5_error_code
 apreq_ticket_new(krb5_context kc, const krb5_creds *c, struct apreq_ticket **out)
 {
@@ -666,7 +725,7 @@ apreq_ticket_new(krb5_context kc, const krb5_creds *c, struct apreq_ticket **out
 		code = ENOMEM;
 		goto cleanup;
 	}
-	if ((code = krb5_k_create_key(kc, &c->keyblock, &t->key)) != 0)
+	if ((code = key_new(kc, &c->keyblock, &t->key)) != 0)
 		goto cleanup;
 	t->enctype = c->keyblock.enctype;
 	t->keybytes = keybytes;
@@ -692,7 +751,7 @@ apreq_ticket_free(krb5_context kc, struct apreq_ticket *t)
 {
 	if (t == NULL)
 		return;
-	krb5_k_free_key(kc, t->key);	/* a reply's reference keeps it alive */
+	key_unref(kc, t->key);		/* a reply's reference keeps it alive */
 	free(t);
 }
 
@@ -746,26 +805,74 @@ put_cbt_authdata(struct apreq_der *w)
 	apreq_der_wrap(w, T_CTX(8), m8);
 }
 
+/* The length of the authenticator's cipher (alen bytes of plaintext). */
+static krb5_error_code
+cipher_len(krb5_context kc, const struct apreq_key *k, size_t alen, size_t *clen)
+{
+	if (k->fast) {
+		*clen = KCRYPT_CONF + alen + KCRYPT_MAC;
+		return 0;
+	}
+	return krb5_c_encrypt_length(kc, k->enctype, alen, clen);
+}
+
+/* The authenticator written in a (the whole of it) encrypted under k with
+ * usage 11 into cipher[0..clen), clen from cipher_len; *used: the bytes
+ * written, which libkrb5 may make fewer than it said. kcrypt's confounder
+ * is put in a, in front of the authenticator (plain needs no copy). */
+static krb5_error_code
+encrypt_auth(krb5_context kc, const struct apreq_key *k, struct apreq_der *a,
+    unsigned char *cipher, size_t clen, size_t *used)
+{
+	const unsigned char *auth;
+	unsigned char *conf;
+	krb5_enc_data ed;
+	krb5_data pd;
+	size_t n = 0;
+	krb5_error_code code;
+
+	if (k->fast) {
+		if ((conf = apreq_der_reserve(a, KCRYPT_CONF)) == NULL ||
+		    apreq_der_result(a, &n) == NULL || n + KCRYPT_MAC != clen)
+			return KRB5_BAD_MSIZE;
+		if (rnd_bytes(conf, KCRYPT_CONF) != 0 || kcrypt_encrypt(&k->auth, conf, n, cipher) != 0)
+			return KRB5_CRYPTO_INTERNAL;
+		*used = clen;
+		return 0;
+	}
+	if ((auth = apreq_der_result(a, &n)) == NULL)
+		return KRB5_BAD_MSIZE;
+	pd.magic = KV5M_DATA;
+	pd.length = (unsigned)n;
+	pd.data = (char *)auth;
+	memset(&ed, 0, sizeof(ed));
+	ed.ciphertext.length = (unsigned)clen;
+	ed.ciphertext.data = (char *)cipher;
+	if ((code = krb5_k_encrypt(kc, k->k5, KRB5_KEYUSAGE_AP_REQ_AUTH, NULL, &pd, &ed)) != 0)
+		return code;
+	if (ed.ciphertext.length > clen)
+		return KRB5_CRYPTO_INTERNAL;
+	*used = ed.ciphertext.length;
+	return 0;
+}
+
 krb5_error_code
 apreq_make(krb5_context kc, const struct apreq_ticket *t,
     const unsigned char *cksum, size_t cksum_len, unsigned flags,
     unsigned char *out, size_t cap, size_t *len, struct apreq_reply *rep)
 {
-	unsigned char plain[APREQ_CLIENT_MAX + AUTH_FIXED + CKSUM_MAX];
+	unsigned char plain[KCRYPT_CONF + APREQ_CLIENT_MAX + AUTH_FIXED + CKSUM_MAX];
 	unsigned char rnd[APREQ_KEY_MAX + 4], subkey[APREQ_KEY_MAX];
 	char when[APREQ_TIME_LEN];
 	struct apreq_der a, w;
 	krb5_keyblock kb;
-	krb5_data rd, pd;
-	krb5_enc_data ed;
+	krb5_data rd;
 	krb5_timestamp sec = 0;
 	krb5_int32 usec = 0;
-	const unsigned char *auth;
 	unsigned char *cipher;
-	size_t alen = 0, clen = 0, mlen = 0, m, m0, mc;
+	size_t alen = 0, clen = 0, used = 0, mlen = 0, m, m0, mc;
 	uint32_t seq, opts;
 	krb5_error_code code;
-	krb5_key ref = NULL;
 
 	if (t == NULL || cksum == NULL || cksum_len > CKSUM_MAX || out == NULL || len == NULL ||
 	    ((flags & APREQ_MUTUAL) && rep == NULL))
@@ -820,11 +927,11 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 	ctx_int(&a, 0, 5);				/* [0] authenticator-vno */
 	apreq_der_wrap(&a, T_SEQ, m0);
 	apreq_der_wrap(&a, T_AUTHENT, m0);
-	if ((auth = apreq_der_result(&a, &alen)) == NULL) {
+	if (apreq_der_result(&a, &alen) == NULL) {
 		code = KRB5_BAD_MSIZE;
 		goto cleanup;
 	}
-	if ((code = krb5_c_encrypt_length(kc, t->enctype, alen, &clen)) != 0)
+	if ((code = cipher_len(kc, t->key, alen, &clen)) != 0)
 		goto cleanup;
 
 	/* AP-REQ ::= [APPLICATION 14] SEQUENCE, fields [4] down to [0]; the
@@ -836,21 +943,11 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 		code = KRB5_BAD_MSIZE;
 		goto cleanup;
 	}
-	pd.magic = KV5M_DATA;
-	pd.length = (unsigned)alen;
-	pd.data = (char *)auth;
-	memset(&ed, 0, sizeof(ed));
-	ed.ciphertext.length = (unsigned)clen;
-	ed.ciphertext.data = (char *)cipher;
-	if ((code = krb5_k_encrypt(kc, t->key, KRB5_KEYUSAGE_AP_REQ_AUTH, NULL, &pd, &ed)) != 0)
+	if ((code = encrypt_auth(kc, t->key, &a, cipher, clen, &used)) != 0)
 		goto cleanup;
-	if (ed.ciphertext.length > clen) {
-		code = KRB5_CRYPTO_INTERNAL;
-		goto cleanup;
-	}
-	if (ed.ciphertext.length < clen) {	/* keep it next to what follows */
-		memmove(cipher + (clen - ed.ciphertext.length), cipher, ed.ciphertext.length);
-		w.pos += clen - ed.ciphertext.length;
+	if (used < clen) {		/* keep it next to what follows */
+		memmove(cipher + (clen - used), cipher, used);
+		w.pos += clen - used;
 	}
 	apreq_der_wrap(&w, T_OCTETS, mc);
 	apreq_der_wrap(&w, T_CTX(2), mc);
@@ -877,14 +974,10 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 		code = KRB5_BAD_MSIZE;
 		goto cleanup;
 	}
-	if (flags & APREQ_MUTUAL) {
-		krb5_k_reference_key(kc, t->key);
-		ref = t->key;
-	}
 	*len = mlen;
 	if (flags & APREQ_MUTUAL) {
 		memset(rep, 0, sizeof(*rep));
-		rep->key = ref;			/* to the caller, with the subkey */
+		rep->key = key_ref(t->key);	/* to the caller, with the subkey */
 		rep->ctime = sec;
 		rep->cusec = usec;
 		rep->subkey_enctype = t->enctype;
@@ -902,19 +995,30 @@ cleanup:
 
 /* ---- the AP-REP ------------------------------------------------------------------------ */
 
-/* enc decrypted with key (or, key NULL, with the keyblock kb) and checked
- * against rep: 0, or -1 with *code (0: malformed) and *cause. */
-static int
-try_key(krb5_context kc, krb5_key key, const krb5_keyblock *kb, const struct apreq_reply *rep,
-    const struct apreq_enc_part *enc, krb5_error_code *code, const char **cause)
+/* enc's cipher decrypted (usage 12) with the session key k or, k NULL,
+ * with the keyblock kb, into plain[0..APREQ_REP_CIPHER_MAX): 0 with
+ * *body, *len (the EncAPRepPart), or the krb5 error libkrb5 would give. */
+static krb5_error_code
+decrypt_rep(krb5_context kc, const struct apreq_key *k, const krb5_keyblock *kb,
+    const struct apreq_enc_part *enc, unsigned char *plain, const unsigned char **body,
+    size_t *len)
 {
-	unsigned char plain[APREQ_REP_CIPHER_MAX];
 	krb5_enc_data ed;
 	krb5_data pd;
-	int64_t ctime = 0;
-	int32_t cusec = 0;
-	int ret = -1;
+	krb5_error_code code;
 
+	if (k != NULL && k->fast) {
+		if (enc->etype != ENCTYPE_UNKNOWN && enc->etype != k->enctype)
+			return KRB5_BAD_ENCTYPE;
+		if (enc->cipher_len < KCRYPT_CONF + KCRYPT_MAC ||
+		    enc->cipher_len - KCRYPT_MAC > APREQ_REP_CIPHER_MAX)
+			return KRB5_BAD_MSIZE;
+		if (kcrypt_decrypt(&k->rep, enc->cipher, enc->cipher_len, plain) != 0)
+			return KRB5KRB_AP_ERR_BAD_INTEGRITY;
+		*body = plain + KCRYPT_CONF;
+		*len = enc->cipher_len - KCRYPT_CONF - KCRYPT_MAC;
+		return 0;
+	}
 	memset(&ed, 0, sizeof(ed));
 	ed.magic = KV5M_ENC_DATA;
 	ed.enctype = enc->etype;
@@ -922,15 +1026,36 @@ try_key(krb5_context kc, krb5_key key, const krb5_keyblock *kb, const struct apr
 	ed.ciphertext.length = (unsigned)enc->cipher_len;
 	ed.ciphertext.data = (char *)enc->cipher;
 	pd.magic = KV5M_DATA;
-	pd.length = sizeof(plain);
+	pd.length = APREQ_REP_CIPHER_MAX;
 	pd.data = (char *)plain;
-	*code = key != NULL ? krb5_k_decrypt(kc, key, KRB5_KEYUSAGE_AP_REP_ENCPART, NULL, &ed, &pd) :
+	code = k != NULL ? krb5_k_decrypt(kc, k->k5, KRB5_KEYUSAGE_AP_REP_ENCPART, NULL, &ed, &pd) :
 	    krb5_c_decrypt(kc, kb, KRB5_KEYUSAGE_AP_REP_ENCPART, NULL, &ed, &pd);
-	if (*code != 0) {
+	if (code != 0)
+		return code;
+	*body = plain;
+	*len = pd.length;
+	return 0;
+}
+
+/* enc decrypted with the session key k (or, k NULL, with the keyblock kb)
+ * and checked against rep: 0, or -1 with *code (0: malformed) and *cause. */
+static int
+try_key(krb5_context kc, const struct apreq_key *k, const krb5_keyblock *kb,
+    const struct apreq_reply *rep, const struct apreq_enc_part *enc, krb5_error_code *code,
+    const char **cause)
+{
+	unsigned char plain[APREQ_REP_CIPHER_MAX];
+	const unsigned char *body = plain;
+	size_t blen = 0;
+	int64_t ctime = 0;
+	int32_t cusec = 0;
+	int ret = -1;
+
+	if ((*code = decrypt_rep(kc, k, kb, enc, plain, &body, &blen)) != 0) {
 		*cause = "its enc-part does not decrypt with our keys";
 		goto cleanup;
 	}
-	if (apreq_parse_enc_rep_part(plain, pd.length, &ctime, &cusec, cause) != 0)
+	if (apreq_parse_enc_rep_part(body, blen, &ctime, &cusec, cause) != 0)
 		goto cleanup;		/* *code 0: malformed */
 	if (ctime != (int64_t)(uint32_t)rep->ctime || cusec != rep->cusec) {
 		*code = KRB5_MUTUAL_FAILED;
@@ -986,7 +1111,6 @@ apreq_reply_clear(krb5_context kc, struct apreq_reply *rep)
 {
 	if (rep == NULL)
 		return;
-	if (rep->key != NULL)
-		krb5_k_free_key(kc, rep->key);
+	key_unref(kc, rep->key);
 	explicit_bzero(rep, sizeof(*rep));
 }

@@ -82,14 +82,15 @@
 #define APREQ_MUTUAL		0x1u	/* ap-options mutual-required; fill *rep */
 #define APREQ_CBT_AWARE		0x2u	/* krb5.conf client_aware_channel_bindings */
 
-/* A service ticket ready for AP-REQs; opaque. */
+/* A service ticket ready for AP-REQs, and its session key; opaque. */
 struct apreq_ticket;
+struct apreq_key;
 
 /* What checking the AP-REP of one token needs (APREQ_MUTUAL); a value,
  * kept by the caller until apreq_reply_clear. key is a reference of its
  * own to the ticket's session key (valid after apreq_ticket_free). */
 struct apreq_reply {
-	krb5_key key;			/* NULL: nothing kept */
+	struct apreq_key *key;		/* NULL: nothing kept */
 	krb5_timestamp ctime;		/* our authenticator's */
 	krb5_int32 cusec;
 	krb5_enctype subkey_enctype;
