@@ -20,8 +20,10 @@
 
 /* ---- each thread's contexts ---------------------------------------------------------- */
 
-/* A cipher context per key size, set to AES-CBC-CTS once, and one HMAC
- * context; keyed anew by every call. Freed at the thread's exit. */
+/* A cipher context per key size, set to AES-CBC-CTS in CS3 form once,
+ * and one HMAC context set to SHA-1 once; keyed anew by every call (the
+ * mode and the digest stay: naming them again costs OpenSSL a parameter
+ * search and a digest fetch, 0.45 us a call). Freed at the thread's exit. */
 struct tctx {
 	EVP_CIPHER_CTX *aes[2];		/* [0] AES-128-CBC-CTS, [1] AES-256-CBC-CTS */
 	EVP_MAC_CTX *hmac;
@@ -51,14 +53,6 @@ tctx_key_init(void)
 	tctx_key_ok = pthread_key_create(&tctx_key, tctx_free) == 0;
 }
 
-/* The CTS form RFC 3962 uses: CS3, the last two blocks always swapped. */
-static void
-cts_params(OSSL_PARAM p[2])
-{
-	p[0] = OSSL_PARAM_construct_utf8_string(OSSL_CIPHER_PARAM_CTS_MODE, (char *)"CS3", 0);
-	p[1] = OSSL_PARAM_construct_end();
-}
-
 /* This thread's contexts, made on first use; NULL when OpenSSL cannot. */
 static struct tctx *
 tctx_get(void)
@@ -67,14 +61,16 @@ tctx_get(void)
 	struct tctx *t = NULL;
 	EVP_CIPHER *c = NULL;
 	EVP_MAC *m = NULL;
-	OSSL_PARAM p[2];
+	OSSL_PARAM p[2], d[2];
 
 	if (tctx != NULL)
 		return tctx;
 	(void)pthread_once(&tctx_once, tctx_key_init);
 	if (!tctx_key_ok || (t = calloc(1, sizeof(*t))) == NULL)
 		goto fail;
-	cts_params(p);
+	/* the CTS form RFC 3962 uses: CS3, the last two blocks always swapped */
+	p[0] = OSSL_PARAM_construct_utf8_string(OSSL_CIPHER_PARAM_CTS_MODE, (char *)"CS3", 0);
+	p[1] = OSSL_PARAM_construct_end();
 	for (int i = 0; i < 2; i++) {
 		if ((c = EVP_CIPHER_fetch(NULL, names[i], NULL)) == NULL ||
 		    (t->aes[i] = EVP_CIPHER_CTX_new()) == NULL ||
@@ -83,8 +79,10 @@ tctx_get(void)
 		EVP_CIPHER_free(c);	/* the context holds its own reference */
 		c = NULL;
 	}
+	d[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA1", 0);
+	d[1] = OSSL_PARAM_construct_end();
 	if ((m = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL ||
-	    (t->hmac = EVP_MAC_CTX_new(m)) == NULL)
+	    (t->hmac = EVP_MAC_CTX_new(m)) == NULL || EVP_MAC_CTX_set_params(t->hmac, d) != 1)
 		goto fail;
 	EVP_MAC_free(m);
 	if (pthread_setspecific(tctx_key, t) != 0) {
@@ -161,12 +159,9 @@ static int
 hmac_sha1(struct tctx *t, const struct kcrypt_key *k, const unsigned char *in, size_t n,
     unsigned char mac[SHA1_LEN])
 {
-	OSSL_PARAM p[2];
 	size_t len = 0;
 
-	p[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA1", 0);
-	p[1] = OSSL_PARAM_construct_end();
-	if (EVP_MAC_init(t->hmac, k->ki, k->len, p) != 1 ||
+	if (EVP_MAC_init(t->hmac, k->ki, k->len, NULL) != 1 ||
 	    EVP_MAC_update(t->hmac, in, n) != 1 ||
 	    EVP_MAC_final(t->hmac, mac, &len, SHA1_LEN) != 1 || len != SHA1_LEN)
 		return -1;
@@ -180,14 +175,12 @@ cts(struct tctx *t, const struct kcrypt_key *k, int enc, const unsigned char *in
 {
 	static const unsigned char iv[16];
 	EVP_CIPHER_CTX *c;
-	OSSL_PARAM p[2];
 	int olen = 0;
 
 	if ((k->len != 16 && k->len != 32) || n < 16 || n > INT32_MAX)
 		return -1;
 	c = t->aes[k->len == 32];
-	cts_params(p);
-	if (EVP_CipherInit_ex2(c, NULL, k->ke, iv, enc, p) != 1 ||
+	if (EVP_CipherInit_ex2(c, NULL, k->ke, iv, enc, NULL) != 1 ||
 	    EVP_CipherUpdate(c, out, &olen, in, (int)n) != 1 || (size_t)olen != n)
 		return -1;
 	return 0;
