@@ -2,10 +2,12 @@
  * apreq.h — the krb5 AP-REQ of a GSS krb5 initial context token (RFC 4121
  * 4.1) on a cached service ticket, and the check of the acceptor's AP-REP:
  * kcd's warm tokens (s4u.h, Warm tokens) without a krb5_auth_context per
- * token. The crypto is libkrb5's public API on a krb5_key made once per
- * ticket (krb5_k_create_key: the key caches the usage keys it derives, so
- * usage 11 and 12 are derived once per ticket instead of once per token);
- * the DER is ours, written backwards into one buffer (no intermediate
+ * token. The usage keys of usages 11 and 12 are derived once per ticket,
+ * not once per token: for aes128/aes256-cts-hmac-sha1-96 (AD's and MIT's
+ * usual session keys) kcrypt.c encrypts and decrypts on OpenSSL with
+ * them; any other enctype uses libkrb5's public API on a krb5_key made
+ * once per ticket (krb5_k_create_key caches the keys it derives). The
+ * DER is ours, written backwards into one buffer (no intermediate
  * allocation), and the AP-REP parser is strict and bounded: its input
  * comes from the backend.
  *
@@ -28,8 +30,8 @@
  * Randomness: the subkey and the sequence number come from OpenSSL's
  * private DRBG (RAND_priv_bytes, no system call), drawn 1 KiB at a time
  * into a per-thread pool whose bytes are each used once and zeroed as
- * taken (emptied in a forked child); the confounder is krb5_k_encrypt's
- * own.
+ * taken (emptied in a forked child); so does kcrypt's confounder (for
+ * other enctypes the confounder is krb5_k_encrypt's own).
  *
  * Authorization data, decided:
  *   - AD-IF-RELEVANT { AD-AP-OPTIONS KERB_AP_OPTIONS_CBT } is kept: MIT
@@ -57,14 +59,16 @@
  * ticket's session key or, when that fails (as MIT retries), under our
  * subkey; the EncAPRepPart's ctime and cusec must be our authenticator's.
  *
- * Keys: a struct apreq_ticket holds the session key (as a krb5_key) and
- * never shows it; a struct apreq_reply holds a reference to that krb5_key
- * and the subkey's bytes until apreq_reply_clear zeroes them. Plaintext
+ * Keys: a struct apreq_ticket holds the session key (a counted struct
+ * apreq_key: the kcrypt usage keys, or a krb5_key) and never shows it; a
+ * struct apreq_reply holds a reference to that key and the subkey's bytes
+ * until apreq_reply_clear drops and zeroes them (the key is zeroed and
+ * freed with its last reference). Plaintext
  * buffers (the authenticator, the random bytes, a decrypted EncAPRepPart)
  * are zeroed before they are released. Nothing here logs.
  *
- * Threads: a krb5_key's reference count and derived-key cache are not
- * locked; one ticket and its replies belong to one thread (kcd's loop).
+ * Threads: a struct apreq_key's reference count (and a krb5_key's
+ * derived-key cache) are not locked; one ticket and its replies belong to one thread (kcd's loop).
  */
 #ifndef EKP_APREQ_H
 #define EKP_APREQ_H
@@ -99,8 +103,8 @@ struct apreq_reply {
 };
 
 /* The ticket of c (a krb5_creds as the KDC gave it: ticket DER, session
- * keyblock, client, times), made ready once: the session key as a
- * krb5_key, the ticket's DER and the client's crealm + cname DER copied.
+ * keyblock, client, times), made ready once: the session key's usage
+ * keys derived (kcrypt, or a krb5_key), the ticket's DER and the client's crealm + cname DER copied.
  * c is not kept. Returns 0 with *out (the caller's: apreq_ticket_free),
  * or a krb5 error: ENOMEM, KRB5_NO_TKT_SUPPLIED (no ticket),
  * KRB5_PROG_ETYPE_NOSUPP (unknown enctype, a key longer than
