@@ -11,6 +11,9 @@
  * under the session key, under the subkey — or do not (another ctime,
  * another key, another usage, a flipped byte, a malformed plaintext);
  * subkeys fresh across the random pool's refills and in a forked child.
+ * The token and reply round trips run on both crypto routes: an
+ * aes256-cts-hmac-sha1-96 session key (kcrypt.c) and an
+ * aes256-cts-hmac-sha384-192 one (libkrb5).
  * The real acceptors (MIT through python-gssapi, Apache mod_auth_gssapi)
  * take these tokens in tests/integration/test_s4u_fast.py.
  */
@@ -462,8 +465,10 @@ struct fixture {
 	struct apreq_ticket *t;
 };
 
+/* The fixture on a session key of enctype: aes256-cts-hmac-sha1-96 takes
+ * kcrypt's route, aes256-cts-hmac-sha384-192 libkrb5's (apreq.c). */
 static int
-setup(void **state)
+setup_enctype(void **state, krb5_enctype enctype)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
 
@@ -472,8 +477,7 @@ setup(void **state)
 	assert_int_equal(krb5_parse_name(f->kc, "alice@EXAMPLE.TEST", &f->creds.client), 0);
 	assert_int_equal(krb5_parse_name(f->kc, "HTTP/exchange.example.test@EXAMPLE.TEST",
 	    &f->creds.server), 0);
-	assert_int_equal(krb5_c_make_random_key(f->kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96,
-	    &f->creds.keyblock), 0);
+	assert_int_equal(krb5_c_make_random_key(f->kc, enctype, &f->creds.keyblock), 0);
 	/* a placeholder Ticket: [APPLICATION 1] with 296 bytes of filler */
 	f->ticket[0] = 0x61;
 	f->ticket[1] = 0x82;
@@ -487,6 +491,18 @@ setup(void **state)
 	assert_int_equal(apreq_ticket_new(f->kc, &f->creds, &f->t), 0);
 	*state = f;
 	return 0;
+}
+
+static int
+setup(void **state)
+{
+	return setup_enctype(state, ENCTYPE_AES256_CTS_HMAC_SHA1_96);
+}
+
+static int
+setup_sha2(void **state)
+{
+	return setup_enctype(state, ENCTYPE_AES256_CTS_HMAC_SHA384_192);
 }
 
 static int
@@ -595,7 +611,7 @@ read_token(struct fixture *f, const unsigned char *msg, size_t len, struct authe
 	s = take(&e, e + elen, 0x30, &slen);
 	p = s;
 	end = s + slen;
-	assert_int_equal(take_ctx_int(&p, end, 0), ENCTYPE_AES256_CTS_HMAC_SHA1_96);
+	assert_int_equal(take_ctx_int(&p, end, 0), f->creds.keyblock.enctype);
 	e = take(&p, end, 0xa2, &elen);		/* no kvno [1] */
 	assert_ptr_equal(p, end);
 	c = take(&e, e + elen, 0x04, &clen);
@@ -603,7 +619,7 @@ read_token(struct fixture *f, const unsigned char *msg, size_t len, struct authe
 
 	/* the authenticator, decrypted here (usage 11) */
 	memset(&ed, 0, sizeof(ed));
-	ed.enctype = ENCTYPE_AES256_CTS_HMAC_SHA1_96;
+	ed.enctype = f->creds.keyblock.enctype;
 	ed.ciphertext.length = (unsigned)clen;
 	ed.ciphertext.data = (char *)c;
 	pd.length = sizeof(plain);
@@ -703,10 +719,10 @@ test_token_carries_what_mit_puts_in(void **state)
 	assert_memory_equal(a.ctime, when, APREQ_TIME_LEN);
 	assert_int_equal(apreq_time_parse((unsigned char *)a.ctime, APREQ_TIME_LEN, &t), 0);
 	assert_true(t >= now - 2 && t <= now + 2);
-	assert_int_equal(a.subkey_etype, ENCTYPE_AES256_CTS_HMAC_SHA1_96);
+	assert_int_equal(a.subkey_etype, f->creds.keyblock.enctype);
 	assert_int_equal(a.subkey_len, 32);
 	assert_int_equal(rep.subkey_len, 32);
-	assert_int_equal(rep.subkey_enctype, ENCTYPE_AES256_CTS_HMAC_SHA1_96);
+	assert_int_equal(rep.subkey_enctype, f->creds.keyblock.enctype);
 	assert_memory_equal(a.subkey, rep.subkey, 32);
 	assert_memory_not_equal(a.subkey, f->creds.keyblock.contents, 32);
 	assert_true(a.seq >= 1 && a.seq <= 0x3fffffff);
@@ -887,7 +903,7 @@ test_ap_rep_round_trip(void **state)
 	    rep_der, sizeof(rep_der));
 	expect_verify(f, &rep, rep_der, n, 1, 0, "the subkey's reply");
 	/* another key, another usage: integrity */
-	assert_int_equal(krb5_c_make_random_key(f->kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96, &sub), 0);
+	assert_int_equal(krb5_c_make_random_key(f->kc, f->creds.keyblock.enctype, &sub), 0);
 	other = &sub;
 	n = reply_for(f, other, KRB5_KEYUSAGE_AP_REP_ENCPART, (uint32_t)rep.ctime, rep.cusec,
 	    rep_der, sizeof(rep_der));
@@ -912,7 +928,7 @@ test_ap_rep_round_trip(void **state)
 		krb5_enc_data ed;
 		size_t clen = 0;
 		memset(junk, 0x30, sizeof(junk));
-		assert_int_equal(krb5_c_encrypt_length(f->kc, ENCTYPE_AES256_CTS_HMAC_SHA1_96,
+		assert_int_equal(krb5_c_encrypt_length(f->kc, f->creds.keyblock.enctype,
 		    sizeof(junk), &clen), 0);
 		pd.length = sizeof(junk);
 		pd.data = (char *)junk;
@@ -921,7 +937,7 @@ test_ap_rep_round_trip(void **state)
 		ed.ciphertext.data = (char *)cipher;
 		assert_int_equal(krb5_c_encrypt(f->kc, &f->creds.keyblock, KRB5_KEYUSAGE_AP_REP_ENCPART,
 		    NULL, &pd, &ed), 0);
-		n = make_rep(rep_der, sizeof(rep_der), 5, 15, ENCTYPE_AES256_CTS_HMAC_SHA1_96, -1,
+		n = make_rep(rep_der, sizeof(rep_der), 5, 15, f->creds.keyblock.enctype, -1,
 		    cipher, ed.ciphertext.length);
 		expect_verify(f, &rep, rep_der, n, 0, 0, "a malformed EncAPRepPart");
 	}
@@ -954,6 +970,11 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_subkeys_are_fresh_across_refills_and_forks,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ap_rep_round_trip, setup, teardown),
+		/* the same on an enctype kcrypt leaves to libkrb5 */
+		{ "test_token_carries_what_mit_puts_in (aes256-sha384, libkrb5)",
+		    test_token_carries_what_mit_puts_in, setup_sha2, teardown, NULL },
+		{ "test_ap_rep_round_trip (aes256-sha384, libkrb5)", test_ap_rep_round_trip,
+		    setup_sha2, teardown, NULL },
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
