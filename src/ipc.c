@@ -16,6 +16,11 @@
  * the queue is dup()ed, because the caller closes its own copy as soon as
  * ipc_send() returns.
  *
+ * A peer that closes its end with frames of ours unread (AF_UNIX then
+ * reports ECONNRESET once, before the frames the peer had sent) ends the
+ * stream like any other close, after those frames: a child that refuses
+ * to start before reading its first message still has its last words read.
+ *
  * Callbacks may free the channel (ipc_chan_free) from inside on_msg or
  * on_close: the channel counts the callbacks it is inside of and frees
  * itself only when the last one has returned.
@@ -390,6 +395,7 @@ struct ipc_chan {
 	unsigned nb;			/* frames in the batch */
 	size_t bused;			/* their bytes in bbuf, back to back */
 	uint8_t *bbuf;			/* IPC_MAX_DGRAM, when batching */
+	int reset;			/* the peer left frames of ours unread (rx_failed) */
 	int closed_reported;		/* on_close has been (or is being) called */
 	int busy;			/* callbacks we are inside of */
 	int free_pending;		/* ipc_chan_free came from inside a callback */
@@ -617,7 +623,8 @@ rx_one(struct ipc_chan *ch, struct msghdr *mh, ssize_t n, const uint8_t *buf, un
 
 	if (n == 0) {
 		/* we never send empty datagrams: this is the end of the stream */
-		snprintf(why, sizeof(why), "%s closed the channel", ch->peer);
+		snprintf(why, sizeof(why), "%s closed the channel%s", ch->peer,
+		    ch->reset ? " with frames of ours unread" : "");
 		return chan_fail(ch, why) ? 2 : 1;
 	}
 	fd = take_fds(mh);	/* closes extras, so nothing leaks below */
@@ -680,6 +687,14 @@ rx_failed(struct ipc_chan *ch)
 		return 0;
 	if (errno == EAGAIN || errno == EWOULDBLOCK)
 		return 1;
+	if (errno == ECONNRESET && !ch->reset) {
+		/* the peer closed its end with frames of ours unread: AF_UNIX
+		 * reports that once, before what the peer had sent (a child's
+		 * last words: IPC_START_FAILED), which is still to be read,
+		 * then the end of the stream */
+		ch->reset = 1;
+		return 0;
+	}
 	snprintf(why, sizeof(why), "receive from %s failed: %s", ch->peer, strerror(errno));
 	chan_fail(ch, why);
 	return 1;
@@ -1014,6 +1029,16 @@ ipc_chan_free(struct ipc_chan *ch)
 	chan_destroy(ch);
 }
 
+void
+ipc_chan_drain(struct ipc_chan *ch)
+{
+	assert(ch->magic == CHAN_MAGIC);
+	/* inside a callback ch->rx may be the datagram being walked */
+	if (ch->dead || ch->busy > 0)
+		return;
+	on_read(ch->fd, EV_READ, ch);	/* may free ch */
+}
+
 /* ---- blocking helpers --------------------------------------------------- */
 
 static int
@@ -1064,7 +1089,7 @@ ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
 	struct iovec iov;
 	ssize_t n;
 	size_t off;
-	int rfd, count;
+	int rfd, count, reset = 0;
 
 	if (cap < IPC_MAX_FRAME) {
 		snprintf(err, errlen, "receive buffer of %zu bytes is smaller than a frame (%u)", cap, IPC_MAX_FRAME);
@@ -1083,6 +1108,11 @@ ipc_recv_blocking(int fd, uint8_t *buf, size_t cap, struct ipc_msg *out,
 			break;
 		if (errno == EINTR)
 			continue;
+		if (errno == ECONNRESET && !reset) {
+			reset = 1;	/* frames of ours left unread: what the
+					 * peer sent comes next (rx_failed) */
+			continue;
+		}
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
 			snprintf(err, errlen, "receive failed: %s", strerror(errno));
 			return -1;

@@ -137,6 +137,14 @@ const char *ipc_chan_peer(const struct ipc_chan *ch);
  * default; either end may batch or not. Returns 0 or -1 (out of memory). */
 int ipc_chan_set_batching(struct ipc_chan *ch, int on);
 void ipc_chan_free(struct ipc_chan *ch);
+/* Read, without waiting, what the peer has already sent, as a read event
+ * would (one burst of frames): on_msg for each frame, on_close at the end
+ * of the stream. For the last words of a child known to have exited,
+ * before its channel is freed: its SIGCHLD may be seen before the
+ * channel's read event. The callbacks may free the channel: the caller
+ * looks at its own pointer to it afterwards. Does nothing on a dead
+ * channel or from inside one of its callbacks. */
+void ipc_chan_drain(struct ipc_chan *ch);
 
 /* Blocking helpers for tools and the doctor (no event loop). */
 int ipc_send_blocking(int fd, uint16_t type, uint32_t id, const void *payload,

@@ -560,6 +560,91 @@ test_chan_peer_close(void **state)
 	event_base_free(base);
 }
 
+/* A child's last words and its exit can be seen in either order: the
+ * parent drains the channel of an exited child before freeing it, without
+ * its loop running. */
+static void
+test_chan_drain_reads_the_last_words(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a;
+	struct ipc_chan *ca;
+	int sp[2];
+
+	(void)state;
+	sink_init(&a, base);
+	a.free_in_close = 1;
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
+	assert_non_null(ca);
+	/* nothing there yet: no callback, the channel stays */
+	ipc_chan_drain(ca);
+	assert_int_equal(a.n_msgs + a.closed, 0);
+	assert_int_equal(ipc_send_blocking(sp[1], IPC_LOG_REOPEN, 1, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send_blocking(sp[1], IPC_START_FAILED, 2, "cause", 5, -1), 0);
+	close(sp[1]);		/* the child has exited */
+	ipc_chan_drain(ca);	/* frees it: free_in_close */
+	assert_int_equal(a.n_msgs, 2);
+	assert_int_equal(a.last_type, IPC_START_FAILED);
+	assert_string_equal(a.last_data, "cause");
+	assert_int_equal(a.closed, 1);
+	assert_non_null(strstr(a.why, "kcd closed the channel"));
+	event_base_free(base);
+}
+
+/* A peer that exits without reading what we sent: AF_UNIX reports
+ * ECONNRESET first, then what the peer had sent is still there, then the
+ * end. Its frames reach on_msg (the loop's read event, ipc_chan_drain and
+ * ipc_recv_blocking alike) and the close says it is a close. */
+static void
+test_chan_reset_peer_still_has_its_last_words_read(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct sink a;
+	struct ipc_chan *ca;
+	struct ipc_msg m;
+	uint8_t *buf = malloc(IPC_MAX_FRAME);
+	char err[200];
+	int sp[2];
+
+	(void)state;
+	assert_non_null(buf);
+	for (int drain = 0; drain < 2; drain++) {
+		sink_init(&a, base);
+		a.free_in_close = 1;
+		assert_int_equal(ipc_socketpair(sp), 0);
+		ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
+		assert_non_null(ca);
+		/* ours, never read by the peer */
+		assert_int_equal(ipc_send(ca, IPC_LOG_REOPEN, 1, NULL, 0, -1), 0);
+		assert_int_equal(ipc_send_blocking(sp[1], IPC_START_FAILED, 2, "why", 3, -1), 0);
+		close(sp[1]);
+		if (drain)
+			ipc_chan_drain(ca);
+		else
+			run_loop(base);
+		assert_int_equal(a.n_msgs, 1);
+		assert_int_equal(a.last_type, IPC_START_FAILED);
+		assert_string_equal(a.last_data, "why");
+		assert_int_equal(a.closed, 1);
+		assert_string_equal(a.why, "kcd closed the channel with frames of ours unread");
+	}
+
+	/* the blocking reader the same */
+	assert_int_equal(ipc_socketpair(sp), 0);
+	assert_int_equal(ipc_send_blocking(sp[0], IPC_LOG_REOPEN, 1, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send_blocking(sp[1], IPC_START_FAILED, 2, "why", 3, -1), 0);
+	close(sp[1]);
+	assert_int_equal(ipc_recv_blocking(sp[0], buf, IPC_MAX_FRAME, &m, 0, err, sizeof(err)), 0);
+	assert_int_equal(m.type, IPC_START_FAILED);
+	assert_int_equal(m.len, 3);
+	assert_int_equal(ipc_recv_blocking(sp[0], buf, IPC_MAX_FRAME, &m, 0, err, sizeof(err)), -1);
+	assert_string_equal(err, "peer closed the channel");
+	close(sp[0]);
+	free(buf);
+	event_base_free(base);
+}
+
 /* Raw bytes into the socket, past ipc_send: a compromised peer. */
 static void
 expect_raw_refused(const void *bytes, size_t n, int nfds, const char *words)
@@ -1128,6 +1213,8 @@ main(void)
 		cmocka_unit_test(test_chan_peer_close),
 		cmocka_unit_test(test_chan_refuses_oversized_raw_frame),
 		cmocka_unit_test(test_chan_refuses_malformed_raw_frames),
+		cmocka_unit_test(test_chan_drain_reads_the_last_words),
+		cmocka_unit_test(test_chan_reset_peer_still_has_its_last_words_read),
 		cmocka_unit_test(test_chan_free_inside_callback),
 		cmocka_unit_test(test_chan_queue_flushes_in_order),
 		cmocka_unit_test(test_chan_batching_keeps_frames_and_order),
