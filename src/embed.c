@@ -338,6 +338,9 @@ struct egen {
 	/* kcd */
 	struct ipc_chan *kctl;		/* NULL while kcd is not running */
 	int kcd_ready;
+	/* why kcd could not start, from IPC_START_FAILED (proc_start_failure:
+	 * bounded, no control bytes); "" none. Reset at every start. */
+	char kcause[PROC_CAUSE_MAX];
 	pid_t kpid;			/* process mode; 0 none */
 	pthread_t kthread;		/* thread mode */
 	int kthread_live;		/* not joined yet */
@@ -721,6 +724,32 @@ kcd_thread(void *arg)
 	return NULL;
 }
 
+/* A kcd that closed its control channel before taking anything from it
+ * refused to start: its IPC_START_FAILED, if it sent one, is still in
+ * ctl_fd (not a channel yet). Into cause ("" when there is none). */
+static void
+read_start_failure(int ctl_fd, char *cause, size_t cap)
+{
+	struct ipc_msg msg;
+	uint8_t *buf;
+	char err[128];
+
+	cause[0] = '\0';
+	if ((buf = malloc(IPC_MAX_FRAME)) == NULL)
+		return;
+	/* kcd sends nothing else before READY; a few frames at most, and
+	 * all of them are there: its end is closed */
+	for (int i = 0; i < 4 && cause[0] == '\0'; i++) {
+		if (ipc_recv_blocking(ctl_fd, buf, IPC_MAX_FRAME, &msg, 0, err, sizeof(err)) != 0)
+			break;		/* its end of the stream, or nothing there */
+		if (msg.fd >= 0)
+			close(msg.fd);
+		if (msg.type == IPC_START_FAILED)
+			(void)proc_start_failure(msg.data, msg.len, cause, cap);
+	}
+	free(buf);
+}
+
 /*
  * Start g's kcd; *worker_end gets the worker's end of their channel
  * (the caller hands it to the worker). 0, or -1 with p->errmsg set.
@@ -778,33 +807,46 @@ gen_kcd_start(struct egen *g, int *worker_end)
 	}
 	ctl[1] = -1;
 	g->kcd_started_ms = proc_now_ms();
+	g->kcause[0] = '\0';
+	/* kcd's end of the worker's channel goes first, on the bare socket
+	 * (empty: the send does not wait). It fails when kcd has already
+	 * closed its end: it refused to start before it read its channel,
+	 * and what it said why is still there to read (a channel that had
+	 * failed the send would have dropped it) */
+	memcpy(payload, &slot, sizeof(payload));
+	if (ipc_send_blocking(ctl[0], IPC_WORKER_CHANNEL, 0, payload, sizeof(payload),
+	    ch[0]) != 0) {
+		int e = errno;
+
+		read_start_failure(ctl[0], g->kcause, sizeof(g->kcause));
+		if (g->kcause[0] != '\0')
+			set_err(p, "generation %u: kcd exited at start, before it took its channel "
+			    "to the worker: %s", g->id, g->kcause);
+		else
+			set_err(p, "generation %u: kcd exited at start, before it took its channel "
+			    "to the worker (%s; kcd's own error line says why)", g->id, strerror(e));
+		goto stop;
+	}
 	/* takes ctl[0] even on failure: kcd then sees EOF and leaves */
 	g->kctl = ipc_chan_new(p->base, ctl[0], "kcd", on_kcd_msg, on_kcd_close, g);
 	ctl[0] = -1;
-	memcpy(payload, &slot, sizeof(payload));
-	if (g->kctl == NULL ||
-	    ipc_send(g->kctl, IPC_WORKER_CHANNEL, 0, payload, sizeof(payload), ch[0]) != 0) {
-		/* the send fails when kcd has already closed its end: it refused
-		 * to start, and logged why, before it even read its channel */
-		if (g->kctl != NULL)
-			set_err(p, "generation %u: kcd exited at start, before it took its channel "
-			    "to the worker (kcd's own error line says why)", g->id);
-		else
-			set_err(p, "generation %u: cannot hand kcd its channel to the worker", g->id);
-		close(ch[0]);
-		close(ch[1]);
-		if (g->kctl != NULL) {
-			ipc_chan_free(g->kctl);
-			g->kctl = NULL;
-		}
-		gen_kcd_stop(g, proc_now_ms());
-		return -1;
+	if (g->kctl == NULL) {
+		set_err(p, "generation %u: cannot hand kcd its channel to the worker", g->id);
+		goto stop;
 	}
 	close(ch[0]);			/* kcd has its copy */
 	*worker_end = ch[1];
 	log_info("embed", "generation %u: kcd started (%s)", g->id,
 	    p->mode == EAS_KCD_PROXY_KCD_PROCESS ? "helper process" : "thread");
 	return 0;
+stop:
+	/* kcd runs (or ran): it sees EOF, if it is still there, and leaves */
+	if (ctl[0] >= 0)
+		close(ctl[0]);
+	close(ch[0]);
+	close(ch[1]);
+	gen_kcd_stop(g, proc_now_ms());
+	return -1;
 fail:
 	for (int i = 0; i < 2; i++) {
 		if (ctl[i] >= 0)
@@ -924,6 +966,12 @@ on_kcd_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
 	assert(g->magic == EGEN_MAGIC);
 	if (msg->fd >= 0)
 		close(msg->fd);
+	if (msg->type == IPC_START_FAILED && !g->kcd_ready &&
+	    proc_start_failure(msg->data, msg->len, g->kcause, sizeof(g->kcause)) == 0) {
+		/* its own error line says the same; its channel closes next */
+		log_debug("embed", "generation %u: kcd could not start: %s", g->id, g->kcause);
+		return;
+	}
 	if (msg->type != IPC_READY || msg->len != 0) {
 		log_error("embed", "generation %u: ignored an unexpected %s (%zu bytes) from kcd",
 		    g->id, ipc_type_name(msg->type), msg->len);
@@ -958,7 +1006,8 @@ on_kcd_close(struct ipc_chan *ch, const char *why, void *arg)
 	if (!g->active) {
 		/* a reload whose kcd never came up: the serving generation stays */
 		log_error("embed", "reload failed: generation %u: kcd exited before it was ready "
-		    "(%s); generation %u keeps serving", g->id, why, p->serving);
+		    "(%s)%s%s; generation %u keeps serving", g->id, why,
+		    g->kcause[0] != '\0' ? ": " : "", g->kcause, p->serving);
 		gen_abandon(g);
 		evtimer_add(g->reap_ev, &tv);
 		return;

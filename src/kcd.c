@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -721,6 +722,32 @@ on_ctl_close(struct ipc_chan *ch, const char *why, void *arg)
 /* ---- main --------------------------------------------------------------------- */
 
 /*
+ * kcd cannot start (before READY): the error line, as it always was, and
+ * the same text to the parent (IPC_START_FAILED, proc.h), which names it
+ * on its "reload failed" line; an admin reading that line alone sees why.
+ * The channel is not batching: the frame is in the socket when ipc_send
+ * returns (an empty queue at start-up), before kcd frees the channel and
+ * exits. No channel (it could not be set up): the line only.
+ */
+static void __attribute__((format(printf, 2, 3)))
+start_failed(struct kcd *k, const char *fmt, ...)
+{
+	char cause[PROC_CAUSE_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cause, sizeof(cause), fmt, ap);
+	va_end(ap);
+	log_error("kcd", "%s", cause);
+	if (k == NULL || k->ctl == NULL)
+		return;
+	ipc_buf_init(&k->out);
+	ipc_put_str(&k->out, cause);
+	if (k->out.err || ipc_send(k->ctl, IPC_START_FAILED, 0, k->out.data, k->out.len, -1) != 0)
+		log_debug("kcd", "cannot tell the parent why start-up failed");
+}
+
+/*
  * kcd on base until it has drained. own_process: kcd is a process of its
  * own (kcd_main): SIGTERM drains it and SIGPIPE is ignored. Otherwise it is
  * a thread of an embedding program, whose signal dispositions are not ours
@@ -732,8 +759,10 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 	struct kcd *k = NULL;
 	int rc = 1, ctl_fd = a->ctl_fd;
 
-	if ((k = calloc(1, sizeof(*k))) == NULL)
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		start_failed(NULL, "cannot start: out of memory");
 		goto cleanup;
+	}
 	k->magic = KCD_MAGIC;
 	LIST_INIT(&k->pending);
 	k->base = base;
@@ -741,8 +770,10 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 	k->generation = a->generation;
 	k->parent = a->parent;
 	k->n_peers = a->n_workers;
-	if ((k->peers = calloc(k->n_peers ? k->n_peers : 1, sizeof(*k->peers))) == NULL)
+	if ((k->peers = calloc(k->n_peers ? k->n_peers : 1, sizeof(*k->peers))) == NULL) {
+		start_failed(k, "cannot start: out of memory");
 		goto cleanup;
+	}
 	for (unsigned i = 0; i < k->n_peers; i++) {
 		k->peers[i].magic = PEER_MAGIC;
 		k->peers[i].k = k;
@@ -755,7 +786,7 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 	    (k->deadline_ev = evtimer_new(k->base, on_deadline, k)) == NULL ||
 	    (own_process && ((k->term_ev = evsignal_new(k->base, SIGTERM, on_term, k)) == NULL ||
 	    evsignal_add(k->term_ev, NULL) != 0))) {
-		log_error("kcd", "cannot set up the event loop");
+		start_failed(k, "cannot set up the event loop");
 		goto cleanup;
 	}
 	/*
@@ -770,14 +801,14 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 		char err[512];
 
 		if (s4u_env_init(c->kerberos.krb5_conf, err, sizeof(err)) != 0) {
-			log_error("kcd", "%s", err);
+			start_failed(k, "%s", err);
 			goto cleanup;
 		}
 		/* main.c refuses it at start; this is for a keytab opened up
 		 * before a reload or a restart (keytab.h) */
 		if (keytab_check_mode(c->kerberos.keytab, c->server.user, err, sizeof(err)) ==
 		    KEYTAB_REFUSE) {
-			log_error("kcd", "%s", err);
+			start_failed(k, "%s", err);
 			goto cleanup;
 		}
 		sp.keytab = c->kerberos.keytab;
@@ -790,12 +821,12 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 		sp.on_tgt_exchange = on_tgt_exchange;
 		sp.tgt_arg = k;
 		if ((k->s4u = s4u_new(k->base, &sp, err, sizeof(err))) == NULL) {
-			log_error("kcd", "cannot start the Kerberos core: %s", err);
+			start_failed(k, "cannot start the Kerberos core: %s", err);
 			goto cleanup;
 		}
 		if (c->ldap.uri != NULL &&
 		    (k->dir = directory_new(k->base, c, err, sizeof(err))) == NULL) {
-			log_error("kcd", "cannot start the directory checks: %s", err);
+			start_failed(k, "cannot start the directory checks: %s", err);
 			goto cleanup;
 		}
 		metrics_self()->kcd_ready = 1;	/* for /readyz */
@@ -806,7 +837,7 @@ run(struct event_base *base, const struct kcd_args *a, int own_process)
 		    c->kerberos.principal);
 		metrics_kcd_tgt(k->tgt_slot, 0, err);
 		if ((k->tgt_ev = evtimer_new(k->base, on_tgt_timer, k)) == NULL) {
-			log_error("kcd", "cannot add the TGT check timer");
+			start_failed(k, "cannot add the TGT check timer");
 			goto cleanup;
 		}
 		tgt_arm(k, 0);

@@ -75,6 +75,10 @@ struct child {
 	pid_t pid;			/* 0 while not running */
 	struct ipc_chan *ctl;		/* NULL while not running or after a bad frame */
 	int ready;
+	/* why its start-up failed, from IPC_START_FAILED (proc_start_failure:
+	 * bounded, no control bytes); "" none. Reset at every start. */
+	char cause[PROC_CAUSE_MAX];
+	int exited;			/* child_exited is reading its last words */
 	int metrics_slot;		/* -1 none */
 	uint64_t started_ms;
 	unsigned backoff_ms;		/* 0 until the first unexpected exit */
@@ -158,6 +162,43 @@ void
 proc_set_title(const char *name)
 {
 	(void)prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int
+proc_start_failure(const void *data, size_t len, char *buf, size_t cap)
+{
+	struct ipc_rd rd;
+	const uint8_t *t;
+	size_t n, o = 0;
+
+	assert(cap >= 8);
+	buf[0] = '\0';
+	ipc_rd_init(&rd, data, len);
+	n = ipc_get_bytes(&rd, &t);
+	if (ipc_rd_done(&rd) != 0)
+		return -1;
+	for (size_t i = 0; i < n && o + 1 < cap; i++)
+		buf[o++] = t[i] < 0x20 || t[i] == 0x7f ? '?' : (char)t[i];
+	if (n > cap - 1) {
+		/* "..." in the last three places, after whole characters
+		 * only: a UTF-8 character the cut splits (its lead byte is
+		 * followed by fewer bytes than it announces) goes whole */
+		size_t j;
+		unsigned lead, want;
+
+		o = cap - 4;
+		for (j = o; j > 0 && ((unsigned char)buf[j - 1] & 0xc0) == 0x80; j--)
+			;
+		if (j > 0 && (lead = (unsigned char)buf[j - 1]) >= 0xc0) {
+			want = lead >= 0xf0 ? 4u : lead >= 0xe0 ? 3u : 2u;
+			if (o - (j - 1) < want)
+				o = j - 1;
+		}
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o] = '\0';
+	return 0;
 }
 
 int
@@ -767,6 +808,7 @@ spawn(struct child *c)
 		close(kcd_end);
 	c->pid = pid;
 	c->ready = 0;
+	c->cause[0] = '\0';
 	c->started_ms = proc_now_ms();
 	c->metrics_slot = mslot;
 	if (mslot >= 0)
@@ -1022,6 +1064,14 @@ on_child_msg(struct ipc_chan *ch, const struct ipc_msg *msg, void *arg)
 	assert(c->magic == CHILD_MAGIC);
 	if (had_fd)
 		close(msg->fd);		/* children never pass descriptors up */
+	if (!had_fd && msg->type == IPC_START_FAILED && !c->ready &&
+	    proc_start_failure(msg->data, msg->len, c->cause, sizeof(c->cause)) == 0) {
+		/* its own error line says the same; the exit follows */
+		log_debug("proc", "%s (pid %ld) could not start: %s", c->name, (long)c->pid, c->cause);
+		return;
+	}
+	if (c->exited)
+		return;			/* a READY read after its exit means nothing */
 	if (!had_fd && msg->type == IPC_READY && msg->len == 0) {
 		child_ready(c);
 		return;
@@ -1083,6 +1133,14 @@ child_exited(struct child *c, int st)
 
 	describe_status(st, how, sizeof(how));
 	if (c->ctl != NULL) {
+		/* its last words (IPC_START_FAILED) are in the socket, read
+		 * or not: the SIGCHLD may come before the read event. Only
+		 * they count now (on_child_msg). */
+		c->exited = 1;
+		ipc_chan_drain(c->ctl);		/* may close it: on_child_close */
+		c->exited = 0;
+	}
+	if (c->ctl != NULL) {
 		ipc_chan_free(c->ctl);
 		c->ctl = NULL;
 	}
@@ -1099,8 +1157,9 @@ child_exited(struct child *c, int st)
 		/* a reload whose new children cannot start, or a child that
 		 * fails before the rest is up: keep the old ones. A kcd that
 		 * dies here has workers that would accept without it. */
-		log_error("proc", "reload failed: %s (pid %ld) of generation %u %s during start-up; "
-		    "the previous generation keeps serving", c->name, (long)c->pid, g->id, how);
+		log_error("proc", "reload failed: %s (pid %ld) of generation %u %s during start-up%s%s; "
+		    "the previous generation keeps serving", c->name, (long)c->pid, g->id, how,
+		    c->cause[0] != '\0' ? ": " : "", c->cause);
 		c->pid = 0;
 		gen_retire(g, proc_now_ms());
 		return;

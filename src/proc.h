@@ -27,6 +27,13 @@
  *   WORKER_CHANNEL  p->k  u32 worker slot + fd: kcd's end of that worker's
  *                         channel (new worker, or kcd was restarted)
  *   READY           c->p  (empty): start-up done
+ *   START_FAILED    c->p  str cause: start-up failed (kcd before READY: its
+ *                         krb5.conf, its keytab, its Kerberos core), the
+ *                         text of the child's own error line; the child
+ *                         exits next. The parent names it on its "reload
+ *                         failed" line, read with proc_start_failure: text
+ *                         from a child is untrusted (bounded, no control
+ *                         bytes). Refused once the child is READY.
  *   STATS           c->p  reserved; counters travel through metrics.h's
  *                         shared memory instead
  */
@@ -68,6 +75,14 @@ struct config_addr;
 int proc_listen_socket(const struct config_addr *a, char *err, size_t errlen);
 /* 1 when a and b are the same numeric address and port. */
 int proc_addr_equal(const struct config_addr *a, const struct config_addr *b);
+
+/* The cause a child sent with IPC_START_FAILED (payload data, len bytes),
+ * for a log line or an error message: at most cap - 1 bytes (cap >= 8),
+ * "..." marking a cut (never inside a UTF-8 sequence), control bytes and
+ * NUL as '?'. Returns 0, or -1 with buf "" when the payload is not one
+ * string field. The child's text is untrusted: nothing else is read. */
+#define PROC_CAUSE_MAX	512	/* bytes of a cause the parent keeps, with the NUL */
+int proc_start_failure(const void *data, size_t len, char *buf, size_t cap);
 
 /* Name this process for ps/top and /proc/PID/comm ("ekp-worker-3"). */
 void proc_set_title(const char *name);

@@ -15,6 +15,7 @@ IPC_MSG(WORKER_CHANNEL, "worker_channel")	/* to kcd: u32 worker slot + fd of tha
 /* child -> parent */
 IPC_MSG(READY,          "ready")	/* child finished start-up */
 IPC_MSG(STATS,          "stats")	/* counters for /metrics (see metrics.c) */
+IPC_MSG(START_FAILED,   "start_failed")	/* str cause: start-up failed, the child exits next (proc.h) */
 
 /* worker <-> kcd (SPEC §6) */
 IPC_MSG(TOKEN_REQ,      "token_req")	/* str principal, str spn, bytes cb_hash */

@@ -474,7 +474,8 @@ def test_reload_with_a_refused_keytab_keeps_the_old_generation_ready(lab, proxie
         else:
             p.wait_for_log(r"kcd: keytab '" + re.escape(bad) + r"' is readable by every user", 15)
             p.wait_for_log(r"reload failed: kcd \(pid \d+\) of generation 2 exited with "
-                           r"status 1 during start-up; the previous generation keeps serving", 15)
+                           r"status 1 during start-up: keytab '" + re.escape(bad) + r"' is "
+                           r"readable by every user .*; the previous generation keeps serving", 15)
             p.wait_for_log(r"generation 2 finished", 15)
         time.sleep(1.0)
     finally:

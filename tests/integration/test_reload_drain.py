@@ -11,6 +11,8 @@ A reload whose new kcd fails at start (a keytab readable by every user,
 which config.c only warns about and kcd refuses; a kcd that never reports
 ready) is abandoned before any worker of the new generation exists: devices
 connecting in a loop all through it are answered by the old generation.
+The "reload failed" line names the kcd's cause (its own error line's text),
+so an admin reading or grepping that line alone sees why.
 """
 import os
 import re
@@ -323,6 +325,23 @@ def answered_by_old_generation(p, loop, gen1):
     assert sum(int(n) for *_, n in reqs) == len(results), (reqs, len(results))
 
 
+def kcd_refusal(ln):
+    """(pid, message) of a kcd's own error line, ln."""
+    m = re.search(r"\[(\d+)\] kcd error kcd: (.*)$", ln)
+    assert m, f"not a kcd error line: {ln}"
+    return int(m.group(1)), m.group(2)
+
+
+def failed_reload_cause(ln, generation):
+    """(pid, cause) of the parent's "reload failed" line for a kcd that
+    exited during start-up, ln."""
+    m = re.search(rf"proc: reload failed: kcd \(pid (\d+)\) of generation {generation} "
+                  r"exited with status 1 during start-up: (.*); the previous generation "
+                  r"keeps serving$", ln)
+    assert m, f"not a reload failed line naming a cause: {ln}"
+    return int(m.group(1)), m.group(2)
+
+
 def errors_after_sighup(p):
     """The error-level lines of the log from the (last) SIGHUP on."""
     log = p.log_text()
@@ -371,7 +390,8 @@ def test_a_reload_whose_kcd_refuses_the_keytab_never_accepts_a_device(make_lab_p
         p.write_config(settings={"kerberos": {"keytab": bad}})
         p.signal(signal.SIGHUP)
         p.wait_for_log(r"reload failed: kcd \(pid \d+\) of generation 2 exited with status 1 "
-                       r"during start-up; the previous generation keeps serving", 20)
+                       r"during start-up: keytab '" + re.escape(bad) + r"' is readable by "
+                       r"every user .*; the previous generation keeps serving", 20)
         p.wait_for_log(r"generation 2 finished", 20)
         n = len(loop.results)
         loop.wait_for(n + 3)
@@ -384,9 +404,45 @@ def test_a_reload_whose_kcd_refuses_the_keytab_never_accepts_a_device(make_lab_p
     assert len(errors) == 2, errors
     assert re.search(r"kcd error kcd: keytab '" + re.escape(bad) + r"' is readable by every user",
                      errors[0]), errors
-    assert "reload failed" in errors[1], errors
+    # the parent's line names the same kcd and the same cause, word for word
+    assert failed_reload_cause(errors[1], 2) == kcd_refusal(errors[0]), errors
     assert {c["pid"] for c in p.children()} == before
     good_reload_works(p, {"kerberos": {"keytab": good}}, 3, gen1)
+
+
+def test_every_failed_reload_names_its_kcds_cause(make_lab_proxy):
+    """A kcd that refuses to start says why on its control channel just
+    before it exits; the parent may see the exit (SIGCHLD) before it reads
+    the channel, or after. Over several failed reloads in a row, each
+    "reload failed" line names its own kcd's cause, the text of that kcd's
+    error line (here: two keytabs, each named on its own reload's line);
+    generation 1 serves throughout."""
+    p = make_lab_proxy(workers=1).start()
+    good = p.settings["kerberos"]["keytab"]
+    before = {c["pid"] for c in p.children()}
+    bad = []
+    for i, mode in enumerate((0o644, 0o606)):
+        path = p.path(f"open-{i}.keytab")
+        shutil.copyfile(good, path)
+        os.chmod(path, mode)
+        bad.append(path)
+    for generation in range(2, 8):
+        path = bad[generation % 2]
+        p.write_config(settings={"kerberos": {"keytab": path}})
+        p.signal(signal.SIGHUP)
+        p.wait_for_log(rf"reload failed: kcd \(pid \d+\) of generation {generation} ", 20)
+        p.wait_for_log(rf"generation {generation} finished", 20)
+        errors = errors_after_sighup(p)
+        assert len(errors) == 2, errors
+        pid, cause = kcd_refusal(errors[0])
+        assert cause.startswith(f"keytab '{path}' is "), errors
+        assert "by every user" in cause, errors
+        assert failed_reload_cause(errors[1], generation) == (pid, cause), errors
+    assert {c["pid"] for c in p.children()} == before
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       device.eas_target("Sync", user="alice", device="AFTER"),
+                       source="127.0.0.15")
+    assert r.status == 200, r.status
 
 
 def test_a_reload_whose_kcd_never_reports_ready_is_abandoned_in_time(make_lab_proxy, lab):  # noqa: F811
@@ -463,8 +519,11 @@ def test_an_embedded_reload_whose_kcd_fails_keeps_the_serving_generation(lab, ca
             change = {"kerberos": {"keytab": bad}}
             # kcd refuses at once: the reload call may still be handing it
             # the worker's channel (and fail), or have returned already
+            # the line names kcd's own cause either way
             failed = (r"reload failed: generation 2: kcd exited (before it was ready "
-                      r"\(.*\)|at start, .*); generation 1 keeps serving")
+                      r"\([^)]*\)|at start, before it took its channel to the worker): "
+                      r"keytab '" + re.escape(bad) + r"' is readable by every user .*; "
+                      r"generation 1 keeps serving")
         else:
             fifo = p.path("hang.fifo")
             os.mkfifo(fifo, 0o600)
