@@ -73,6 +73,25 @@ open_file(const char *path, char *err, size_t errlen)
 	return fd;
 }
 
+/* fd (a file just opened) becomes the error log's descriptor. A file
+ * already open is replaced in place (dup3 onto its number, close-on-exec
+ * kept), never closed first: another thread (kcd's, in the embedding
+ * library) may be writing a line to lg.fd at that moment, and a closed
+ * or reused number would lose that line or send it elsewhere. */
+static void
+take_fd(int fd)
+{
+	if (lg.target == TARGET_FILE && lg.fd > 2 && fd != lg.fd &&
+	    dup3(fd, lg.fd, O_CLOEXEC) == lg.fd) {
+		close(fd);
+		return;
+	}
+	if (lg.target == TARGET_FILE && lg.fd > 2 && fd != lg.fd)
+		close(lg.fd);		/* dup3 failed: the old way */
+	lg.target = TARGET_FILE;
+	lg.fd = fd;
+}
+
 int
 log_open(const char *target, enum log_level level, char *err, size_t errlen)
 {
@@ -97,9 +116,9 @@ log_open(const char *target, enum log_level level, char *err, size_t errlen)
 		}
 		if ((fd = open_file(target, err, errlen)) < 0)
 			return -1;
-		log_close();
-		lg.target = TARGET_FILE;
-		lg.fd = fd;
+		if (lg.target != TARGET_FILE)
+			log_close();	/* syslog closed; stderr is not ours */
+		take_fd(fd);
 		snprintf(lg.path, sizeof(lg.path), "%s", target);
 	}
 	lg.level = level;
@@ -118,8 +137,7 @@ log_reopen(void)
 		log_error("log", "%s (keeping the old file open)", err);
 		return -1;
 	}
-	close(lg.fd);
-	lg.fd = fd;
+	take_fd(fd);
 	return 0;
 }
 
@@ -132,9 +150,7 @@ log_reopen_fd(int fd)
 		close(fd);
 		return 0;
 	}
-	if (lg.fd > 2)
-		close(lg.fd);
-	lg.fd = fd;
+	take_fd(fd);
 	return 0;
 }
 

@@ -4,6 +4,9 @@
  * on stderr or a file, or "component: message" to syslog. Control bytes in
  * messages are escaped (\xHH) so nothing a peer sends can forge a line.
  * Each line is one write(2), so several processes can share one file.
+ * Opening another file or reopening this one replaces the descriptor in
+ * place (its number stays): a thread writing a line meanwhile (kcd's, in
+ * the embedding library) never writes to a closed or reused descriptor.
  */
 #ifndef EKP_LOG_H
 #define EKP_LOG_H
