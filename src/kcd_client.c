@@ -12,6 +12,7 @@
 #include "ipc.h"
 #include "kcd_client.h"
 #include "log.h"
+#include "memcache.h"
 
 #define KCD_CLIENT_MAGIC	0x4b43434cu	/* "KCCL" */
 #define KCD_REQ_MAGIC		0x4b435251u	/* "KCRQ" */
@@ -280,8 +281,9 @@ send_req(struct kcd_client *kc, uint16_t type, const struct ipc_buf *b,
 
 	if (kc->ch == NULL || b->err)
 		return NULL;
-	/* the request and its timer in one allocation */
-	if ((r = calloc(1, sizeof(*r) + event_get_struct_event_size())) == NULL)
+	/* the request and its timer in one allocation (one per request:
+	 * memcache_zalloc, glibc's tcache) */
+	if ((r = memcache_zalloc(sizeof(*r) + event_get_struct_event_size())) == NULL)
 		return NULL;
 	r->timer = (struct event *)(void *)(r + 1);
 	r->magic = KCD_REQ_MAGIC;

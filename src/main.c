@@ -17,6 +17,7 @@
 #include "config.h"
 #include "doctor.h"
 #include "keytab.h"
+#include "memcache.h"
 #include "proc.h"
 
 #ifndef EKP_KRB5_VERSION
@@ -138,6 +139,7 @@ main(int argc, char **argv)
 	struct config_errors errs;
 	struct config *cfg;
 
+	memcache_install();	/* before any libevent call (memcache.h) */
 	if (argc > 1 && argv[1][0] != '-') {
 		for (const struct command *c = commands; c->name != NULL; c++)
 			if (strcmp(c->name, argv[1]) == 0)
