@@ -43,13 +43,10 @@ class_size(unsigned k)
 	return (size_t)CLASS_MIN << k;
 }
 
+/* Every block c keeps, back to glibc. */
 static void
-cache_free(void *arg)
+drain(struct cache *c)
 {
-	struct cache *c = arg;
-
-	if (c == NULL)
-		return;
 	for (unsigned k = 0; k < CLASSES; k++)
 		while (c->n[k] > 0) {
 			void *p = c->blocks[k][--c->n[k]];
@@ -57,6 +54,16 @@ cache_free(void *arg)
 			UNPOISON(p, class_size(k));
 			free(p);
 		}
+}
+
+static void
+cache_free(void *arg)
+{
+	struct cache *c = arg;
+
+	if (c == NULL)
+		return;
+	drain(c);
 	free(c);
 }
 
@@ -178,15 +185,8 @@ memcache_kept_bytes(void)
 void
 memcache_flush(void)
 {
-	if (tc == NULL)
-		return;
-	for (unsigned k = 0; k < CLASSES; k++)
-		while (tc->n[k] > 0) {
-			void *p = tc->blocks[k][--tc->n[k]];
-
-			UNPOISON(p, class_size(k));
-			free(p);
-		}
+	if (tc != NULL)
+		drain(tc);
 }
 
 void
