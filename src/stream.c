@@ -1285,8 +1285,6 @@ req_cb(const struct req *rq, unsigned *len)
 
 /* ---- the next request's token, asked ahead (struct ahead) ---------------------- */
 
-/* Drop s's ahead token: an answer still coming is dropped by kcd_client
- * (which releases its context), a token here releases its own. */
 /* A token kept for the next request (1 to 3 KiB of base64, more than
  * glibc's tcache serves): a memcache block, freed with memcache_free. */
 static char *
@@ -1300,6 +1298,8 @@ token_copy(const char *t)
 	return c;
 }
 
+/* Drop s's ahead token: an answer still coming is dropped by kcd_client
+ * (which releases its context), a token here releases its own. */
 static void
 ahead_drop(struct stream *s, int unused)
 {
