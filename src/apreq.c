@@ -662,6 +662,10 @@ key_new(krb5_context kc, const krb5_keyblock *kb, struct apreq_key **out)
 	    &k->auth) == 0 &&
 	    kcrypt_derive(kb->enctype, kb->contents, kb->length, KRB5_KEYUSAGE_AP_REP_ENCPART,
 	    &k->rep) == 0;
+	if (!k->fast) {			/* one derived and not the other */
+		kcrypt_key_clear(&k->auth);
+		kcrypt_key_clear(&k->rep);
+	}
 	if (!k->fast && (code = krb5_k_create_key(kc, kb, &k->k5)) != 0) {
 		explicit_bzero(k, sizeof(*k));
 		free(k);
