@@ -539,20 +539,30 @@ test_chan_round_trip_with_fd(void **state)
 	event_base_free(base);
 }
 
+/* A channel "kcd" on sp[0] into the sink a, which frees it on close; the
+ * peer's end is sp[1]. */
+static struct ipc_chan *
+kcd_sink_chan(struct event_base *base, struct sink *a, int sp[2])
+{
+	struct ipc_chan *ch;
+
+	sink_init(a, base);
+	a->free_in_close = 1;
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ch = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, a);
+	assert_non_null(ch);
+	return ch;
+}
+
 static void
 test_chan_peer_close(void **state)
 {
 	struct event_base *base = event_base_new();
 	struct sink a;
-	struct ipc_chan *ca;
 	int sp[2];
 
 	(void)state;
-	sink_init(&a, base);
-	a.free_in_close = 1;
-	assert_int_equal(ipc_socketpair(sp), 0);
-	ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
-	assert_non_null(ca);
+	(void)kcd_sink_chan(base, &a, sp);	/* freed by the sink on close */
 	close(sp[1]);
 	run_loop(base);
 	assert_int_equal(a.closed, 1);
@@ -572,11 +582,7 @@ test_chan_drain_reads_the_last_words(void **state)
 	int sp[2];
 
 	(void)state;
-	sink_init(&a, base);
-	a.free_in_close = 1;
-	assert_int_equal(ipc_socketpair(sp), 0);
-	ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
-	assert_non_null(ca);
+	ca = kcd_sink_chan(base, &a, sp);
 	/* nothing there yet: no callback, the channel stays */
 	ipc_chan_drain(ca);
 	assert_int_equal(a.n_msgs + a.closed, 0);
@@ -610,11 +616,7 @@ test_chan_reset_peer_still_has_its_last_words_read(void **state)
 	(void)state;
 	assert_non_null(buf);
 	for (int drain = 0; drain < 2; drain++) {
-		sink_init(&a, base);
-		a.free_in_close = 1;
-		assert_int_equal(ipc_socketpair(sp), 0);
-		ca = ipc_chan_new(base, sp[0], "kcd", sink_msg, sink_close, &a);
-		assert_non_null(ca);
+		ca = kcd_sink_chan(base, &a, sp);
 		/* ours, never read by the peer */
 		assert_int_equal(ipc_send(ca, IPC_LOG_REOPEN, 1, NULL, 0, -1), 0);
 		assert_int_equal(ipc_send_blocking(sp[1], IPC_START_FAILED, 2, "why", 3, -1), 0);

@@ -26,6 +26,15 @@ payload(const void *t, size_t n)
 	assert_int_equal(b.err, 0);
 }
 
+/* The payload t (n bytes) kept in buf[0..cap) as want. */
+static void
+expect_cause(char *buf, size_t cap, const char *want, const void *t, size_t n)
+{
+	payload(t, n);
+	assert_int_equal(proc_start_failure(b.data, b.len, buf, cap), 0);
+	assert_string_equal(buf, want);
+}
+
 static void
 a_cause_that_fits_is_kept_as_it_is(void **state)
 {
@@ -33,17 +42,11 @@ a_cause_that_fits_is_kept_as_it_is(void **state)
 	char buf[PROC_CAUSE_MAX];
 
 	(void)state;
-	payload(t, strlen(t));
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, t);
+	expect_cause(buf, sizeof(buf), t, t, strlen(t));
 	/* exactly cap - 1 bytes: no cut */
-	payload("abcdefg", 7);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, 8), 0);
-	assert_string_equal(buf, "abcdefg");
+	expect_cause(buf, 8, "abcdefg", "abcdefg", 7);
 	/* nothing said: an empty cause */
-	payload("", 0);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "");
+	expect_cause(buf, sizeof(buf), "", "", 0);
 }
 
 static void
@@ -53,18 +56,14 @@ control_bytes_and_nul_cannot_forge_a_line(void **state)
 	char buf[PROC_CAUSE_MAX];
 
 	(void)state;
-	payload(t, sizeof(t) - 1);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "bad?2026-01-01T00:00:00Z [1] error proc: forged??[2J??");
+	expect_cause(buf, sizeof(buf), "bad?2026-01-01T00:00:00Z [1] error proc: forged??[2J??",
+	    t, sizeof(t) - 1);
 	/* a NUL inside would hide the rest of the text: it is shown, too */
-	payload("a\0b", 3);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "a?b");
+	expect_cause(buf, sizeof(buf), "a?b", "a\0b", 3);
 	/* UTF-8 (a path) passes */
-	payload("keytab '/srv/\xc3\xa9t\xc3\xa9.keytab'",
+	expect_cause(buf, sizeof(buf), "keytab '/srv/\xc3\xa9t\xc3\xa9.keytab'",
+	    "keytab '/srv/\xc3\xa9t\xc3\xa9.keytab'",
 	    strlen("keytab '/srv/\xc3\xa9t\xc3\xa9.keytab'"));
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "keytab '/srv/\xc3\xa9t\xc3\xa9.keytab'");
 }
 
 static void
@@ -81,9 +80,7 @@ a_long_cause_is_cut_with_an_ellipsis(void **state)
 	assert_memory_equal(buf + PROC_CAUSE_MAX - 4, "...", 4);
 	assert_int_equal(strspn(buf, "x"), PROC_CAUSE_MAX - 4);
 	/* one byte too many */
-	payload("abcdefgh", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, 8), 0);
-	assert_string_equal(buf, "abcd...");
+	expect_cause(buf, 8, "abcd...", "abcdefgh", 8);
 }
 
 static void
@@ -93,29 +90,17 @@ a_cut_never_splits_a_utf8_character(void **state)
 
 	(void)state;
 	/* e-acute (2 bytes) whole within the 4: kept */
-	payload("ab\xc3\xa9" "cdef", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "ab\xc3\xa9...");
+	expect_cause(buf, sizeof(buf), "ab\xc3\xa9...", "ab\xc3\xa9" "cdef", 8);
 	/* its lead byte last of the 4: dropped */
-	payload("abc\xc3\xa9" "de", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "abc...");
+	expect_cause(buf, sizeof(buf), "abc...", "abc\xc3\xa9" "de", 8);
 	/* the euro sign (3 bytes) cut after its second byte: dropped whole */
-	payload("ab\xe2\x82\xac" "def", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "ab...");
+	expect_cause(buf, sizeof(buf), "ab...", "ab\xe2\x82\xac" "def", 8);
 	/* a 4-byte character: whole, kept; cut, dropped */
-	payload("\xf0\x9f\x98\x80" "bcde", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "\xf0\x9f\x98\x80...");
-	payload("a\xf0\x9f\x98\x80" "bcd", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "a...");
+	expect_cause(buf, sizeof(buf), "\xf0\x9f\x98\x80...", "\xf0\x9f\x98\x80" "bcde", 8);
+	expect_cause(buf, sizeof(buf), "a...", "a\xf0\x9f\x98\x80" "bcd", 8);
 	/* stray continuation bytes (not UTF-8) are not a character to keep
 	 * whole: the cut stays where it was */
-	payload("a\x80\x80\x80" "bcde", 8);
-	assert_int_equal(proc_start_failure(b.data, b.len, buf, sizeof(buf)), 0);
-	assert_string_equal(buf, "a\x80\x80\x80...");
+	expect_cause(buf, sizeof(buf), "a\x80\x80\x80...", "a\x80\x80\x80" "bcde", 8);
 }
 
 static void
