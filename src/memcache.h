@@ -30,7 +30,7 @@
  * memcache_install replaces libevent's allocator for the whole process
  * (event_set_mem_functions): only the daemon's main calls it, first
  * thing; the embedding library leaves its host's libevent alone. memcache_malloc and memcache_free can be
- * used directly besides (stream.c's kept tokens).
+ * used directly besides (stream.c's tokens, requests and parse states).
  */
 #ifndef EKP_MEMCACHE_H
 #define EKP_MEMCACHE_H

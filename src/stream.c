@@ -136,46 +136,6 @@ enum st {
 	ST_CLOSING,
 };
 
-/*
- * Objects of one kind (2 KiB each) a worker frees and allocates several
- * times per loop turn: the last SPARES_MAX freed are kept for the next
- * allocations. One kept object would not do: with a hundred connections
- * a turn frees several before it allocates again, and a malloc of 2 KiB
- * is glibc's slow path (no tcache above 1 KiB) which gets slower the more
- * the heap is fragmented: after 5,000 connections came and went with
- * their backend connections still pooled, the workers spent 7 % of their
- * time in _int_malloc. At most SPARES_MAX x 2 KiB held per kind.
- */
-#define SPARES_MAX	64
-
-struct spares {
-	void *v[SPARES_MAX];
-	unsigned n;
-};
-
-static void *
-spares_take(struct spares *sp)
-{
-	return sp->n > 0 ? sp->v[--sp->n] : NULL;
-}
-
-/* 0 when kept, -1 when full (the caller frees p). */
-static int
-spares_keep(struct spares *sp, void *p)
-{
-	if (sp->n >= SPARES_MAX)
-		return -1;
-	sp->v[sp->n++] = p;
-	return 0;
-}
-
-static void
-spares_free(struct spares *sp)
-{
-	while (sp->n > 0)
-		free(sp->v[--sp->n]);
-}
-
 /* What every stream of a worker shares; the worker keeps it
  * (front_stream_env). */
 struct senv {
@@ -193,10 +153,6 @@ struct senv {
 	struct evbuffer *dev_direct;	/* a response part put together for
 					 * dev_send; empty between calls */
 	struct evbuffer *be_direct;	/* the same toward the backend (be_send) */
-	/* requests and parse states (2 KiB each) kept for the next requests
-	 * instead of a malloc and free of each per request (struct spares) */
-	struct spares spare_req;
-	struct spares spare_msg;
 	LIST_HEAD(, stream) streams;	/* every open stream, for drain and exit */
 };
 
@@ -357,21 +313,20 @@ slice_copy(char *dst, size_t cap, const char *buf, struct http_slice sl)
 	dst[n] = '\0';
 }
 
-/* Parse states and requests come from (and go back to) the environment's
- * spares when it has them. msg_get's is uninitialised (http_msg_init). */
+/* Parse states and requests (2 KiB each, several allocated and freed per
+ * loop turn: glibc's slow path, slower on a fragmented heap) are memcache
+ * blocks, kept per thread for the next ones. msg_get's is uninitialised
+ * (http_msg_init). */
 static struct http_msg *
-msg_get(struct senv *e)
+msg_get(void)
 {
-	struct http_msg *m = spares_take(&e->spare_msg);
-
-	return m != NULL ? m : malloc(sizeof(struct http_msg));
+	return memcache_malloc(sizeof(struct http_msg));
 }
 
 static void
-msg_put(struct senv *e, struct http_msg *m)
+msg_put(struct http_msg *m)
 {
-	if (m != NULL && spares_keep(&e->spare_msg, m) != 0)
-		free(m);
+	memcache_free(m);
 }
 
 /* A bounded copy of a C string (what snprintf "%s" did, without the
@@ -450,12 +405,11 @@ req_free(struct stream *s)
 		kcd_ctx_release(front_kcd(s->w), rq->ctx_id);
 	if (rq->head_out != NULL)
 		evbuffer_free(rq->head_out);
-	msg_put(s->env, rq->resp_msg);
+	msg_put(rq->resp_msg);
 	if (rq->parked)
 		metrics_self()->parked--;
 	rq->magic = 0;
-	if (spares_keep(&s->env->spare_req, rq) != 0)
-		free(rq);
+	memcache_free(rq);
 	s->rq = NULL;
 }
 
@@ -517,7 +471,7 @@ stream_close(struct stream *s, enum reason r, const char *detail)
 		    reason_token_detail(r, detail, tok, sizeof(tok)), reason_text(r));
 	else
 		log_debug("stream", "%s: connection closed: %s", s->c_ip, reason_token(r));
-	msg_put(s->env, s->req_msg);
+	msg_put(s->req_msg);
 	ahead_drop(s, 1);
 	if (s->pp != NULL)
 		pp_free(s, 1);
@@ -978,12 +932,11 @@ handshake_failed(struct stream *s)
 static struct req *
 req_new(struct stream *s)
 {
-	struct req *rq = spares_take(&s->env->spare_req);
+	struct req *rq = memcache_malloc(sizeof(*rq));
 
-	if (rq != NULL)
-		memset(rq, 0, sizeof(*rq));
-	else if ((rq = calloc(1, sizeof(*rq))) == NULL)
+	if (rq == NULL)
 		return NULL;
+	memset(rq, 0, sizeof(*rq));
 	rq->magic = REQ_MAGIC;
 	rq->start_wall_ms = clock_unix_ms();
 	rq->start_mono_ms = clock_mono_ms();
@@ -1158,7 +1111,7 @@ process_input(struct stream *s)
 		arm_timer(s, env->cfg->server.client_header_timeout);
 	}
 	if (s->req_msg == NULL) {
-		if ((s->req_msg = msg_get(s->env)) == NULL) {
+		if ((s->req_msg = msg_get()) == NULL) {
 			stream_close(s, REASON_OUT_OF_MEMORY, "http_msg");
 			return;
 		}
@@ -1192,7 +1145,7 @@ process_input(struct stream *s)
 	if (accept_head(s, s->req_msg, buf) != 0)
 		return;
 	evbuffer_drain(in, consumed);
-	msg_put(s->env, s->req_msg);
+	msg_put(s->req_msg);
 	s->req_msg = NULL;
 	s->head_bytes_seen = 0;
 	authorize(s);
@@ -2046,7 +1999,7 @@ forward_head(struct stream *s, const char *buf, size_t consumed, struct evbuffer
 
 	if (r < 0)
 		return -1;
-	msg_put(s->env, rq->resp_msg);
+	msg_put(rq->resp_msg);
 	rq->resp_msg = NULL;
 	if (r == 1) {
 		/* retry: a new connection and a fresh token */
@@ -2184,7 +2137,7 @@ pump_response(struct stream *s)
 		if (avail == 0)
 			return;
 		if (rq->resp_msg == NULL) {
-			if ((rq->resp_msg = msg_get(s->env)) == NULL) {
+			if ((rq->resp_msg = msg_get()) == NULL) {
 				respond_error(s, REASON_OUT_OF_MEMORY, "http_msg");
 				return;
 			}
@@ -2616,8 +2569,6 @@ stream_shutdown(struct worker *w)
 	event_free(env->flush_ev);
 	evbuffer_free(env->dev_direct);
 	evbuffer_free(env->be_direct);
-	spares_free(&env->spare_req);
-	spares_free(&env->spare_msg);
 	access_log_flush();
 	if (env->ocsp != NULL)
 		ocsp_free(env->ocsp);
