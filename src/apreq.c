@@ -657,19 +657,18 @@ key_new(krb5_context kc, const krb5_keyblock *kb, struct apreq_key **out)
 		return ENOMEM;
 	k->refs = 1;
 	k->enctype = kb->enctype;
-	k->fast = kcrypt_supported(kb->enctype) &&
-	    kcrypt_derive(kb->enctype, kb->contents, kb->length, KRB5_KEYUSAGE_AP_REQ_AUTH,
-	    &k->auth) == 0 &&
-	    kcrypt_derive(kb->enctype, kb->contents, kb->length, KRB5_KEYUSAGE_AP_REP_ENCPART,
-	    &k->rep) == 0;
-	if (!k->fast) {			/* one derived and not the other */
-		kcrypt_key_clear(&k->auth);
-		kcrypt_key_clear(&k->rep);
-	}
-	if (!k->fast && (code = krb5_k_create_key(kc, kb, &k->k5)) != 0) {
-		explicit_bzero(k, sizeof(*k));
-		free(k);
-		return code;
+	/* kcrypt_derive refuses an enctype that is not kcrypt's */
+	k->fast = kcrypt_derive(kb->enctype, kb->contents, kb->length,
+	    KRB5_KEYUSAGE_AP_REQ_AUTH, &k->auth) == 0 &&
+	    kcrypt_derive(kb->enctype, kb->contents, kb->length,
+	    KRB5_KEYUSAGE_AP_REP_ENCPART, &k->rep) == 0;
+	if (!k->fast) {
+		kcrypt_key_clear(&k->auth);	/* one derived and not the other */
+		if ((code = krb5_k_create_key(kc, kb, &k->k5)) != 0) {
+			explicit_bzero(k, sizeof(*k));
+			free(k);
+			return code;
+		}
 	}
 	*out = k;
 	return 0;

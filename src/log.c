@@ -81,13 +81,13 @@ open_file(const char *path, char *err, size_t errlen)
 static void
 take_fd(int fd)
 {
-	if (lg.target == TARGET_FILE && lg.fd > 2 && fd != lg.fd &&
-	    dup3(fd, lg.fd, O_CLOEXEC) == lg.fd) {
-		close(fd);
-		return;
-	}
-	if (lg.target == TARGET_FILE && lg.fd > 2 && fd != lg.fd)
+	if (lg.target == TARGET_FILE && lg.fd > 2 && fd != lg.fd) {
+		if (dup3(fd, lg.fd, O_CLOEXEC) == lg.fd) {
+			close(fd);
+			return;
+		}
 		close(lg.fd);		/* dup3 failed: the old way */
+	}
 	lg.target = TARGET_FILE;
 	lg.fd = fd;
 }
