@@ -534,6 +534,12 @@ http {{
     keepalive_timeout 300s;
     keepalive_requests 100000000;
     client_max_body_size 0;
+    # a request through a KCD front has a head of about 1.5 KB (its
+    # Negotiate header); in nginx's default 1 KiB header buffer every such
+    # request is copied into a second, larger one. Exchange (http.sys)
+    # reads a whole head into one buffer; so does this stand-in, for
+    # either front.
+    client_header_buffer_size 4k;
     server {{
         listen 127.0.0.1:{self.fast_port};
         location /Microsoft-Server-ActiveSync {{
