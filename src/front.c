@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -536,6 +537,36 @@ on_ctl_close(struct ipc_chan *ch, const char *why, void *arg)
 	worker_drain(w, proc_now_ms() + w->cfg->server.shutdown_timeout, "the parent is gone");
 }
 
+/*
+ * The worker cannot start (before READY): its error line, as it always
+ * was, and the same text to the parent (IPC_START_FAILED, proc.h), which
+ * names it on its "reload failed" or restart line, as it does kcd's. ctl
+ * is the control channel once it exists, ctl_fd its descriptor before:
+ * either way the frame is in the socket when this returns (the channel
+ * does not batch), before the worker exits.
+ */
+static void __attribute__((format(printf, 4, 5)))
+start_failed(struct ipc_chan *ctl, int ctl_fd, unsigned slot, const char *fmt, ...)
+{
+	char cause[PROC_CAUSE_MAX];
+	struct ipc_buf b;
+	va_list ap;
+	int r = -1;
+
+	va_start(ap, fmt);
+	vsnprintf(cause, sizeof(cause), fmt, ap);
+	va_end(ap);
+	log_error("front", "worker %u: %s", slot, cause);
+	ipc_buf_init(&b);
+	ipc_put_str(&b, cause);
+	if (!b.err && ctl != NULL)
+		r = ipc_send(ctl, IPC_START_FAILED, 0, b.data, b.len, -1);
+	else if (!b.err && ctl_fd >= 0)
+		r = ipc_send_blocking(ctl_fd, IPC_START_FAILED, 0, b.data, b.len, -1);
+	if (r != 0)
+		log_debug("front", "worker %u: cannot tell the parent why start-up failed", slot);
+}
+
 int
 worker_main(const struct front_args *a)
 {
@@ -557,7 +588,7 @@ worker_main(const struct front_args *a)
 	wpar.admin_fd = a->admin_fd;
 	memcpy(wpar.ticket_keys, a->ticket_keys, sizeof(wpar.ticket_keys));
 	if ((base = event_base_new()) == NULL) {
-		log_error("front", "worker %u: cannot create the event loop", a->slot);
+		start_failed(NULL, ctl_fd, a->slot, "cannot create the event loop");
 		for (i = 0; i < a->n_listen; i++)
 			close(a->listen_fd[i]);
 		if (a->admin_fd >= 0)
@@ -569,7 +600,7 @@ worker_main(const struct front_args *a)
 	/* what needs root (TLS keys, device lists), then never root again;
 	 * worker_new takes the descriptors in every case */
 	if ((wp.w = worker_new(base, &wpar, err, sizeof(err))) == NULL) {
-		log_error("front", "worker %u: %s", a->slot, err);
+		start_failed(NULL, ctl_fd, a->slot, "%s", err);
 		goto cleanup;
 	}
 	/* one access log per process, whatever the generation (stream.c
@@ -577,7 +608,7 @@ worker_main(const struct front_args *a)
 	if (a->cfg->log.access_log != NULL &&
 	    access_log_open(a->cfg->log.access_log, a->cfg->log.access_format, 1, err,
 	    sizeof(err)) != 0) {
-		log_error("front", "worker %u: %s", a->slot, err);
+		start_failed(NULL, ctl_fd, a->slot, "%s", err);
 		goto cleanup;
 	}
 	wp.ctl = ipc_chan_new(base, ctl_fd, "parent", on_ctl_msg, on_ctl_close, &wp);
@@ -588,12 +619,12 @@ worker_main(const struct front_args *a)
 	}
 	if ((wp.term_ev = evsignal_new(base, SIGTERM, on_term, &wp)) == NULL ||
 	    evsignal_add(wp.term_ev, NULL) != 0) {
-		log_error("front", "worker %u: cannot watch SIGTERM", a->slot);
+		start_failed(wp.ctl, -1, a->slot, "cannot watch SIGTERM");
 		goto cleanup;
 	}
 	if (proc_drop_privileges(a->cfg->server.user, a->cfg->server.chroot, wp.parent,
 	    err, sizeof(err)) != 0) {
-		log_error("front", "worker %u: cannot drop privileges: %s", a->slot, err);
+		start_failed(wp.ctl, -1, a->slot, "cannot drop privileges: %s", err);
 		goto cleanup;
 	}
 

@@ -1165,8 +1165,9 @@ child_exited(struct child *c, int st)
 		return;
 	}
 	schedule_restart(c, up);
-	log_error("proc", "%s (pid %ld, generation %u) %s after %llu ms; restarting in %u ms",
-	    c->name, (long)c->pid, g->id, how, (unsigned long long)up, c->backoff_ms);
+	log_error("proc", "%s (pid %ld, generation %u) %s after %llu ms%s%s; restarting in %u ms",
+	    c->name, (long)c->pid, g->id, how, (unsigned long long)up,
+	    c->cause[0] != '\0' ? " during start-up: " : "", c->cause, c->backoff_ms);
 	c->pid = 0;
 	c->ready = 0;
 }

@@ -27,13 +27,15 @@
  *   WORKER_CHANNEL  p->k  u32 worker slot + fd: kcd's end of that worker's
  *                         channel (new worker, or kcd was restarted)
  *   READY           c->p  (empty): start-up done
- *   START_FAILED    c->p  str cause: start-up failed (kcd before READY: its
- *                         krb5.conf, its keytab, its Kerberos core), the
- *                         text of the child's own error line; the child
+ *   START_FAILED    c->p  str cause: start-up failed before READY (kcd:
+ *                         its krb5.conf, its keytab, its Kerberos core; a
+ *                         worker: its TLS files, access log, privileges),
+ *                         the text of the child's own error line; the child
  *                         exits next. The parent names it on its "reload
- *                         failed" line, read with proc_start_failure: text
- *                         from a child is untrusted (bounded, no control
- *                         bytes). Refused once the child is READY.
+ *                         failed" or restart line, read with
+ *                         proc_start_failure: text from a child is
+ *                         untrusted (bounded, no control bytes). Refused
+ *                         once the child is READY.
  *   STATS           c->p  reserved; counters travel through metrics.h's
  *                         shared memory instead
  */

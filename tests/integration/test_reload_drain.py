@@ -445,6 +445,80 @@ def test_every_failed_reload_names_its_kcds_cause(make_lab_proxy):
     assert r.status == 200, r.status
 
 
+def worker_refusal(ln):
+    """(pid, message) of a worker's own error line, ln."""
+    m = re.search(r"\[(\d+)\] worker error front: worker \d+: (.*)$", ln)
+    assert m, f"not a worker error line: {ln}"
+    return int(m.group(1)), m.group(2)
+
+
+def junk_certificate(p, name):
+    """A file in p's directory that is no certificate (the parent does not
+    read TLS files; a worker does, at start)."""
+    path = p.path(name)
+    with open(path, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    return path
+
+
+def test_a_reload_whose_worker_cannot_start_names_its_cause(make_lab_proxy):
+    """The new generation's kcd starts, its worker cannot load the server
+    certificate (the parent never reads TLS files). The worker tells the
+    parent why before it exits: the "reload failed" line names that worker
+    and its cause, the text of its own error line; generation 1 keeps
+    serving; a later good reload works."""
+    p = make_lab_proxy(workers=1).start()
+    gen1 = workers(p)
+    good = p.settings["tls"]["certificate"]
+    bad = junk_certificate(p, "junk.pem")
+    p.write_config(settings={"tls": {"certificate": bad}})
+    p.signal(signal.SIGHUP)
+    p.wait_for_log(r"reload failed: worker 0 \(pid \d+\) of generation 2 ", 20)
+    p.wait_for_log(r"generation 2 finished", 20)
+    errors = errors_after_sighup(p)
+    assert len(errors) == 2, errors
+    pid, cause = worker_refusal(errors[0])
+    assert bad in cause, errors
+    m = re.search(r"proc: reload failed: worker 0 \(pid (\d+)\) of generation 2 exited with "
+                  r"status 1 during start-up: (.*); the previous generation keeps serving$",
+                  errors[1])
+    assert m and (int(m.group(1)), m.group(2)) == (pid, cause), errors
+    assert workers(p) == gen1
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       device.eas_target("Sync", user="alice", device="STILLONE"),
+                       source="127.0.0.16")
+    assert r.status == 200, r.status
+    assert served_by(p, "127.0.0.16") in gen1
+    good_reload_works(p, {"tls": {"certificate": good}}, 3, gen1)
+
+
+def test_a_worker_that_cannot_start_is_restarted_naming_its_cause_until_it_can(make_lab_proxy):
+    """At start-up there is no older generation to fall back on: a worker
+    that cannot load the server certificate is restarted with back-off,
+    and each restart line names its cause, the text of the worker's own
+    error line. Once the file is good, the next restart comes up and
+    devices are served."""
+    p = make_lab_proxy(workers=1)
+    good = p.settings["tls"]["certificate"]
+    good = good if os.path.isabs(good) else p.path(good)
+    cert = junk_certificate(p, "later.pem")
+    p.write_config(settings={"tls": {"certificate": cert}})
+    p.start(wait_ready=False)
+    rx = (r"\[\d+\] main error proc: worker 0 \(pid (\d+), generation 1\) exited with status 1 "
+          r"after \d+ ms during start-up: (.*); restarting in \d+ ms$")
+    p.wait_for_log(rx, 20, count=2)
+    text = p.log_text()
+    for m in re.finditer(rx, text, re.M):
+        own = re.search(rf"\[{m.group(1)}\] worker error front: worker 0: (.*)$", text, re.M)
+        assert own and own.group(1) == m.group(2) and cert in m.group(2), text[-3000:]
+    shutil.copyfile(good, cert)
+    p.wait_ready(1, timeout=30)
+    r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
+                       device.eas_target("Sync", user="alice", device="CAMEUP"),
+                       source="127.0.0.17")
+    assert r.status == 200, r.status
+
+
 def test_a_reload_whose_kcd_never_reports_ready_is_abandoned_in_time(make_lab_proxy, lab):  # noqa: F811
     """The new kcd hangs at start (its krb5.conf includes a FIFO nobody
     writes: libkrb5 blocks opening it). No worker of generation 2 is
