@@ -11,8 +11,11 @@ A reload whose new kcd fails at start (a keytab readable by every user,
 which config.c only warns about and kcd refuses; a kcd that never reports
 ready) is abandoned before any worker of the new generation exists: devices
 connecting in a loop all through it are answered by the old generation.
-The "reload failed" line names the kcd's cause (its own error line's text),
-so an admin reading or grepping that line alone sees why.
+A reload whose new worker cannot start (a certificate that does not load)
+is abandoned as well. The "reload failed" line names the child's cause
+(its own error line's text), so an admin reading or grepping that line
+alone sees why; so does the restart line of a worker that cannot start
+when there is no older generation to keep serving.
 """
 import os
 import re
@@ -325,21 +328,28 @@ def answered_by_old_generation(p, loop, gen1):
     assert sum(int(n) for *_, n in reqs) == len(results), (reqs, len(results))
 
 
-def kcd_refusal(ln):
-    """(pid, message) of a kcd's own error line, ln."""
-    m = re.search(r"\[(\d+)\] kcd error kcd: (.*)$", ln)
-    assert m, f"not a kcd error line: {ln}"
+def own_refusal(ln):
+    """(pid, message) of a kcd's or a worker's own error line, ln."""
+    m = re.search(r"\[(\d+)\] (?:kcd error kcd|worker error front: worker \d+): (.*)$", ln)
+    assert m, f"not a kcd or worker error line: {ln}"
     return int(m.group(1)), m.group(2)
 
 
-def failed_reload_cause(ln, generation):
-    """(pid, cause) of the parent's "reload failed" line for a kcd that
-    exited during start-up, ln."""
-    m = re.search(rf"proc: reload failed: kcd \(pid (\d+)\) of generation {generation} "
+def failed_reload(p, generation, child):
+    """(pid, cause) of the child (kcd, worker K) of generation whose start
+    failed: once that generation is finished, the error lines since the
+    SIGHUP are the child's own line and the parent's "reload failed" line,
+    which names the same pid and the same cause, word for word."""
+    p.wait_for_log(rf"reload failed: {child} \(pid \d+\) of generation {generation} ", 20)
+    p.wait_for_log(rf"generation {generation} finished", 20)
+    errors = errors_after_sighup(p)
+    assert len(errors) == 2, errors
+    pid, cause = own_refusal(errors[0])
+    m = re.search(rf"proc: reload failed: {child} \(pid (\d+)\) of generation {generation} "
                   r"exited with status 1 during start-up: (.*); the previous generation "
-                  r"keeps serving$", ln)
-    assert m, f"not a reload failed line naming a cause: {ln}"
-    return int(m.group(1)), m.group(2)
+                  r"keeps serving$", errors[1])
+    assert m and (int(m.group(1)), m.group(2)) == (pid, cause), errors
+    return pid, cause
 
 
 def errors_after_sighup(p):
@@ -389,23 +399,15 @@ def test_a_reload_whose_kcd_refuses_the_keytab_never_accepts_a_device(make_lab_p
         loop.wait_for(3)
         p.write_config(settings={"kerberos": {"keytab": bad}})
         p.signal(signal.SIGHUP)
-        p.wait_for_log(r"reload failed: kcd \(pid \d+\) of generation 2 exited with status 1 "
-                       r"during start-up: keytab '" + re.escape(bad) + r"' is readable by "
-                       r"every user .*; the previous generation keeps serving", 20)
-        p.wait_for_log(r"generation 2 finished", 20)
+        _, cause = failed_reload(p, 2, "kcd")
         n = len(loop.results)
         loop.wait_for(n + 3)
     finally:
         loop.stop()
     answered_by_old_generation(p, loop, gen1)
     no_worker_of(p, 2)
-    # the cause once (kcd), the failure once (the parent), nothing else
-    errors = errors_after_sighup(p)
-    assert len(errors) == 2, errors
-    assert re.search(r"kcd error kcd: keytab '" + re.escape(bad) + r"' is readable by every user",
-                     errors[0]), errors
-    # the parent's line names the same kcd and the same cause, word for word
-    assert failed_reload_cause(errors[1], 2) == kcd_refusal(errors[0]), errors
+    assert cause.startswith(f"keytab '{bad}' is readable by every user "), cause
+    assert len(errors_after_sighup(p)) == 2, errors_after_sighup(p)
     assert {c["pid"] for c in p.children()} == before
     good_reload_works(p, {"kerberos": {"keytab": good}}, 3, gen1)
 
@@ -430,26 +432,14 @@ def test_every_failed_reload_names_its_kcds_cause(make_lab_proxy):
         path = bad[generation % 2]
         p.write_config(settings={"kerberos": {"keytab": path}})
         p.signal(signal.SIGHUP)
-        p.wait_for_log(rf"reload failed: kcd \(pid \d+\) of generation {generation} ", 20)
-        p.wait_for_log(rf"generation {generation} finished", 20)
-        errors = errors_after_sighup(p)
-        assert len(errors) == 2, errors
-        pid, cause = kcd_refusal(errors[0])
-        assert cause.startswith(f"keytab '{path}' is "), errors
-        assert "by every user" in cause, errors
-        assert failed_reload_cause(errors[1], generation) == (pid, cause), errors
+        _, cause = failed_reload(p, generation, "kcd")
+        assert cause.startswith(f"keytab '{path}' is "), cause
+        assert "by every user" in cause, cause
     assert {c["pid"] for c in p.children()} == before
     r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
                        device.eas_target("Sync", user="alice", device="AFTER"),
                        source="127.0.0.15")
     assert r.status == 200, r.status
-
-
-def worker_refusal(ln):
-    """(pid, message) of a worker's own error line, ln."""
-    m = re.search(r"\[(\d+)\] worker error front: worker \d+: (.*)$", ln)
-    assert m, f"not a worker error line: {ln}"
-    return int(m.group(1)), m.group(2)
 
 
 def junk_certificate(p, name):
@@ -473,16 +463,8 @@ def test_a_reload_whose_worker_cannot_start_names_its_cause(make_lab_proxy):
     bad = junk_certificate(p, "junk.pem")
     p.write_config(settings={"tls": {"certificate": bad}})
     p.signal(signal.SIGHUP)
-    p.wait_for_log(r"reload failed: worker 0 \(pid \d+\) of generation 2 ", 20)
-    p.wait_for_log(r"generation 2 finished", 20)
-    errors = errors_after_sighup(p)
-    assert len(errors) == 2, errors
-    pid, cause = worker_refusal(errors[0])
-    assert bad in cause, errors
-    m = re.search(r"proc: reload failed: worker 0 \(pid (\d+)\) of generation 2 exited with "
-                  r"status 1 during start-up: (.*); the previous generation keeps serving$",
-                  errors[1])
-    assert m and (int(m.group(1)), m.group(2)) == (pid, cause), errors
+    _, cause = failed_reload(p, 2, "worker 0")
+    assert cause.startswith(f"certificate {bad}: "), cause
     assert workers(p) == gen1
     r = device.request(p.port, p.device_cert("alice"), p.server_ca.cert,
                        device.eas_target("Sync", user="alice", device="STILLONE"),
