@@ -34,6 +34,11 @@
  * a frame with a descriptor sends the batch first and goes alone. When the
  * socket's queue is not empty, the packed datagram joins it behind what is
  * there. Reads take up to IPC_RX_BATCH datagrams per recvmmsg(2).
+ *
+ * A lazy frame (ipc_send_lazy) is packed the same way but schedules no
+ * send of its own: it leaves with the next frame that does, or when
+ * flush_ev's timeout (IPC_LAZY_MS) ends, whichever comes first. flush_due
+ * says the send is already scheduled for this turn.
  */
 #include <assert.h>
 #include <errno.h>
@@ -57,6 +62,7 @@
 					 * finished) */
 #define MAX_RX_FDS	8		/* room to receive (and close) unwanted extras */
 #define IPC_RX_BATCH	8		/* datagrams in one recvmmsg */
+#define IPC_LAZY_MS	50		/* the longest a lazy frame waits */
 
 static const char *const type_names[] = {
 #define IPC_MSG(id, name) name,
@@ -391,7 +397,10 @@ struct ipc_chan {
 					 * channel has read */
 	int dead;			/* no more sending or receiving */
 	int batching;			/* ipc_chan_set_batching */
-	struct event *flush_ev;		/* sends the batch; active while nb > 0 */
+	struct event *flush_ev;		/* sends the batch: made active by the
+					 * first frame that is not lazy, its
+					 * timeout set by a lazy first frame */
+	int flush_due;			/* flush_ev is active */
 	unsigned nb;			/* frames in the batch */
 	size_t bused;			/* their bytes in bbuf, back to back */
 	uint8_t *bbuf;			/* IPC_MAX_DGRAM, when batching */
@@ -903,7 +912,8 @@ batch_flush(struct ipc_chan *ch, int later)
 
 	if (nb == 0)
 		return 0;
-	event_del(ch->flush_ev);	/* (when not run by it) */
+	event_del(ch->flush_ev);	/* (when not run by it), and its timeout */
+	ch->flush_due = 0;
 	ch->nb = 0;
 	ch->bused = 0;
 	if (ch->qhead == NULL) {
@@ -963,6 +973,48 @@ ipc_chan_set_batching(struct ipc_chan *ch, int on)
 	return 0;
 }
 
+/* Pack one frame behind the batch's others (the batch sent first when it
+ * would not fit: a frame is at most IPC_MAX_FRAME = IPC_MAX_DGRAM bytes,
+ * it fits into an empty one). A frame that is not lazy has the send made
+ * at the end of this turn, unless it already is; the first lazy one of a
+ * batch sets the latest time for it. Returns 0, or -1 (the channel
+ * failed). */
+static int
+batch_add(struct ipc_chan *ch, const uint8_t *hdr, const void *payload, size_t len, int lazy)
+{
+	if (ch->bused + IPC_HDR_LEN + len > IPC_MAX_DGRAM && batch_flush(ch, 1) != 0)
+		return -1;
+	memcpy(ch->bbuf + ch->bused, hdr, IPC_HDR_LEN);
+	if (len > 0)
+		memcpy(ch->bbuf + ch->bused + IPC_HDR_LEN, payload, len);
+	ch->bused += IPC_HDR_LEN + len;
+	if (!lazy && !ch->flush_due) {
+		ch->flush_due = 1;
+		event_active(ch->flush_ev, EV_WRITE, 0);
+	} else if (lazy && ch->nb == 0) {
+		const struct timeval tv = { 0, IPC_LAZY_MS * 1000 };
+
+		event_add(ch->flush_ev, &tv);
+	}
+	ch->nb++;
+	return 0;
+}
+
+int
+ipc_send_lazy(struct ipc_chan *ch, uint16_t type, uint32_t id, const void *payload, size_t len)
+{
+	uint8_t hdr[IPC_HDR_LEN];
+
+	assert(ch->magic == CHAN_MAGIC);
+	if (!ch->batching)
+		return ipc_send(ch, type, id, payload, len, -1);
+	if (ch->dead || len > IPC_MAX_PAYLOAD || (len > 0 && payload == NULL) ||
+	    type == IPC_NONE || type >= IPC__COUNT)
+		return -1;
+	put_hdr(hdr, type, id, (uint32_t)len);
+	return batch_add(ch, hdr, payload, len, 1);
+}
+
 int
 ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
     const void *payload, size_t len, int pass_fd)
@@ -975,20 +1027,8 @@ ipc_send(struct ipc_chan *ch, uint16_t type, uint32_t id,
 	    type == IPC_NONE || type >= IPC__COUNT)
 		return -1;
 	put_hdr(hdr, type, id, (uint32_t)len);
-	if (ch->batching && pass_fd < 0) {
-		/* a frame is at most IPC_MAX_FRAME = IPC_MAX_DGRAM bytes: it
-		 * fits into an empty batch */
-		if (ch->bused + IPC_HDR_LEN + len > IPC_MAX_DGRAM && batch_flush(ch, 1) != 0)
-			return -1;
-		/* packed behind the others; the first frame schedules the send */
-		memcpy(ch->bbuf + ch->bused, hdr, IPC_HDR_LEN);
-		if (len > 0)
-			memcpy(ch->bbuf + ch->bused + IPC_HDR_LEN, payload, len);
-		ch->bused += IPC_HDR_LEN + len;
-		if (ch->nb++ == 0)
-			event_active(ch->flush_ev, EV_WRITE, 0);
-		return 0;
-	}
+	if (ch->batching && pass_fd < 0)
+		return batch_add(ch, hdr, payload, len, 0);
 	if (ch->nb > 0 && batch_flush(ch, 1) != 0)
 		return -1;	/* the batch goes first, whatever happens to it */
 	if (ch->qhead == NULL) {

@@ -136,6 +136,14 @@ const char *ipc_chan_peer(const struct ipc_chan *ch);
  * Frames still batched when the channel is freed are sent first. Off by
  * default; either end may batch or not. Returns 0 or -1 (out of memory). */
 int ipc_chan_set_batching(struct ipc_chan *ch, int on);
+/* As ipc_send (no descriptor), for a frame that asks no answer and may
+ * wait: on a batching channel it is packed into the batch but schedules no
+ * send of its own; it leaves with the next frame that does, or within
+ * 50 ms. A worker's context releases go so: a request alone on the loop
+ * then costs kcd one wake-up, not two. On a channel that is not batching,
+ * ipc_send. */
+int ipc_send_lazy(struct ipc_chan *ch, uint16_t type, uint32_t id,
+    const void *payload, size_t len);
 void ipc_chan_free(struct ipc_chan *ch);
 /* Read, without waiting, what the peer has already sent, as a read event
  * would (one burst of frames): on_msg for each frame, on_close at the end

@@ -369,7 +369,8 @@ kcd_ctx_release(struct kcd_client *kc, uint32_t ctx_id)
 		return;
 	ipc_buf_init(&b);
 	ipc_put_u32(&b, ctx_id);
-	if (ipc_send(kc->ch, IPC_CTX_RELEASE, 0, b.data, b.len, -1) != 0)
+	/* kcd holds the context meanwhile (bounded: max_contexts) */
+	if (ipc_send_lazy(kc->ch, IPC_CTX_RELEASE, 0, b.data, b.len) != 0)
 		log_warn("kcd_client", "could not queue ctx_release %u", ctx_id);
 }
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 
@@ -1087,6 +1088,104 @@ test_chan_batching_packs_frames(void **state)
 	event_base_free(base);
 }
 
+static void
+send_lazy_named(struct ipc_chan *ch, unsigned id)
+{
+	char p[32];
+
+	snprintf(p, sizeof(p), "frame %u", id);
+	assert_int_equal(ipc_send_lazy(ch, IPC_STATS, id, p, strlen(p)), 0);
+}
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Nothing of sock's yet, unless the 50 ms a lazy frame may wait have
+ * passed since t0 (then its timeout may have sent it, correctly). */
+static void
+expect_lazy_waiting(int sock, uint64_t t0)
+{
+	static uint8_t d[IPC_MAX_DGRAM + 1];
+	int fd;
+
+	if (raw_recv(sock, d, sizeof(d), &fd) >= 0 && mono_ms() - t0 < 50)
+		fail_msg("a lazy frame was sent before its time, alone");
+}
+
+/* Lazy frames (ipc_send_lazy): packed like the others, sent with the next
+ * frame that schedules a send, or by their timeout; sent at once by a
+ * channel that does not batch; sent first when the channel is freed. */
+static void
+test_chan_lazy_frames(void **state)
+{
+	struct event_base *base = event_base_new();
+	static uint8_t d[IPC_MAX_DGRAM + 1];
+	struct sink a;
+	struct ipc_chan *ca;
+	uint64_t t0;
+	int sp[2], fd;
+
+	(void)state;
+	sink_init(&a, base);
+	assert_int_equal(ipc_socketpair(sp), 0);
+	ca = ipc_chan_new(base, sp[0], "a", sink_msg, sink_close, &a);
+
+	/* not batching: a lazy frame is an ordinary one */
+	send_lazy_named(ca, 1);
+	expect_packed(sp[1], 1, 1, 0);
+	assert_int_equal(ipc_chan_set_batching(ca, 1), 0);
+
+	/* alone, they wait out the turn; their timeout sends them together */
+	t0 = mono_ms();
+	send_lazy_named(ca, 1);
+	send_lazy_named(ca, 2);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	expect_lazy_waiting(sp[1], t0);
+	event_base_loop(base, EVLOOP_ONCE);	/* until the timeout */
+	expect_packed(sp[1], 1, 2, 0);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), -1);
+
+	/* a frame that is not lazy takes them along at the end of the turn,
+	 * with a lazy one sent after it in the same turn */
+	send_lazy_named(ca, 1);
+	send_lazy_named(ca, 2);
+	send_named(ca, 3, -1);
+	send_lazy_named(ca, 4);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	expect_packed(sp[1], 1, 4, 0);
+
+	/* that send took the timeout with it: the next lazy frame has its own */
+	t0 = mono_ms();
+	send_lazy_named(ca, 5);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	expect_lazy_waiting(sp[1], t0);
+	event_base_loop(base, EVLOOP_ONCE);
+	expect_packed(sp[1], 5, 5, 0);
+
+	/* a frame with a descriptor sends the batch first, lazy ones too */
+	send_lazy_named(ca, 6);
+	send_named(ca, 7, sp[1]);
+	expect_packed(sp[1], 6, 6, 0);
+	expect_packed(sp[1], 7, 7, 1);
+
+	/* freed with lazy frames batched: they are sent first */
+	send_lazy_named(ca, 8);
+	send_lazy_named(ca, 9);
+	ipc_chan_free(ca);
+	expect_packed(sp[1], 8, 9, 0);
+	assert_int_equal(raw_recv(sp[1], d, sizeof(d), &fd), 0);	/* then its end */
+
+	assert_int_equal(a.closed, 0);
+	close(sp[1]);
+	event_base_free(base);
+}
+
 /* A receiver that does not batch walks packed datagrams all the same,
  * past READ_BURST frames in one datagram; a free from inside on_msg ends
  * the walk. */
@@ -1222,6 +1321,7 @@ main(void)
 		cmocka_unit_test(test_chan_batching_keeps_frames_and_order),
 		cmocka_unit_test(test_chan_batching_full_socket_queues_in_order),
 		cmocka_unit_test(test_chan_batching_packs_frames),
+		cmocka_unit_test(test_chan_lazy_frames),
 		cmocka_unit_test(test_chan_packed_to_a_plain_receiver),
 		cmocka_unit_test(test_chan_queue_bound),
 		cmocka_unit_test(test_blocking_helpers),
