@@ -8,6 +8,7 @@
  * can feed whatever contiguous piece of its evbuffer it has. Nothing here
  * allocates or keeps a pointer to the caller's bytes.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -32,25 +33,71 @@ enum phase { PH_START = 0, PH_HEADERS, PH_DONE, PH_ERROR };
 
 /* ---- small pure helpers ------------------------------------------------- */
 
+/*
+ * Byte classes, one table look-up per byte instead of a chain of
+ * comparisons (the heads of both directions of every request pass through
+ * here). Each class is exactly the predicate written out in its comment;
+ * test_http.c checks all 256 bytes of each against the parser's verdicts.
+ */
+#define C_TCHAR		0x01	/* RFC 9110 token: ALPHA DIGIT !#$%&'*+-.^_`|~ */
+#define C_FIELD		0x02	/* field value / reason phrase: HTAB, 0x20-0x7e,
+				 * obs-text 0x80-0xff (no other control, no DEL) */
+#define C_TARGET	0x04	/* request-target: 0x21-0x7e except '#' */
+
+#define CLS_TCHAR(c)	(((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
+			 ((c) >= '0' && (c) <= '9') || (c) == '!' || (c) == '#' || \
+			 (c) == '$' || (c) == '%' || (c) == '&' || (c) == '\'' || \
+			 (c) == '*' || (c) == '+' || (c) == '-' || (c) == '.' || \
+			 (c) == '^' || (c) == '_' || (c) == '`' || (c) == '|' || (c) == '~')
+#define CLS_FIELD(c)	((c) == '\t' || ((c) >= 0x20 && (c) != 0x7f))
+#define CLS_TARGET(c)	((c) >= 0x21 && (c) <= 0x7e && (c) != '#')
+#define CLS(c)		((CLS_TCHAR(c) ? C_TCHAR : 0) | (CLS_FIELD(c) ? C_FIELD : 0) | \
+			 (CLS_TARGET(c) ? C_TARGET : 0))
+#define CLS4(c)		CLS(c), CLS((c) + 1), CLS((c) + 2), CLS((c) + 3)
+#define CLS16(c)	CLS4(c), CLS4((c) + 4), CLS4((c) + 8), CLS4((c) + 12)
+#define CLS64(c)	CLS16(c), CLS16((c) + 16), CLS16((c) + 32), CLS16((c) + 48)
+static const uint8_t cls[256] = {
+	CLS64(0), CLS64(64), CLS64(128), CLS64(192)
+};
+#undef CLS64
+#undef CLS16
+#undef CLS4
+#undef CLS
+
 static int
 is_tchar(unsigned char c)
 {
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return 1;
-	switch (c) {
-	case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-	case '+': case '-': case '.': case '^': case '_': case '`': case '|':
-	case '~':
-		return 1;
-	}
-	return 0;
+	return (cls[c] & C_TCHAR) != 0;
 }
 
+/* ASCII case folding (A-Z only), as codec_eq_ci does, without a call per
+ * comparison for the short names compared here. */
+#define FOLD(c)		((c) >= 'A' && (c) <= 'Z' ? (c) + 32 : (c))
+#define FOLD4(c)	FOLD(c), FOLD((c) + 1), FOLD((c) + 2), FOLD((c) + 3)
+#define FOLD16(c)	FOLD4(c), FOLD4((c) + 4), FOLD4((c) + 8), FOLD4((c) + 12)
+#define FOLD64(c)	FOLD16(c), FOLD16((c) + 16), FOLD16((c) + 32), FOLD16((c) + 48)
+static const unsigned char fold[256] = {
+	FOLD64(0), FOLD64(64), FOLD64(128), FOLD64(192)
+};
+#undef FOLD64
+#undef FOLD16
+#undef FOLD4
+#undef FOLD
+
+/* a[0..n) and b[0..n) are equal ignoring ASCII case. */
 static int
-eq_ci_str(const char *a, size_t alen, const char *s)
+eq_ci_n(const char *a, const char *b, size_t n)
 {
-	return codec_eq_ci(a, alen, s, strlen(s));
+	for (size_t i = 0; i < n; i++)
+		if (fold[(unsigned char)a[i]] != fold[(unsigned char)b[i]])
+			return 0;
+	return 1;
 }
+
+/* a[0..alen) is the string literal lit, ignoring ASCII case (its length
+ * is known at compile time: no strlen). */
+#define EQ_CI_LIT(a, alen, lit) \
+	((alen) == sizeof(lit) - 1 && eq_ci_n((a), (lit), sizeof(lit) - 1))
 
 static int
 is_ows(char c)
@@ -93,15 +140,18 @@ http_error_reason(enum http_error e, int is_response)
 	}
 }
 
+#define METHOD(name, m)	{ name, m, sizeof(name) - 1 }
 static const struct {
 	const char *name;
 	enum http_method m;
+	uint8_t len;		/* strlen(name) */
 } methods[] = {
-	{ "GET", HTTP_M_GET }, { "HEAD", HTTP_M_HEAD }, { "POST", HTTP_M_POST },
-	{ "PUT", HTTP_M_PUT }, { "DELETE", HTTP_M_DELETE },
-	{ "OPTIONS", HTTP_M_OPTIONS }, { "PATCH", HTTP_M_PATCH },
-	{ "CONNECT", HTTP_M_CONNECT }, { "TRACE", HTTP_M_TRACE },
+	METHOD("GET", HTTP_M_GET), METHOD("HEAD", HTTP_M_HEAD), METHOD("POST", HTTP_M_POST),
+	METHOD("PUT", HTTP_M_PUT), METHOD("DELETE", HTTP_M_DELETE),
+	METHOD("OPTIONS", HTTP_M_OPTIONS), METHOD("PATCH", HTTP_M_PATCH),
+	METHOD("CONNECT", HTTP_M_CONNECT), METHOD("TRACE", HTTP_M_TRACE),
 };
+#undef METHOD
 
 const char *
 http_method_name(enum http_method m)
@@ -197,7 +247,7 @@ list_each(const char *v, size_t len, int (*fn)(const char *, size_t, void *), vo
 static int
 match_token(const char *e, size_t n, void *arg)
 {
-	return eq_ci_str(e, n, (const char *)arg) ? 1 : 0;
+	return codec_eq_ci(e, n, (const char *)arg, strlen((const char *)arg)) ? 1 : 0;
 }
 
 int
@@ -297,10 +347,15 @@ http_limits_from_config(const struct config *cfg, char *const *hosts, unsigned n
 	return 0;
 }
 
+/* The header slots are not cleared: the parser writes every field of a
+ * slot when it fills it, and nothing reads a slot at or past n_headers
+ * (clearing them was 2 KiB of memset per message, two per request). */
 void
 http_msg_init(struct http_msg *m, int is_response)
 {
-	memset(m, 0, sizeof(*m));
+	memset(m, 0, offsetof(struct http_msg, headers));
+	memset((char *)m + offsetof(struct http_msg, host), 0,
+	    sizeof(*m) - offsetof(struct http_msg, host));
 	m->is_response = is_response ? 1 : 0;
 	m->phase = PH_START;
 	m->error = HTTP_ERR_NONE;
@@ -337,6 +392,36 @@ parse_version(const char *v, size_t len, int *minor)
 	return 0;
 }
 
+/*
+ * 1 when line[0..len) is "METHOD SP TARGET SP HTTP/1.x" with a method of 1
+ * to HTTP_METHOD_MAX tchars, a target of C_TARGET bytes and x 0 or 1:
+ * exactly the lines that pass every check of request_line's slow branch
+ * (no NUL or CR: neither is in any of these classes; the first space ends
+ * the method, the last one the target, since neither the target nor the
+ * version has one). *mlen is the method's length.
+ */
+static int
+request_line_clean(const char *line, size_t len, size_t *mlen)
+{
+	const unsigned char *u = (const unsigned char *)line;
+	size_t i = 0, t;
+
+	while (i < len && (cls[u[i]] & C_TCHAR))
+		i++;
+	if (i == 0 || i > HTTP_METHOD_MAX || i + 10 > len || u[i] != ' ')
+		return 0;
+	t = i + 1;
+	/* len - 9: the space before the version */
+	for (i = t; i < len - 9; i++)
+		if (!(cls[u[i]] & C_TARGET))
+			return 0;
+	if (i == t || u[i] != ' ' || memcmp(line + i + 1, "HTTP/1.", 7) != 0 ||
+	    (u[len - 1] != '0' && u[len - 1] != '1'))
+		return 0;
+	*mlen = t - 1;
+	return 1;
+}
+
 static int
 request_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
     size_t ls, size_t len)
@@ -350,38 +435,46 @@ request_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 			return fail(m, HTTP_ERR_LEADING_EMPTY_LINES);
 		return 0;
 	}
-	if (check_nul_cr(m, line, len) != 0)
-		return -1;
-	sp1 = memchr(line, ' ', len);
-	if (sp1 == NULL)
-		return fail(m, HTTP_ERR_REQUEST_LINE);
-	mlen = (size_t)(sp1 - line);
-	if (mlen == 0 || mlen > HTTP_METHOD_MAX)
-		return fail(m, HTTP_ERR_METHOD);
-	for (i = 0; i < mlen; i++)
-		if (!is_tchar((unsigned char)line[i]))
+	if (request_line_clean(line, len, &mlen)) {
+		/* the common case, decided in one pass; the checks below
+		 * would all pass */
+		t = line + mlen + 1;
+		tlen = len - mlen - 10;
+		m->version_minor = line[len - 1] - '0';
+	} else {
+		/* something is wrong: find out what, in the order of the
+		 * rules (the first broken one names the refusal) */
+		if (check_nul_cr(m, line, len) != 0)
+			return -1;
+		sp1 = memchr(line, ' ', len);
+		if (sp1 == NULL)
+			return fail(m, HTTP_ERR_REQUEST_LINE);
+		mlen = (size_t)(sp1 - line);
+		if (mlen == 0 || mlen > HTTP_METHOD_MAX)
 			return fail(m, HTTP_ERR_METHOD);
-	sp2 = memrchr(line, ' ', len);
-	if (sp2 == sp1)
-		return fail(m, HTTP_ERR_REQUEST_LINE);
-	if (parse_version(sp2 + 1, len - (size_t)(sp2 + 1 - line), &m->version_minor) != 0)
-		return fail(m, HTTP_ERR_VERSION);
-	t = sp1 + 1;
-	tlen = (size_t)(sp2 - t);
-	toff = ls + (size_t)(t - line);
-	if (tlen == 0 || t[0] == ' ' || t[tlen - 1] == ' ')
-		return fail(m, HTTP_ERR_REQUEST_LINE);
-	if (memchr(t, ' ', tlen) != NULL)
-		return fail(m, HTTP_ERR_TARGET_SPACE);
-	for (i = 0; i < tlen; i++) {
-		unsigned char c = (unsigned char)t[i];
-		if (c < 0x21 || c > 0x7e || c == '#')
-			return fail(m, HTTP_ERR_TARGET);
+		for (i = 0; i < mlen; i++)
+			if (!is_tchar((unsigned char)line[i]))
+				return fail(m, HTTP_ERR_METHOD);
+		sp2 = memrchr(line, ' ', len);
+		if (sp2 == sp1)
+			return fail(m, HTTP_ERR_REQUEST_LINE);
+		if (parse_version(sp2 + 1, len - (size_t)(sp2 + 1 - line), &m->version_minor) != 0)
+			return fail(m, HTTP_ERR_VERSION);
+		t = sp1 + 1;
+		tlen = (size_t)(sp2 - t);
+		if (tlen == 0 || t[0] == ' ' || t[tlen - 1] == ' ')
+			return fail(m, HTTP_ERR_REQUEST_LINE);
+		if (memchr(t, ' ', tlen) != NULL)
+			return fail(m, HTTP_ERR_TARGET_SPACE);
+		for (i = 0; i < tlen; i++)
+			if (!(cls[(unsigned char)t[i]] & C_TARGET))
+				return fail(m, HTTP_ERR_TARGET);
 	}
+	toff = ls + (size_t)(t - line);
 
 	m->method = HTTP_M_OTHER;
 	for (i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
-		if (strlen(methods[i].name) == mlen && memcmp(methods[i].name, line, mlen) == 0)
+		if (methods[i].len == mlen && memcmp(methods[i].name, line, mlen) == 0)
 			m->method = methods[i].m;
 	m->method_s = slice(ls, mlen);
 	m->target = slice(toff, tlen);
@@ -404,10 +497,10 @@ request_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 	} else {
 		size_t skip, a, e;
 		unsigned defport;
-		if (tlen > 7 && eq_ci_str(t, 7, "http://")) {
+		if (tlen > 7 && EQ_CI_LIT(t, 7, "http://")) {
 			skip = 7;
 			defport = 80;
-		} else if (tlen > 8 && eq_ci_str(t, 8, "https://")) {
+		} else if (tlen > 8 && EQ_CI_LIT(t, 8, "https://")) {
 			skip = 8;
 			defport = 443;
 		} else {
@@ -439,12 +532,44 @@ request_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 	return 0;
 }
 
+/*
+ * 1 when line[0..len) is "HTTP/1.x SP DDD" with x 0 or 1 and DDD 100 to 599,
+ * then nothing or SP and a reason of C_FIELD bytes: exactly the lines that
+ * pass every check of status_line's slow branch (no NUL or CR: neither is
+ * allowed at any of these places).
+ */
+static int
+status_line_clean(const char *line, size_t len)
+{
+	const unsigned char *u = (const unsigned char *)line;
+
+	if (len < 12 || memcmp(line, "HTTP/1.", 7) != 0 || (u[7] != '0' && u[7] != '1') ||
+	    u[8] != ' ' || u[9] < '1' || u[9] > '5' || u[10] < '0' || u[10] > '9' ||
+	    u[11] < '0' || u[11] > '9' || (len > 12 && u[12] != ' '))
+		return 0;
+	for (size_t i = 13; i < len; i++)
+		if (!(cls[u[i]] & C_FIELD))
+			return 0;
+	return 1;
+}
+
 static int
 status_line(struct http_msg *m, const char *buf, size_t ls, size_t len)
 {
 	const char *line = buf + ls;
 	int st = 0;
 
+	if (status_line_clean(line, len)) {
+		/* the common case, decided in one pass; the checks below
+		 * would all pass */
+		m->version_minor = line[7] - '0';
+		m->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+		m->reason = len > 13 ? slice(ls + 13, len - 13) : slice(ls + len, 0);
+		m->phase = PH_HEADERS;
+		return 0;
+	}
+	/* something is wrong: find out what, in the order of the rules (the
+	 * first broken one names the refusal) */
 	if (check_nul_cr(m, line, len) != 0)
 		return -1;
 	if (len < 8 || parse_version(line, 8, &m->version_minor) != 0)
@@ -460,11 +585,9 @@ status_line(struct http_msg *m, const char *buf, size_t ls, size_t len)
 		return fail(m, HTTP_ERR_STATUS_LINE);
 	if (st < 100 || st > 599)
 		return fail(m, HTTP_ERR_STATUS);
-	for (size_t i = 13; i < len; i++) {
-		unsigned char c = (unsigned char)line[i];
-		if ((c < 0x20 && c != '\t') || c == 0x7f)
+	for (size_t i = 13; i < len; i++)
+		if (!(cls[(unsigned char)line[i]] & C_FIELD))
 			return fail(m, HTTP_ERR_CTL_CHAR);
-	}
 	m->status = st;
 	m->reason = len > 13 ? slice(ls + 13, len - 13) : slice(ls + len, 0);
 	m->phase = PH_HEADERS;
@@ -479,12 +602,12 @@ check_conn_element(const char *e, size_t n, void *arg)
 	for (size_t i = 0; i < n; i++)
 		if (!is_tchar((unsigned char)e[i]))
 			return fail(m, HTTP_ERR_CONNECTION);
-	if (eq_ci_str(e, n, "close"))
+	if (EQ_CI_LIT(e, n, "close"))
 		m->conn_close = 1;
-	else if (eq_ci_str(e, n, "keep-alive"))
+	else if (EQ_CI_LIT(e, n, "keep-alive"))
 		m->conn_keep_alive = 1;
-	else if (eq_ci_str(e, n, "host") || eq_ci_str(e, n, "content-length") ||
-	    eq_ci_str(e, n, "transfer-encoding"))
+	else if (EQ_CI_LIT(e, n, "host") || EQ_CI_LIT(e, n, "content-length") ||
+	    EQ_CI_LIT(e, n, "transfer-encoding"))
 		return fail(m, HTTP_ERR_CONNECTION_FRAMING);
 	return 0;
 }
@@ -536,7 +659,7 @@ header_semantics(struct http_msg *m, const char *buf, struct http_header *h)
 			return fail(m, HTTP_ERR_TE_DUP);
 		if (memchr(v, ',', vl) != NULL)
 			return fail(m, HTTP_ERR_TE_LIST);
-		if (!eq_ci_str(v, vl, "chunked"))
+		if (!EQ_CI_LIT(v, vl, "chunked"))
 			return fail(m, HTTP_ERR_TE_UNKNOWN);
 		if (m->version_minor == 0)
 			return fail(m, HTTP_ERR_TE_HTTP10);
@@ -549,7 +672,7 @@ header_semantics(struct http_msg *m, const char *buf, struct http_header *h)
 	case HTTP_H_EXPECT:
 		if (m->is_response || m->version_minor == 0)
 			break;		/* RFC 9110 §10.1.1: ignored in 1.0 */
-		if (!eq_ci_str(v, vl, "100-continue"))
+		if (!EQ_CI_LIT(v, vl, "100-continue"))
 			return fail(m, HTTP_ERR_EXPECT);
 		m->expect_continue = 1;
 		break;
@@ -557,6 +680,31 @@ header_semantics(struct http_msg *m, const char *buf, struct http_header *h)
 		break;
 	}
 	return 0;
+}
+
+/*
+ * The name's length when line[0..len) (len > 0) is "NAME:VALUE" with a
+ * name of 1 or more tchars and a value of C_FIELD bytes only, else 0. These
+ * are exactly the lines that pass every check of header_line's slow branch:
+ * a tchar is no OWS (no obs-fold, no space before the colon), no NUL or CR,
+ * no ':' (the first colon ends the name); the value's OWS, trimmed there
+ * before its bytes are checked, is C_FIELD too.
+ */
+static size_t
+header_line_clean(const char *line, size_t len)
+{
+	const unsigned char *u = (const unsigned char *)line;
+	size_t i = 0, nlen;
+
+	while (i < len && (cls[u[i]] & C_TCHAR))
+		i++;
+	if (i == 0 || i == len || u[i] != ':')
+		return 0;
+	nlen = i;
+	for (i++; i < len; i++)
+		if (!(cls[u[i]] & C_FIELD))
+			return 0;
+	return nlen;
 }
 
 static int
@@ -570,44 +718,48 @@ header_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 
 	if (len == 0)
 		return 1;		/* the empty line: end of the head */
-	if (is_ows(line[0]))
-		return fail(m, HTTP_ERR_OBS_FOLD);
-	if (check_nul_cr(m, line, len) != 0)
-		return -1;
-	colon = memchr(line, ':', len);
-	if (colon == NULL)
-		return fail(m, HTTP_ERR_NO_COLON);
-	nlen = (size_t)(colon - line);
-	if (nlen == 0)
-		return fail(m, HTTP_ERR_EMPTY_NAME);
-	if (is_ows(line[nlen - 1]))
-		return fail(m, HTTP_ERR_SPACE_BEFORE_COLON);
-	for (size_t i = 0; i < nlen; i++)
-		if (!is_tchar((unsigned char)line[i]))
-			return fail(m, HTTP_ERR_HEADER_NAME);
+	nlen = header_line_clean(line, len);
+	if (nlen == 0) {
+		/* something is wrong: find out what, in the order of the
+		 * rules (the first broken one names the refusal) */
+		if (is_ows(line[0]))
+			return fail(m, HTTP_ERR_OBS_FOLD);
+		if (check_nul_cr(m, line, len) != 0)
+			return -1;
+		colon = memchr(line, ':', len);
+		if (colon == NULL)
+			return fail(m, HTTP_ERR_NO_COLON);
+		nlen = (size_t)(colon - line);
+		if (nlen == 0)
+			return fail(m, HTTP_ERR_EMPTY_NAME);
+		if (is_ows(line[nlen - 1]))
+			return fail(m, HTTP_ERR_SPACE_BEFORE_COLON);
+		for (size_t i = 0; i < nlen; i++)
+			if (!is_tchar((unsigned char)line[i]))
+				return fail(m, HTTP_ERR_HEADER_NAME);
+		for (size_t i = nlen + 1; i < len; i++)
+			if (!(cls[(unsigned char)line[i]] & C_FIELD))
+				return fail(m, HTTP_ERR_CTL_CHAR);
+	}
 	vs = nlen + 1;
 	ve = len;
 	while (vs < ve && is_ows(line[vs]))
 		vs++;
 	while (ve > vs && is_ows(line[ve - 1]))
 		ve--;
-	for (size_t i = vs; i < ve; i++) {
-		unsigned char c = (unsigned char)line[i];
-		if ((c < 0x20 && c != '\t') || c == 0x7f)
-			return fail(m, HTTP_ERR_CTL_CHAR);
-	}
 	max_headers = (lim != NULL && lim->max_headers != 0 && lim->max_headers < HTTP_MAX_HEADERS)
 	    ? lim->max_headers : HTTP_MAX_HEADERS;
 	if (m->n_headers >= max_headers)
 		return fail(m, HTTP_ERR_TOO_MANY_HEADERS);
 
 	h = &m->headers[m->n_headers++];
+	memset(h, 0, sizeof(*h));	/* the padding too: http_msg_init left it */
 	h->name = slice(ls, nlen);
 	h->value = slice(ls + vs, ve - vs);
 	h->id = HTTP_H_OTHER;
 	h->flags = 0;
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-		if (known[i].len == nlen && codec_eq_ci(line, nlen, known[i].name, nlen)) {
+		if (known[i].len == nlen && eq_ci_n(line, known[i].name, nlen)) {
 			h->id = (uint8_t)known[i].id;
 			h->flags = known[i].flags;
 			break;
