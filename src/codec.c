@@ -46,6 +46,31 @@ codec_b64_encode_to(const unsigned char *in, size_t n, char *out)
 	return o;
 }
 
+size_t
+codec_b64_inner(const unsigned char *part, size_t len, size_t at, char *out)
+{
+	size_t skip = CODEC_B64_INNER_SKIP(at), groups = CODEC_B64_INNER_LEN(at, len) / 4;
+
+	/* whole groups only: codec_b64_encode_to pads nothing for them */
+	return codec_b64_encode_to(part + skip, groups * 3, out);
+}
+
+size_t
+codec_b64_encode_with(const unsigned char *in, size_t n, size_t at, size_t len,
+    const char *inner, char *out)
+{
+	size_t a = at + CODEC_B64_INNER_SKIP(at), ilen = CODEC_B64_INNER_LEN(at, len);
+	size_t b = a + ilen / 4 * 3, o;
+
+	if (ilen == 0)
+		return codec_b64_encode_to(in, n, out);
+	/* a is a multiple of 3: the head ends on a whole group */
+	o = codec_b64_encode_to(in, a, out);
+	memcpy(out + o, inner, ilen);
+	o += ilen;
+	return o + codec_b64_encode_to(in + b, n - b, out + o);
+}
+
 char *
 codec_b64_encode(const unsigned char *in, size_t n)
 {

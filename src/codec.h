@@ -25,6 +25,26 @@ char *codec_b64_encode(const unsigned char *in, size_t n);
 #define CODEC_B64_LEN(n)	(4 * (((n) + 2) / 3))
 size_t codec_b64_encode_to(const unsigned char *in, size_t n, char *out);
 
+/* Base64 of a message part that is the same in many messages (kcd's
+ * service ticket, in every token made on it), encoded once: a part of len
+ * bytes at byte offset at of its message, of which only the whole 3-byte
+ * groups of the message's encoding that lie inside the part depend on the
+ * part alone (they start at the part's first byte whose offset is a
+ * multiple of 3). codec_b64_inner writes those groups' characters,
+ * CODEC_B64_INNER_LEN(at, len) of them and a NUL, into out and returns
+ * their number; only at % 3 matters. codec_b64_encode_with then encodes a
+ * whole message in[0..n) holding the part at in[at..at+len) (at + len <=
+ * n) as codec_b64_encode_to does, character for character, but copies
+ * inner (codec_b64_inner's out for this part and at % 3) instead of
+ * encoding those groups, whose bytes it never reads. Returns
+ * CODEC_B64_LEN(n); out as codec_b64_encode_to's. */
+#define CODEC_B64_INNER_SKIP(at)	((3 - (at) % 3) % 3)
+#define CODEC_B64_INNER_LEN(at, len)	((len) > CODEC_B64_INNER_SKIP(at) ? \
+	((len) - CODEC_B64_INNER_SKIP(at)) / 3 * 4 : 0)
+size_t codec_b64_inner(const unsigned char *part, size_t len, size_t at, char *out);
+size_t codec_b64_encode_with(const unsigned char *in, size_t n, size_t at, size_t len,
+    const char *inner, char *out);
+
 /* Strict base64 decoding of in[0..len) into out[0..cap): only the
  * alphabet A-Z a-z 0-9 + /; '=' padding is optional, but when present it
  * is one or two '=' at the very end of a text whose length is a multiple

@@ -68,6 +68,52 @@ test_b64_round_trip(void **state)
 	}
 }
 
+/* A message encoded with a part's groups given (codec_b64_encode_with)
+ * is, character for character, the message encoded whole: for parts at
+ * every offset and of every length in a range of message lengths, with
+ * the part's own whole groups poisoned in the message (they must not be
+ * read), and the returned lengths are the whole encoding's. */
+static void
+test_b64_encode_with_a_kept_part_is_the_whole_encoding(void **state)
+{
+	unsigned char msg[70], poisoned[70];
+	char whole[CODEC_B64_LEN(70) + 1], with[CODEC_B64_LEN(70) + 1];
+	char inner[CODEC_B64_LEN(70) + 1];
+	unsigned cases = 0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(msg); i++)
+		msg[i] = (unsigned char)(i * 151 + 7);
+	for (size_t n = 0; n <= sizeof(msg); n++) {
+		for (size_t at = 0; at <= n; at++) {
+			for (size_t len = 0; at + len <= n; len++) {
+				size_t skip = CODEC_B64_INNER_SKIP(at);
+				size_t ilen = CODEC_B64_INNER_LEN(at, len);
+
+				assert_int_equal(codec_b64_inner(msg + at, len, at, inner), ilen);
+				assert_int_equal(strlen(inner), ilen);
+				assert_int_equal(ilen % 4, 0);
+				assert_true(ilen / 4 * 3 + skip <= (len > skip ? len : skip));
+				memcpy(poisoned, msg, n);
+				if (ilen > 0)
+					memset(poisoned + at + skip, 0xA5, ilen / 4 * 3);
+				assert_int_equal(codec_b64_encode_to(msg, n, whole), CODEC_B64_LEN(n));
+				memset(with, 'x', sizeof(with));
+				assert_int_equal(codec_b64_encode_with(poisoned, n, at, len, inner, with),
+				    CODEC_B64_LEN(n));
+				assert_string_equal(with, whole);
+				cases++;
+			}
+		}
+	}
+	assert_true(cases > 50000);
+	/* only the offset's remainder matters: the same part three bytes on */
+	assert_int_equal(codec_b64_inner(msg + 10, 40, 10, inner), CODEC_B64_INNER_LEN(13, 40));
+	assert_int_equal(codec_b64_encode_to(msg, 60, whole), CODEC_B64_LEN(60));
+	assert_int_equal(codec_b64_encode_with(msg, 60, 10, 40, inner, with), CODEC_B64_LEN(60));
+	assert_string_equal(with, whole);
+}
+
 /* Padding is optional; a caller that insists on it checks len % 4. */
 static void
 test_b64_padding_optional(void **state)
@@ -191,6 +237,7 @@ main(void)
 		cmocka_unit_test(test_b64_encode_rfc4648),
 		cmocka_unit_test(test_b64_decode_rfc4648),
 		cmocka_unit_test(test_b64_round_trip),
+		cmocka_unit_test(test_b64_encode_with_a_kept_part_is_the_whole_encoding),
 		cmocka_unit_test(test_b64_padding_optional),
 		cmocka_unit_test(test_b64_refusals),
 		cmocka_unit_test(test_b64_capacity),
