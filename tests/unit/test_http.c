@@ -310,6 +310,184 @@ test_error_tokens(void **state)
 	assert_string_equal(http_error_token((enum http_error)9999), "unknown");
 }
 
+/* ---- every byte in every place -------------------------------------------- */
+
+/* RFC 9110 §5.6.2, written out independently of http.c's class table. */
+static int
+ref_tchar(unsigned c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	    (c != 0 && strchr("!#$%&'*+-.^_`|~", (int)c) != NULL);
+}
+
+/* field-value / reason-phrase bytes: HTAB, SP, VCHAR, obs-text */
+static int
+ref_field(unsigned c)
+{
+	return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+/* What a line with one odd byte c must get when every other byte of it is
+ * fine: the line-level rules come first (NUL, bare CR, a LF that ends the
+ * line early), then the place's own. */
+static enum http_error
+line_rule(unsigned c, enum http_error place_rule)
+{
+	if (c == 0)
+		return HTTP_ERR_NUL;
+	if (c == '\r')
+		return HTTP_ERR_BARE_CR;
+	if (c == '\n')
+		return HTTP_ERR_BARE_LF;
+	return place_rule;
+}
+
+/* head[] with '@' replaced by c, parsed whole and a byte at a time; both
+ * verdicts must be want (HTTP_ERR_NONE: the head is accepted). */
+static void
+expect_byte(int resp, const char *tmpl, unsigned c, enum http_error want)
+{
+	struct http_limits l = limits();
+	struct http_msg m;
+	char buf[256];
+	size_t n = strlen(tmpl), consumed;
+	enum http_result r[2];
+
+	assert_true(n < sizeof(buf));
+	memcpy(buf, tmpl, n);
+	*(char *)memchr(buf, '@', n) = (char)c;
+	r[0] = parse_whole(resp, &l, buf, n, &m, &consumed);
+	if ((r[0] == HTTP_DONE ? HTTP_ERR_NONE : m.error) != want || r[0] == HTTP_NEED_MORE)
+		fail_msg("byte 0x%02x in \"%s\": got %s (result %d), want %s", c, tmpl,
+		    http_error_token(m.error), (int)r[0], http_error_token(want));
+	r[1] = parse_bytewise(resp, &l, buf, n, &m, &consumed);
+	if (r[1] != r[0] || (r[1] == HTTP_ERROR && m.error != want))
+		fail_msg("byte 0x%02x in \"%s\" fed a byte at a time: got %s (result %d)", c,
+		    tmpl, http_error_token(m.error), (int)r[1]);
+}
+
+/*
+ * The parser judges a well-formed line in one pass over byte classes and
+ * goes through the rules one by one only for a line that fails it: every
+ * one of the 256 byte values in each place of a line must get what the
+ * rules say (accepted, or the refusal of the first rule it breaks).
+ */
+static void
+test_every_byte_in_each_place(void **state)
+{
+	(void)state;
+	for (unsigned c = 0; c < 256; c++) {
+		enum http_error e;
+
+		/* method */
+		e = ref_tchar(c) ? HTTP_ERR_NONE
+		    : line_rule(c, c == ' ' ? HTTP_ERR_TARGET_SPACE : HTTP_ERR_METHOD);
+		expect_byte(0, "G@T / HTTP/1.1\r\nHost: a\r\n\r\n", c, e);
+		/* request target */
+		e = (c >= 0x21 && c <= 0x7e && c != '#') ? HTTP_ERR_NONE
+		    : line_rule(c, c == ' ' ? HTTP_ERR_TARGET_SPACE : HTTP_ERR_TARGET);
+		expect_byte(0, "GET /a@b HTTP/1.1\r\nHost: a\r\n\r\n", c, e);
+		/* version */
+		e = (c == '0' || c == '1') ? HTTP_ERR_NONE : line_rule(c, HTTP_ERR_VERSION);
+		expect_byte(0, "GET / HTTP/1.@\r\nHost: a\r\n\r\n", c, e);
+		/* header name; a ':' makes "X" the name and "Y: v" the value */
+		e = (ref_tchar(c) || c == ':') ? HTTP_ERR_NONE
+		    : line_rule(c, HTTP_ERR_HEADER_NAME);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\nX@Y: v\r\n\r\n", c, e);
+		/* the name's last byte */
+		e = (ref_tchar(c) || c == ':') ? HTTP_ERR_NONE
+		    : line_rule(c, (c == ' ' || c == '\t') ? HTTP_ERR_SPACE_BEFORE_COLON
+		    : HTTP_ERR_HEADER_NAME);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\nX@: v\r\n\r\n", c, e);
+		/* a line's first byte */
+		e = ref_tchar(c) ? HTTP_ERR_NONE
+		    : (c == ' ' || c == '\t') ? HTTP_ERR_OBS_FOLD
+		    : line_rule(c, c == ':' ? HTTP_ERR_EMPTY_NAME : HTTP_ERR_HEADER_NAME);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\n@X: v\r\n\r\n", c, e);
+		/* header value, inside and at either end (trimmed OWS) */
+		e = ref_field(c) ? HTTP_ERR_NONE : line_rule(c, HTTP_ERR_CTL_CHAR);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\nX: a@b\r\n\r\n", c, e);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\nX:@\r\n\r\n", c, e);
+		expect_byte(0, "GET / HTTP/1.1\r\nHost: a\r\nX: a@\r\n\r\n", c, e);
+		expect_byte(1, "HTTP/1.1 200 OK\r\nX: a@b\r\n\r\n", c, e);
+		/* reason phrase */
+		expect_byte(1, "HTTP/1.1 200 O@K\r\n\r\n", c, e);
+		expect_byte(1, "HTTP/1.1 200 @\r\n\r\n", c, e);
+		/* status code digits */
+		e = (c >= '1' && c <= '5') ? HTTP_ERR_NONE
+		    : line_rule(c, (c >= '0' && c <= '9') ? HTTP_ERR_STATUS : HTTP_ERR_STATUS_LINE);
+		expect_byte(1, "HTTP/1.1 @00 OK\r\n\r\n", c, e);
+		e = (c >= '0' && c <= '9') ? HTTP_ERR_NONE : line_rule(c, HTTP_ERR_STATUS_LINE);
+		expect_byte(1, "HTTP/1.1 2@0 OK\r\n\r\n", c, e);
+		/* the byte after the status code */
+		e = c == ' ' ? HTTP_ERR_NONE : line_rule(c, HTTP_ERR_STATUS_LINE);
+		expect_byte(1, "HTTP/1.1 200@OK\r\n\r\n", c, e);
+	}
+}
+
+/* When a line breaks several rules, the first in the rules' order names
+ * the refusal, wherever the bytes are in the line. */
+static void
+test_first_broken_rule_names_the_refusal(void **state)
+{
+	static const struct {
+		int resp;
+		const char *head;
+		size_t len;
+		enum http_error want;
+	} cases[] = {
+		/* NUL / bare CR come before every rule of the line's shape */
+		{ 0, S("G\x01T /a\0b HTTP/1.1\r\nHost: a\r\n\r\n"), HTTP_ERR_NUL },
+		{ 0, S("GET /a#b HTTP/1.1\rx\r\nHost: a\r\n\r\n"), HTTP_ERR_BARE_CR },
+		{ 0, S("GET /a\rb HTTP/1.1\0\r\nHost: a\r\n\r\n"), HTTP_ERR_BARE_CR },
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\nX\x01Y: a\0b\r\n\r\n"), HTTP_ERR_NUL },
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\nX Y: a\rb\r\n\r\n"), HTTP_ERR_BARE_CR },
+		{ 1, S("HTTP/2.0 200 \0K\r\n\r\n"), HTTP_ERR_NUL },
+		{ 1, S("HTTP/1.1 2x0 \rK\r\n\r\n"), HTTP_ERR_BARE_CR },
+		/* obs-fold before NUL */
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\n X: \0\r\n\r\n"), HTTP_ERR_OBS_FOLD },
+		/* the name before the value */
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\nX\"Y: \x01\r\n\r\n"), HTTP_ERR_HEADER_NAME },
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\nX : \x7f\r\n\r\n"), HTTP_ERR_SPACE_BEFORE_COLON },
+		/* the method before the target, the version before the target */
+		{ 0, S("G(T /a#b HTTP/1.1\r\nHost: a\r\n\r\n"), HTTP_ERR_METHOD },
+		{ 0, S("GET /a#b HTTP/1.2\r\nHost: a\r\n\r\n"), HTTP_ERR_VERSION },
+		{ 0, S("GET /a#b HTTP/1.1 \r\nHost: a\r\n\r\n"), HTTP_ERR_VERSION },
+		/* a method one byte too long, a version one byte too long */
+		{ 0, S("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFG / HTTP/1.1\r\nHost: a\r\n\r\n"),
+		    HTTP_ERR_METHOD },
+		{ 0, S("GET / HTTP/1.11\r\nHost: a\r\n\r\n"), HTTP_ERR_VERSION },
+		{ 0, S("GET  / HTTP/1.1\r\nHost: a\r\n\r\n"), HTTP_ERR_REQUEST_LINE },
+		{ 0, S("GET / HTTP/1.1\r\nHost: a\r\nX:\r\nContent-Length: 1\r\n"
+		    "Content-Length: 1\r\n\r\n"), HTTP_ERR_DUP_CL },
+		/* the status line's fixed places before its reason */
+		{ 1, S("HTTP/1.1 600 \x01\r\n\r\n"), HTTP_ERR_STATUS },
+		{ 1, S("HTTP/1.1 099\r\n\r\n"), HTTP_ERR_STATUS },
+		{ 1, S("HTTP/1.1 20\r\n\r\n"), HTTP_ERR_STATUS_LINE },
+		{ 1, S("HTTP/1.1\r\n\r\n"), HTTP_ERR_STATUS_LINE },
+		{ 1, S("HTTP/1.\r\n\r\n"), HTTP_ERR_VERSION },
+	};
+	struct http_limits l = limits();
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct http_msg m;
+		size_t consumed;
+
+		for (int how = 0; how < 2; how++) {
+			enum http_result r = how == 0
+			    ? parse_whole(cases[i].resp, &l, cases[i].head, cases[i].len, &m, &consumed)
+			    : parse_bytewise(cases[i].resp, &l, cases[i].head, cases[i].len, &m,
+			    &consumed);
+			if (r != HTTP_ERROR || m.error != cases[i].want)
+				fail_msg("case %zu (%s): got %s (result %d), want %s", i,
+				    how == 0 ? "whole" : "a byte at a time",
+				    http_error_token(m.error), (int)r,
+				    http_error_token(cases[i].want));
+		}
+	}
+}
+
 /* ---- size limits ----------------------------------------------------------- */
 
 static void
@@ -1303,6 +1481,8 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_error_tokens),
+		cmocka_unit_test(test_every_byte_in_each_place),
+		cmocka_unit_test(test_first_broken_rule_names_the_refusal),
 		cmocka_unit_test(test_size_limits),
 		cmocka_unit_test(test_head_exact_limit),
 		cmocka_unit_test(test_good_requests_any_split),
