@@ -45,6 +45,20 @@ access_log_header(char *buf, size_t len, uint64_t now_ms)
 /* A W3C field: "-" when empty; spaces become '+' (as IIS writes them);
  * control bytes, quotes and non-ASCII are %-escaped so a field never
  * breaks the line. */
+#define W3C_KEEP(c)	((c) >= 0x21 && (c) < 0x7f && (c) != '"' && (c) != '%')
+#define W3C4(c)		W3C_KEEP(c), W3C_KEEP((c) + 1), W3C_KEEP((c) + 2), W3C_KEEP((c) + 3)
+#define W3C16(c)	W3C4(c), W3C4((c) + 4), W3C4((c) + 8), W3C4((c) + 12)
+#define W3C64(c)	W3C16(c), W3C16((c) + 16), W3C16((c) + 32), W3C16((c) + 48)
+/* 1 for the bytes put_w3c copies as they are (one look-up per byte: every
+ * field of every request's line passes through it) */
+static const unsigned char w3c_keep[256] = {
+	W3C64(0), W3C64(64), W3C64(128), W3C64(192)
+};
+#undef W3C64
+#undef W3C16
+#undef W3C4
+#undef W3C_KEEP
+
 static size_t
 put_w3c(char *out, size_t cap, const char *s)
 {
@@ -61,14 +75,15 @@ put_w3c(char *out, size_t cap, const char *s)
 		unsigned char c = (unsigned char)*s;
 		if (n + 4 >= cap)
 			return 0;
-		if (c == ' ')
+		if (w3c_keep[c])
+			out[n++] = (char)c;
+		else if (c == ' ')
 			out[n++] = '+';
-		else if (c < 0x21 || c >= 0x7f || c == '"' || c == '%') {
+		else {
 			out[n++] = '%';
 			out[n++] = hex[c >> 4];
 			out[n++] = hex[c & 15];
-		} else
-			out[n++] = (char)c;
+		}
 	}
 	return n;
 }
@@ -317,23 +332,37 @@ access_log_reopen_fd(int fd)
 	al.fd = fd;
 }
 
+/*
+ * A line is formatted straight into the buffer when the room left there is
+ * at least a whole line's limit (ACCESS_LINE_MAX), else into a line of its
+ * own and copied after a flush when it does not fit: either way the limit
+ * and the order of lines are the same, and most lines are not copied.
+ */
+#define ACCESS_LINE_MAX	8192u	/* with the NUL */
+
 void
 access_log_write(const struct access_rec *rec)
 {
-	char line[8192];
+	char line[ACCESS_LINE_MAX];
 	size_t n;
 
 	if (al.fd < 0)
 		return;
-	if ((n = access_log_format(rec, al.fmt, line, sizeof(line))) == 0) {
-		log_warn("access_log", "record too long for one line; dropped (reason %s)",
-		    rec->reason ? rec->reason : "-");
+	if (sizeof(al.buf) - al.used >= ACCESS_LINE_MAX) {
+		n = access_log_format(rec, al.fmt, al.buf + al.used, ACCESS_LINE_MAX);
+		if (n != 0) {
+			al.used += n;
+			return;
+		}
+	} else if ((n = access_log_format(rec, al.fmt, line, sizeof(line))) != 0) {
+		if (al.used + n > sizeof(al.buf))
+			access_log_flush();
+		memcpy(al.buf + al.used, line, n);
+		al.used += n;
 		return;
 	}
-	if (al.used + n > sizeof(al.buf))
-		access_log_flush();
-	memcpy(al.buf + al.used, line, n);
-	al.used += n;
+	log_warn("access_log", "record too long for one line; dropped (reason %s)",
+	    rec->reason ? rec->reason : "-");
 }
 
 void

@@ -46,13 +46,18 @@ enum {
 	P_COLLECTION_ID, P_ITEM_ID, P_LONG_ID, P_OCCURRENCE, P_SAVE_IN_SENT,
 	P__COUNT
 };
-static const char *const plain_names[P__COUNT] = {
-	[P_CMD] = "Cmd", [P_USER] = "User", [P_DEVICE_ID] = "DeviceId",
-	[P_DEVICE_TYPE] = "DeviceType", [P_ATTACHMENT_NAME] = "AttachmentName",
-	[P_COLLECTION_ID] = "CollectionId", [P_ITEM_ID] = "ItemId",
-	[P_LONG_ID] = "LongId", [P_OCCURRENCE] = "Occurrence",
-	[P_SAVE_IN_SENT] = "SaveInSent",
+#define PLAIN(name)	{ name, sizeof(name) - 1 }
+static const struct {
+	const char *name;
+	size_t len;		/* strlen(name): compared first */
+} plain_names[P__COUNT] = {
+	[P_CMD] = PLAIN("Cmd"), [P_USER] = PLAIN("User"), [P_DEVICE_ID] = PLAIN("DeviceId"),
+	[P_DEVICE_TYPE] = PLAIN("DeviceType"), [P_ATTACHMENT_NAME] = PLAIN("AttachmentName"),
+	[P_COLLECTION_ID] = PLAIN("CollectionId"), [P_ITEM_ID] = PLAIN("ItemId"),
+	[P_LONG_ID] = PLAIN("LongId"), [P_OCCURRENCE] = PLAIN("Occurrence"),
+	[P_SAVE_IN_SENT] = PLAIN("SaveInSent"),
 };
+#undef PLAIN
 
 const char *
 eas_error_token(enum eas_error e)
@@ -180,8 +185,9 @@ decode_plain(const char *s, size_t len, struct eas_query *q, enum eas_error *err
 			continue;	/* a long name is no name we know */
 		}
 		for (int k = 0; k < P__COUNT; k++)
-			if (codec_eq_ci((const char *)name, (size_t)nl, plain_names[k],
-			    strlen(plain_names[k])))
+			if (plain_names[k].len == (size_t)nl &&
+			    codec_eq_ci((const char *)name, (size_t)nl, plain_names[k].name,
+			    plain_names[k].len))
 				p = k;
 		if (p < 0)
 			continue;	/* unknown: kept out, forwarded as is */

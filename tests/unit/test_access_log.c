@@ -279,6 +279,53 @@ reopen_keeps_buffered_lines_in_the_old_file_and_writes_new_ones_to_the_new(void 
 	unlink(moved);
 }
 
+/*
+ * Lines of many lengths, more than the buffer holds, with a record too long
+ * for one line among them: the file holds every other line once, whole and
+ * in order, as access_log_format renders it (lines go straight into the
+ * buffer while a whole line's limit fits there, through a line of their
+ * own near its end).
+ */
+static void
+lines_reach_the_file_whole_and_in_order_across_flushes(void **state)
+{
+	static char want[256 * 1024], got[256 * 1024], id[9000];
+	char path[128], err[256];
+	struct access_rec r = sample();
+	size_t wn = 0, gn = 0, n;
+	FILE *f;
+	int fd;
+
+	(void)state;
+	tmpname(path, sizeof(path), "many.log");
+	assert_true((fd = access_log_prepare(path, ACCESS_JSON, err, sizeof(err))) >= 0);
+	close(fd);
+	assert_int_equal(access_log_open(path, ACCESS_JSON, 0, err, sizeof(err)), 0);
+	memset(id, 'x', sizeof(id) - 1);
+	for (unsigned i = 0; i < 100; i++) {
+		/* 1 .. 2,400 bytes of device id; the 50th is too long */
+		size_t len = i == 50 ? sizeof(id) - 1 : 1 + (i * 977u) % 2400u;
+		id[len] = '\0';
+		r.device_id = id;
+		r.sc_bytes = i;
+		access_log_write(&r);
+		if (i != 50) {
+			n = access_log_format(&r, ACCESS_JSON, want + wn, sizeof(want) - wn);
+			assert_true(n > 0);
+			wn += n;
+		}
+		id[len] = 'x';
+	}
+	access_log_close();
+	assert_non_null(f = fopen(path, "r"));
+	gn = fread(got, 1, sizeof(got), f);
+	fclose(f);
+	assert_true(wn > 3 * 32768);
+	assert_int_equal(gn, wn);
+	assert_memory_equal(got, want, wn);
+	unlink(path);
+}
+
 static void
 reopen_without_an_access_log_closes_the_descriptor(void **state)
 {
@@ -308,6 +355,7 @@ main(void)
 		cmocka_unit_test(prepare_writes_the_directives_only_into_a_new_file),
 		cmocka_unit_test(reopen_keeps_buffered_lines_in_the_old_file_and_writes_new_ones_to_the_new),
 		cmocka_unit_test(reopen_without_an_access_log_closes_the_descriptor),
+		cmocka_unit_test(lines_reach_the_file_whole_and_in_order_across_flushes),
 	};
 	return cmocka_run_group_tests(tests, NULL, remove_dir);
 }
