@@ -764,6 +764,12 @@ apreq_ticket_end_ms(const struct apreq_ticket *t)
 	return t->end_ms;
 }
 
+size_t
+apreq_ticket_len(const struct apreq_ticket *t)
+{
+	return t->ticket_len;
+}
+
 /* The authenticator's plaintext beyond crealm + cname and the checksum
  * bytes: every other field with its headers, generously. */
 #define AUTH_FIXED	(256 + APREQ_KEY_MAX)
@@ -864,6 +870,16 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
     const unsigned char *cksum, size_t cksum_len, unsigned flags,
     unsigned char *out, size_t cap, size_t *len, struct apreq_reply *rep)
 {
+	size_t at;
+
+	return apreq_make_at(kc, t, cksum, cksum_len, flags, out, cap, len, &at, rep);
+}
+
+krb5_error_code
+apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
+    const unsigned char *cksum, size_t cksum_len, unsigned flags,
+    unsigned char *out, size_t cap, size_t *len, size_t *ticket_at, struct apreq_reply *rep)
+{
 	unsigned char plain[KCRYPT_CONF + APREQ_CLIENT_MAX + AUTH_FIXED + CKSUM_MAX];
 	unsigned char rnd[APREQ_KEY_MAX + 4], subkey[APREQ_KEY_MAX];
 	char when[APREQ_TIME_LEN];
@@ -873,12 +889,12 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 	krb5_timestamp sec = 0;
 	krb5_int32 usec = 0;
 	unsigned char *cipher;
-	size_t alen = 0, clen = 0, used = 0, mlen = 0, m, m0, mc;
+	size_t alen = 0, clen = 0, used = 0, mlen = 0, m, m0, mc, tpos;
 	uint32_t seq, opts;
 	krb5_error_code code;
 
 	if (t == NULL || cksum == NULL || cksum_len > CKSUM_MAX || out == NULL || len == NULL ||
-	    ((flags & APREQ_MUTUAL) && rep == NULL))
+	    ticket_at == NULL || ((flags & APREQ_MUTUAL) && rep == NULL))
 		return EINVAL;
 
 	/* the subkey and the sequence number, one draw */
@@ -959,6 +975,7 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 	apreq_der_wrap(&w, T_CTX(4), mc);
 	m = apreq_der_mark(&w);				/* [3] ticket */
 	apreq_der_bytes(&w, t->ticket, t->ticket_len);
+	tpos = apreq_der_mark(&w);			/* out[tpos..): the ticket */
 	apreq_der_wrap(&w, T_CTX(3), m);
 	opts = (flags & APREQ_MUTUAL) ? (AP_OPTS_MUTUAL_REQUIRED & AP_OPTS_WIRE) : 0;
 	{
@@ -978,6 +995,7 @@ apreq_make(krb5_context kc, const struct apreq_ticket *t,
 		goto cleanup;
 	}
 	*len = mlen;
+	*ticket_at = tpos - (cap - mlen);
 	if (flags & APREQ_MUTUAL) {
 		memset(rep, 0, sizeof(*rep));
 		rep->key = key_ref(t->key);	/* to the caller, with the subkey */

@@ -115,6 +115,8 @@ krb5_error_code apreq_ticket_new(krb5_context kc, const krb5_creds *c,
 void apreq_ticket_free(krb5_context kc, struct apreq_ticket *t);
 /* The ticket's end (c->times.endtime) in unix ms. */
 uint64_t apreq_ticket_end_ms(const struct apreq_ticket *t);
+/* The length of t's ticket DER (apreq_make_at's *ticket_at). */
+size_t apreq_ticket_len(const struct apreq_ticket *t);
 /* An upper bound on the length of apreq_make's message for t. */
 size_t apreq_max_len(const struct apreq_ticket *t);
 
@@ -130,6 +132,15 @@ size_t apreq_max_len(const struct apreq_ticket *t);
 krb5_error_code apreq_make(krb5_context kc, const struct apreq_ticket *t,
     const unsigned char *cksum, size_t cksum_len, unsigned flags,
     unsigned char *out, size_t cap, size_t *len, struct apreq_reply *rep);
+
+/* apreq_make, and where in the message it put t's ticket: its DER (the
+ * same bytes in every message on t) is msg[*ticket_at .. *ticket_at + the
+ * ticket's length), msg = out + cap - *len. The ticket's offset can
+ * differ between two messages on one ticket (the outer DER lengths follow
+ * the authenticator's). */
+krb5_error_code apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
+    const unsigned char *cksum, size_t cksum_len, unsigned flags,
+    unsigned char *out, size_t cap, size_t *len, size_t *ticket_at, struct apreq_reply *rep);
 
 /* Check the acceptor's AP-REP (the message, unframed: the caller took the
  * RFC 2743 framing off) against rep. Returns 0 when it is the reply to

@@ -129,6 +129,30 @@ answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
 	reply(p, IPC_TOKEN_OK, id);
 }
 
+/* The room s4u_token_now_to gets in the answer's buffer for a warm token:
+ * TOKEN_OK's str (ipc_put_str's u32 length, then the bytes) starts the
+ * payload, so the token is made where that str's bytes go, and the u32
+ * ctx id and u64 end follow it (the NUL written after the token is
+ * overwritten by them). */
+#define TOKEN_AT	sizeof(uint32_t)
+#define TOKEN_ROOM	(sizeof(((struct ipc_buf *)0)->data) - TOKEN_AT - \
+			 sizeof(uint32_t) - sizeof(uint64_t))
+
+/* TOKEN_OK for a token s4u_token_now_to made at out.data + TOKEN_AT: its
+ * length prefix put in front of it, then the rest as answer_token. */
+static void
+answer_token_made(struct kpeer *p, uint32_t id, const struct s4u_result *res)
+{
+	uint32_t n = (uint32_t)res->token_len;
+
+	memcpy(p->k->out.data, &n, sizeof(n));	/* as ipc_put_u32 */
+	p->k->out.len = TOKEN_AT + res->token_len;
+	p->k->out.err = 0;
+	ipc_put_u32(&p->k->out, res->ctx_id);
+	ipc_put_u64(&p->k->out, res->ticket_end_ms);
+	reply(p, IPC_TOKEN_OK, id);
+}
+
 /* An answer to a TOKEN_REQ, in kcd's metrics: the cache's part, the KDC
  * exchange it ran, the token's route. */
 static void
@@ -215,12 +239,13 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 		snprintf(why, whylen, "token_req with unknown flags 0x%x", flags & ~KCD_F_ALL);
 		return -1;
 	}
-	/* a warm user: the token is made here and now (s4u.h, Warm tokens) */
-	switch (s4u_token_now(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL, cb_len,
-	    flags, &res, &serr)) {
+	/* a warm user: the token is made here and now (s4u.h, Warm tokens),
+	 * in base64 straight into the answer */
+	switch (s4u_token_now_to(p->k->s4u, p->k->principal, p->k->spn, cb_len ? cb : NULL,
+	    cb_len, flags, (char *)p->k->out.data + TOKEN_AT, TOKEN_ROOM, &res, &serr)) {
 	case 1:
 		count_token(&res);
-		answer_token(p, msg->id, &res);
+		answer_token_made(p, msg->id, &res);
 		return 0;
 	case -1:
 		answer_error(p, msg->id, serr.cls, serr.name, serr.text);

@@ -508,6 +508,17 @@ struct imp_cred {
 	 * AP-REQs on the loop once (lead_done; NULL: none found or it could
 	 * not be used, the fast path is not used). The loop's only. */
 	struct apreq_ticket *fast;
+	/* The base64 of fast's ticket DER as it lies in a framed token whose
+	 * ticket starts at an offset of tkt_b64_at3 mod 3: the characters of
+	 * the token's whole 3-byte groups inside the ticket
+	 * (codec_b64_inner), the same in every token on fast whose ticket has
+	 * that alignment, so that fast_token encodes only the token's head
+	 * and its authenticator. Made by the first token (NULL until then, or
+	 * when out of memory: the whole token is encoded), made again when a
+	 * token's alignment differs; the loop's only, like fast. */
+	char *tkt_b64;
+	size_t tkt_b64_len;
+	unsigned tkt_b64_at3;
 };
 
 /* A context kept for mutual authentication: a GSS one (gss.ctx, target)
@@ -1571,6 +1582,7 @@ imp_free(struct s4u *s, struct imp_cred *ic)
 	if (ic->gss != GSS_C_NO_CREDENTIAL)
 		gss_release_cred(&minor, &ic->gss);
 	apreq_ticket_free(s->kctx, ic->fast);	/* kept replies hold their own key reference */
+	free(ic->tkt_b64);
 	free(ic);
 }
 
@@ -1597,6 +1609,28 @@ fast_ticket(struct s4u *s, struct s4u_req *r)
 	r->svc = NULL;
 }
 
+/* The base64 of the framed token framed[0..flen), whose ticket DER (tlen
+ * bytes) starts at framed[toff], into out (room for CODEC_B64_LEN(flen) +
+ * 1): the ticket's groups copied from ic's kept base64 when it was made
+ * for this alignment, made (and kept) first when not. Returns the length. */
+static size_t
+token_b64(struct imp_cred *ic, const unsigned char *framed, size_t flen, size_t toff,
+    size_t tlen, char *out)
+{
+	size_t ilen = CODEC_B64_INNER_LEN(toff, tlen);
+
+	if (ic->tkt_b64 == NULL || ic->tkt_b64_at3 != toff % 3) {
+		char *nb = realloc(ic->tkt_b64, ilen + 1);
+
+		if (nb == NULL)		/* (the old one stays, for its alignment) */
+			return codec_b64_encode_to(framed, flen, out);
+		ic->tkt_b64 = nb;
+		ic->tkt_b64_len = codec_b64_inner(framed + toff, tlen, toff, nb);
+		ic->tkt_b64_at3 = (unsigned)(toff % 3);
+	}
+	return codec_b64_encode_with(framed, flen, toff, tlen, ic->tkt_b64, out);
+}
+
 /* What gss_init_sec_context does for a later token on ic (MIT 1.20,
  * init_sec_context.c kg_new_connection / make_ap_req_v1), minus its
  * per-call krb5 context, ccache lookups and locks, and minus
@@ -1605,22 +1639,29 @@ fast_ticket(struct s4u *s, struct s4u_req *r)
  * sequence number, mutual authentication required for KCD_F_MUTUAL, the
  * 0x8003 checksum over the channel bindings with MIT's context flags, and
  * client_aware_channel_bindings as krb5.conf says; the AP-REQ in RFC 2743
- * framing. Returns 0 with *tok (base64 in s->fast_tok: valid until the
- * next fast_token) and, for KCD_F_MUTUAL, *rep (the caller's: the
+ * framing, in base64 (the ticket's part from ic's kept base64,
+ * token_b64). The base64 goes to dst (dst_cap bytes, NUL-terminated: the
+ * caller's, s4u_token_now_to's) or, with dst NULL, to s->fast_tok (valid
+ * until the next fast_token). Returns 0 with *tok (dst or s->fast_tok),
+ * *tok_len and, for KCD_F_MUTUAL, *rep (the caller's: the
  * authenticator's ctime/cusec, a reference to the session key and the
- * subkey, what the AP-REP must match); -1 when the fast path cannot make this token (nothing to
- * release; the caller takes the GSS route): no ticket kept, its end
- * within S4U_TICKET_MARGIN_MS, or a krb5 failure (logged at debug). */
+ * subkey, what the AP-REP must match); -1 when the fast path cannot make
+ * this token (nothing to release; the caller takes the GSS route): no
+ * ticket kept, its end within S4U_TICKET_MARGIN_MS, a token longer than
+ * dst_cap, or a krb5 failure (logged at debug). ic's kept base64 is made
+ * or replaced here. */
 static int
-fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
-    uint32_t flags, const char *principal, const char **tok, struct apreq_reply *rep)
+fast_token(struct s4u *s, struct imp_cred *ic, const unsigned char *cb, size_t cb_len,
+    uint32_t flags, const char *principal, char *dst, size_t dst_cap, const char **tok,
+    size_t *tok_len, struct apreq_reply *rep)
 {
 	unsigned char appdata[CB_APPDATA_MAX], bnd[16], cksum[S4U_GSS_CKSUM_LEN];
 	unsigned char head[FRAME_HEAD_MAX];
 	struct apreq_reply kept;
 	krb5_error_code code = 0;
 	unsigned char *framed;
-	size_t alen, mlen = 0, hlen, flen, cap;
+	char *out;
+	size_t alen, mlen = 0, tat = 0, hlen, flen, cap, olen;
 	int ret = -1;
 
 	memset(&kept, 0, sizeof(kept));
@@ -1657,29 +1698,40 @@ fast_token(struct s4u *s, const struct imp_cred *ic, const unsigned char *cb, si
 		s->fast_buf = nb;
 		s->fast_cap = cap;
 	}
-	if ((code = apreq_make(s->kctx, ic->fast, cksum, sizeof(cksum),
+	if ((code = apreq_make_at(s->kctx, ic->fast, cksum, sizeof(cksum),
 	    s->apreq_flags | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u), s->fast_buf,
-	    s->fast_cap, &mlen, (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
+	    s->fast_cap, &mlen, &tat, (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
 		goto cleanup;
 	hlen = frame_head(S4U_TOK_AP_REQ, mlen, head);
 	flen = hlen + mlen;
-	if (hlen == 0 || s->fast_cap - mlen < hlen || flen > (KCD_TOKEN_MAX / 4) * 3 - 3) {
+	if (hlen == 0 || s->fast_cap - mlen < hlen || flen > (KCD_TOKEN_MAX / 4) * 3 - 3 ||
+	    tat + apreq_ticket_len(ic->fast) > mlen) {
 		code = KRB5KRB_ERR_FIELD_TOOLONG;
 		goto cleanup;
 	}
 	framed = s->fast_buf + (s->fast_cap - mlen - hlen);
 	memcpy(framed, head, hlen);
-	if (CODEC_B64_LEN(flen) + 1 > s->fast_tok_cap) {
-		char *nt = realloc(s->fast_tok, CODEC_B64_LEN(flen) + 1);
-		if (nt == NULL) {
-			code = ENOMEM;
+	if (dst != NULL) {
+		if (CODEC_B64_LEN(flen) + 1 > dst_cap) {
+			code = KRB5KRB_ERR_FIELD_TOOLONG;
 			goto cleanup;
 		}
-		s->fast_tok = nt;
-		s->fast_tok_cap = CODEC_B64_LEN(flen) + 1;
+		out = dst;
+	} else {
+		if (CODEC_B64_LEN(flen) + 1 > s->fast_tok_cap) {
+			char *nt = realloc(s->fast_tok, CODEC_B64_LEN(flen) + 1);
+			if (nt == NULL) {
+				code = ENOMEM;
+				goto cleanup;
+			}
+			s->fast_tok = nt;
+			s->fast_tok_cap = CODEC_B64_LEN(flen) + 1;
+		}
+		out = s->fast_tok;
 	}
-	(void)codec_b64_encode_to(framed, flen, s->fast_tok);
-	*tok = s->fast_tok;
+	olen = token_b64(ic, framed, flen, hlen + tat, apreq_ticket_len(ic->fast), out);
+	*tok = out;
+	*tok_len = olen;
 	if (flags & KCD_F_MUTUAL) {
 		*rep = kept;		/* the key reference moves to the caller */
 		explicit_bzero(&kept, sizeof(kept));
@@ -1700,12 +1752,14 @@ cleanup:
 /* r's token by the fast path (r->ok, token, rep, ticket_end set), or -1
  * (r untouched) for the GSS route. */
 static int
-fast_answer(struct s4u *s, struct s4u_req *r, const struct imp_cred *ic)
+fast_answer(struct s4u *s, struct s4u_req *r, struct imp_cred *ic)
 {
 	const char *tok = NULL;
 	char *own = NULL;
+	size_t tok_len = 0;
 
-	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, &tok, &r->rep) != 0 ||
+	if (fast_token(s, ic, r->cb, r->cb_len, r->flags, r->principal, NULL, 0, &tok, &tok_len,
+	    &r->rep) != 0 ||
 	    (own = strdup(tok)) == NULL) {	/* r's own: answered a turn later */
 		apreq_reply_clear(s->kctx, &r->rep);
 		s->st.fast_fallbacks++;
@@ -2074,11 +2128,19 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
     const unsigned char *cb, size_t cb_len, uint32_t flags, struct s4u_result *res,
     struct s4u_error *err)
 {
+	return s4u_token_now_to(s, principal, spn, cb, cb_len, flags, NULL, 0, res, err);
+}
+
+int
+s4u_token_now_to(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags, char *buf, size_t cap,
+    struct s4u_result *res, struct s4u_error *err)
+{
 	struct credcache_cred *c;
-	const struct imp_cred *ic;
+	struct imp_cred *ic;
 	struct apreq_reply rep;
 	const char *tok = NULL;
-	size_t plen, slen;
+	size_t plen, slen, tok_len = 0;
 	uint64_t end;
 	int rc;
 
@@ -2097,7 +2159,7 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 		return 0;
 	ic = credcache_cred_get(c);
 	memset(&rep, 0, sizeof(rep));
-	rc = fast_token(s, ic, cb, cb_len, flags, principal, &tok, &rep);
+	rc = fast_token(s, ic, cb, cb_len, flags, principal, buf, cap, &tok, &tok_len, &rep);
 	end = rc == 0 ? apreq_ticket_end_ms(ic->fast) : 0;
 	credcache_cred_put(s->cc, c);
 	if (rc != 0) {
@@ -2107,7 +2169,8 @@ s4u_token_now(struct s4u *s, const char *principal, const char *spn,
 		return 0;
 	}
 	res->ok = 1;
-	res->token = tok;		/* s->fast_tok, until the next token */
+	res->token = tok;		/* buf, or s->fast_tok until the next token */
+	res->token_len = tok_len;
 	res->ctx_id = rep.key != NULL ? ctx_keep(s, GSS_C_NO_CONTEXT, GSS_C_NO_NAME, &rep) : 0;
 	res->ticket_end_ms = end;
 	res->fast = 1;

@@ -123,6 +123,8 @@ struct s4u_params {
 struct s4u_result {
 	int ok;
 	const char *token;		/* base64, for "Authorization: Negotiate" */
+	size_t token_len;		/* strlen(token); s4u_token_now's answers only
+					 * (0 in the pool's) */
 	uint32_t ctx_id;		/* kept context (KCD_F_MUTUAL), else 0 */
 	uint64_t ticket_end_ms;		/* unix ms: the service ticket's end */
 	enum kcd_err_class cls;		/* when !ok */
@@ -212,6 +214,15 @@ void s4u_ctx_release(struct s4u *s, uint32_t ctx_id);
 int s4u_token_now(struct s4u *s, const char *principal, const char *spn,
     const unsigned char *cb, size_t cb_len, uint32_t flags, struct s4u_result *res,
     struct s4u_error *err);
+
+/* s4u_token_now, with a token it makes written straight into the
+ * caller's buf[0..cap) (NUL-terminated; res->token is buf, res->token_len
+ * its length), as kcd puts it into its answer without a copy. A token that
+ * would not fit is not made (0 with res->fast_fallback, as for any
+ * failure of the fast path). */
+int s4u_token_now_to(struct s4u *s, const char *principal, const char *spn,
+    const unsigned char *cb, size_t cb_len, uint32_t flags, char *buf, size_t cap,
+    struct s4u_result *res, struct s4u_error *err);
 
 /* s4u_token_request for a request whose fast path s4u_token_now has just
  * tried and counted (it returned 0 with res->fast_fallback): the same

@@ -111,7 +111,8 @@ static const unsigned char TICKET_DER[] = {
 };
 
 static void
-plant(struct world *w, const char *user, int64_t end_s)
+plant_ticket(struct world *w, const char *user, int64_t end_s, const unsigned char *der,
+    size_t der_len)
 {
 	struct s4u *s = w->s;
 	krb5_creds c;
@@ -126,8 +127,8 @@ plant(struct world *w, const char *user, int64_t end_s)
 	assert_int_equal(krb5_parse_name(s->kctx, user, &c.client), 0);
 	assert_int_equal(krb5_c_make_random_key(s->kctx, ENCTYPE_AES256_CTS_HMAC_SHA1_96,
 	    &c.keyblock), 0);
-	c.ticket.data = (char *)TICKET_DER;
-	c.ticket.length = sizeof(TICKET_DER);
+	c.ticket.data = (char *)der;
+	c.ticket.length = (unsigned)der_len;
 	c.times.endtime = (krb5_timestamp)(time(NULL) + end_s);
 	assert_non_null(ic = calloc(1, sizeof(*ic)));
 	ic->gss = GSS_C_NO_CREDENTIAL;
@@ -142,6 +143,74 @@ plant(struct world *w, const char *user, int64_t end_s)
 	    clock_mono_ms() + 3600 * 1000, &ref));
 	assert_non_null(ref);
 	credcache_cred_put(s->cc, ref);
+}
+
+static void
+plant(struct world *w, const char *user, int64_t end_s)
+{
+	plant_ticket(w, user, end_s, TICKET_DER, sizeof(TICKET_DER));
+}
+
+/* One DER element of tag at *p (definite length), its content returned
+ * and *p moved past it. */
+static const unsigned char *
+take(const unsigned char **p, const unsigned char *end, unsigned char tag, size_t *len)
+{
+	const unsigned char *q = *p;
+	size_t n = 0, k;
+
+	assert_true(end - q >= 2);
+	assert_int_equal(q[0], tag);
+	if (q[1] < 0x80) {
+		n = q[1];
+		q += 2;
+	} else {
+		k = q[1] & 0x7f;
+		assert_true(k >= 1 && k <= 3 && (size_t)(end - q) >= 2 + k);
+		for (size_t i = 0; i < k; i++)
+			n = n << 8 | q[2 + i];
+		q += 2 + k;
+	}
+	assert_true((size_t)(end - q) >= n);
+	*p = q + n;
+	*len = n;
+	return q;
+}
+
+/* tok is the base64 (canonical: it re-encodes to itself) of a framed
+ * AP-REQ whose ticket [3] is exactly der[0..der_len). */
+static void
+check_ticket_in(const char *tok, size_t tok_len, const unsigned char *der, size_t der_len)
+{
+	static unsigned char raw[8192];
+	static char again[CODEC_B64_LEN(8192) + 1];
+	const unsigned char *msg, *p, *end, *s;
+	size_t mlen, n;
+	unsigned tok_id;
+	long rn;
+
+	assert_int_equal(strlen(tok), tok_len);
+	rn = codec_b64_decode(tok, tok_len, raw, sizeof(raw));
+	assert_true(rn > 0);
+	assert_int_equal(codec_b64_encode_to(raw, (size_t)rn, again), tok_len);
+	assert_string_equal(again, tok);
+	assert_int_equal(s4u_token_unframe(raw, (size_t)rn, &tok_id, &msg, &mlen), 0);
+	assert_int_equal(tok_id, S4U_TOK_AP_REQ);
+	p = msg;
+	end = msg + mlen;
+	s = take(&p, end, 0x6e, &n);
+	p = s;
+	end = s + n;
+	s = take(&p, end, 0x30, &n);
+	p = s;
+	(void)take(&p, end, 0xa0, &n);
+	(void)take(&p, end, 0xa1, &n);
+	(void)take(&p, end, 0xa2, &n);
+	s = take(&p, end, 0xa3, &n);
+	assert_int_equal(n, der_len);
+	assert_memory_equal(s, der, der_len);
+	(void)take(&p, end, 0xa4, &n);
+	assert_ptr_equal(p, end);
 }
 
 static void
@@ -244,12 +313,118 @@ test_a_failed_fast_try_is_not_repeated(void **state)
 	world_down(&w);
 }
 
+/* The ticket's base64 is kept per credential and only the token's head
+ * and authenticator are encoded (token_b64): for tickets of every length
+ * from 1 to 400 bytes and a few long ones (every offset mod 3 the ticket
+ * can start at, and the outer DER lengths' one- to three-byte forms),
+ * each of several tokens, into s4u's buffer or the caller's, carries the
+ * ticket byte for byte and is the canonical base64 of what it decodes
+ * to. */
+static void
+test_tokens_carry_the_ticket_whatever_its_length(void **state)
+{
+	static struct world w;
+	static unsigned char der[5000];
+	static char buf[8192];
+	struct s4u_result res;
+	struct s4u_error err;
+	struct s4u_stats st;
+	char user[64];
+	unsigned tokens = 0, at3[3] = { 0, 0, 0 };
+	size_t lens[410], nl = 0;
+
+	(void)state;
+	world_up(&w);
+	for (size_t i = 0; i < sizeof(der); i++)
+		der[i] = (unsigned char)(i * 131 + 17);
+	for (size_t l = 1; l <= 400; l++)
+		lens[nl++] = l;
+	lens[nl++] = 1200;
+	lens[nl++] = 1201;
+	lens[nl++] = 1202;
+	lens[nl++] = 4999;
+	for (size_t i = 0; i < nl; i++) {
+		snprintf(user, sizeof(user), "user%zu@EXAMPLE.TEST", i);
+		plant_ticket(&w, user, 3600, der, lens[i]);
+		for (int k = 0; k < 3; k++) {
+			const struct imp_cred *ic;
+			struct credcache_cred *c;
+
+			if (k == 1) {
+				assert_int_equal(s4u_token_now_to(w.s, user, SPN, NULL, 0, 0, buf,
+				    sizeof(buf), &res, &err), 1);
+				assert_ptr_equal(res.token, buf);
+			} else {
+				assert_int_equal(s4u_token_now(w.s, user, SPN, NULL, 0,
+				    k == 2 ? KCD_F_MUTUAL : 0, &res, &err), 1);
+			}
+			check_ticket_in(res.token, res.token_len, der, lens[i]);
+			if (res.ctx_id != 0)
+				s4u_ctx_release(w.s, res.ctx_id);
+			tokens++;
+			/* the kept base64 is there after the first token */
+			memcpy(w.s->fast_key, SPN, sizeof(SPN));
+			memcpy(w.s->fast_key + sizeof(SPN), user, strlen(user) + 1);
+			assert_non_null(c = credcache_peek(w.s->cc, w.s->fast_key,
+			    sizeof(SPN) + strlen(user)));
+			ic = credcache_cred_get(c);
+			assert_non_null(ic->tkt_b64);
+			assert_int_equal(strlen(ic->tkt_b64), ic->tkt_b64_len);
+			at3[ic->tkt_b64_at3]++;
+			credcache_cred_put(w.s->cc, c);
+		}
+	}
+	/* every alignment was met */
+	assert_true(at3[0] > 0 && at3[1] > 0 && at3[2] > 0);
+	/* a caller's buffer too small for the token: not made, the GSS route */
+	plant_ticket(&w, "small@EXAMPLE.TEST", 3600, der, 1200);
+	assert_int_equal(s4u_token_now_to(w.s, "small@EXAMPLE.TEST", SPN, NULL, 0, 0, buf, 1000,
+	    &res, &err), 0);
+	assert_true(res.fast_fallback);
+	s4u_stats(w.s, &st);
+	assert_int_equal(st.tokens_fast, tokens);
+	assert_int_equal(st.fast_fallbacks, 1);
+	world_down(&w);
+}
+
+/* token_b64 on one credential whose ticket moves between alignments (the
+ * outer DER lengths follow the authenticator's, so a ticket's offset can
+ * change from one token to the next): the kept base64 is made again for
+ * the new alignment, and every result is the whole encoding's. */
+static void
+test_kept_ticket_base64_follows_the_alignment(void **state)
+{
+	static unsigned char msg[3000];
+	static char whole[CODEC_B64_LEN(3000) + 1], got[CODEC_B64_LEN(3000) + 1];
+	struct imp_cred ic;
+	static const size_t offs[] = { 20, 21, 21, 22, 20, 23, 25, 24, 24, 20 };
+
+	(void)state;
+	memset(&ic, 0, sizeof(ic));
+	for (size_t i = 0; i < sizeof(msg); i++)
+		msg[i] = (unsigned char)(i * 7 + 3);
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		size_t flen = offs[i] + 1500 + 250;
+
+		/* the same ticket bytes at each offset */
+		for (size_t j = 0; j < 1500; j++)
+			msg[offs[i] + j] = (unsigned char)(j * 13 + 1);
+		assert_int_equal(codec_b64_encode_to(msg, flen, whole), CODEC_B64_LEN(flen));
+		assert_int_equal(token_b64(&ic, msg, flen, offs[i], 1500, got), CODEC_B64_LEN(flen));
+		assert_string_equal(got, whole);
+		assert_int_equal(ic.tkt_b64_at3, offs[i] % 3);
+	}
+	free(ic.tkt_b64);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_a_usable_ticket_is_answered_now, teardown),
 		cmocka_unit_test_teardown(test_a_failed_fast_try_is_not_repeated, teardown),
+		cmocka_unit_test_teardown(test_tokens_carry_the_ticket_whatever_its_length, teardown),
+		cmocka_unit_test(test_kept_ticket_base64_follows_the_alignment),
 	};
 
 	log_set_level(LOG_LVL_WARN);
