@@ -64,6 +64,64 @@ static const uint8_t cls[256] = {
 #undef CLS4
 #undef CLS
 
+/*
+ * Eight bytes at a time for the long runs (targets, values, reasons), with
+ * the word tests of "Bit Twiddling Hacks" (haszero, hasless, hasmore): each
+ * says exactly whether any of the eight bytes is zero, below n (n <= 128)
+ * or above n (n <= 127); a borrow or carry only ever starts at a byte that
+ * is itself one. A word that fails is checked a byte at a time, so the
+ * verdict is always the byte classes' own.
+ */
+#define W_ONES		UINT64_C(0x0101010101010101)
+#define W_HIGHS		UINT64_C(0x8080808080808080)
+#define W_HASZERO(x)	(((x) - W_ONES) & ~(x) & W_HIGHS)
+#define W_HASLESS(x, n)	(((x) - W_ONES * (n)) & ~(x) & W_HIGHS)
+#define W_HASMORE(x, n)	((((x) + W_ONES * (127 - (n))) | (x)) & W_HIGHS)
+
+static uint64_t
+load8(const unsigned char *p)
+{
+	uint64_t x;
+
+	memcpy(&x, p, sizeof(x));
+	return x;
+}
+
+/* The length of the run of C_FIELD bytes at u[0..len). */
+static size_t
+field_run(const unsigned char *u, size_t len)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= len; i += 8) {
+		uint64_t x = load8(u + i);
+		/* every byte >= 0x20 and none 0x7f: all C_FIELD (HTAB is
+		 * C_FIELD too, but such a word takes the byte loop) */
+		if (W_HASLESS(x, 0x20) || W_HASZERO(x ^ (W_ONES * 0x7f)))
+			break;
+	}
+	while (i < len && (cls[u[i]] & C_FIELD))
+		i++;
+	return i;
+}
+
+/* The length of the run of C_TARGET bytes at u[0..len). */
+static size_t
+target_run(const unsigned char *u, size_t len)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= len; i += 8) {
+		uint64_t x = load8(u + i);
+		/* every byte 0x21..0x7e and none '#' */
+		if (W_HASLESS(x, 0x21) || W_HASMORE(x, 0x7e) || W_HASZERO(x ^ (W_ONES * '#')))
+			break;
+	}
+	while (i < len && (cls[u[i]] & C_TARGET))
+		i++;
+	return i;
+}
+
 static int
 is_tchar(unsigned char c)
 {
@@ -412,10 +470,8 @@ request_line_clean(const char *line, size_t len, size_t *mlen)
 		return 0;
 	t = i + 1;
 	/* len - 9: the space before the version */
-	for (i = t; i < len - 9; i++)
-		if (!(cls[u[i]] & C_TARGET))
-			return 0;
-	if (i == t || u[i] != ' ' || memcmp(line + i + 1, "HTTP/1.", 7) != 0 ||
+	i = t + target_run(u + t, len - 9 - t);
+	if (i != len - 9 || i == t || u[i] != ' ' || memcmp(line + i + 1, "HTTP/1.", 7) != 0 ||
 	    (u[len - 1] != '0' && u[len - 1] != '1'))
 		return 0;
 	*mlen = t - 1;
@@ -547,10 +603,7 @@ status_line_clean(const char *line, size_t len)
 	    u[8] != ' ' || u[9] < '1' || u[9] > '5' || u[10] < '0' || u[10] > '9' ||
 	    u[11] < '0' || u[11] > '9' || (len > 12 && u[12] != ' '))
 		return 0;
-	for (size_t i = 13; i < len; i++)
-		if (!(cls[u[i]] & C_FIELD))
-			return 0;
-	return 1;
+	return len <= 13 || field_run(u + 13, len - 13) == len - 13;
 }
 
 static int
@@ -701,9 +754,8 @@ header_line_clean(const char *line, size_t len)
 	if (i == 0 || i == len || u[i] != ':')
 		return 0;
 	nlen = i;
-	for (i++; i < len; i++)
-		if (!(cls[u[i]] & C_FIELD))
-			return 0;
+	if (field_run(u + nlen + 1, len - nlen - 1) != len - nlen - 1)
+		return 0;
 	return nlen;
 }
 
@@ -759,7 +811,9 @@ header_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 	h->id = HTTP_H_OTHER;
 	h->flags = 0;
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-		if (known[i].len == nlen && eq_ci_n(line, known[i].name, nlen)) {
+		/* most senders write the names as registered: one memcmp */
+		if (known[i].len == nlen && (memcmp(line, known[i].name, nlen) == 0 ||
+		    eq_ci_n(line, known[i].name, nlen))) {
 			h->id = (uint8_t)known[i].id;
 			h->flags = known[i].flags;
 			break;

@@ -413,6 +413,24 @@ test_every_byte_in_each_place(void **state)
 		/* reason phrase */
 		expect_byte(1, "HTTP/1.1 200 O@K\r\n\r\n", c, e);
 		expect_byte(1, "HTTP/1.1 200 @\r\n\r\n", c, e);
+		/* long runs are checked eight bytes at a time: the byte at
+		 * every offset of such a word, and in the tail after it */
+		for (size_t k = 0; k < 19; k++) {
+			char t[160];
+			static const char run[] = "abcdefghijklmnopqrst";
+
+			e = ref_field(c) ? HTTP_ERR_NONE : line_rule(c, HTTP_ERR_CTL_CHAR);
+			snprintf(t, sizeof(t), "GET / HTTP/1.1\r\nHost: a\r\nX: %.*s@%s\r\n\r\n",
+			    (int)k, run, run + k);
+			expect_byte(0, t, c, e);
+			snprintf(t, sizeof(t), "HTTP/1.1 200 %.*s@%s\r\n\r\n", (int)k, run, run + k);
+			expect_byte(1, t, c, e);
+			e = (c >= 0x21 && c <= 0x7e && c != '#') ? HTTP_ERR_NONE
+			    : line_rule(c, c == ' ' ? HTTP_ERR_TARGET_SPACE : HTTP_ERR_TARGET);
+			snprintf(t, sizeof(t), "GET /%.*s@%s HTTP/1.1\r\nHost: a\r\n\r\n",
+			    (int)k, run, run + k);
+			expect_byte(0, t, c, e);
+		}
 		/* status code digits */
 		e = (c >= '1' && c <= '5') ? HTTP_ERR_NONE
 		    : line_rule(c, (c >= '0' && c <= '9') ? HTTP_ERR_STATUS : HTTP_ERR_STATUS_LINE);
