@@ -256,6 +256,10 @@ struct stream {
 	struct ahead *ahead;		/* the next request's token, or NULL */
 	struct pp_read *pp;		/* only while the PROXY header is read */
 	int pp_local;			/* the header was LOCAL/UNKNOWN (a balancer's check) */
+	int bufs_kept;			/* OpenSSL keeps its record buffers (bufs_keep) */
+	int busy;			/* a request ended since on_flush's last sweep */
+	int dev_failed;			/* dev_read_more met the end: on_dev_event is
+					 * due and reading the device stays off */
 	struct senv *env;		/* its worker's */
 	LIST_ENTRY(stream) link;
 };
@@ -274,7 +278,8 @@ static void pp_free(struct stream *s, int close_fd);
 static void ahead_drop(struct stream *s, int unused);
 static void process_input(struct stream *s);
 static void pump_request_body(struct stream *s);
-static void set_parked(struct req *rq);
+static void set_parked(struct stream *s, struct req *rq);
+static int dev_read_more(struct stream *s, size_t want);
 static void pump_response(struct stream *s);
 static void on_dev_read(struct bufferevent *bev, void *arg);
 static void on_dev_write(struct bufferevent *bev, void *arg);
@@ -743,6 +748,11 @@ handshake_done(struct stream *s)
 
 	metrics_self()->tls_handshakes++;
 	s->state = ST_HEAD;
+	/* one read(2) per record from here on (dev_read_more); off during the
+	 * handshake, which so leaves what follows its last record in the
+	 * socket, for epoll to report */
+	if (ssl != NULL)
+		SSL_set_read_ahead(ssl, 1);
 	if ((res = malloc(sizeof(*res))) == NULL) {
 		stream_close(s, REASON_OUT_OF_MEMORY, "identity");
 		return;
@@ -1517,7 +1527,7 @@ on_token(const struct kcd_answer *ans, void *arg)
 	s->state = ST_FORWARD;
 
 	if (!rq->has_body)
-		set_parked(rq);
+		set_parked(s, rq);
 	if (rq->has_body && rq->expect_continue)
 		ADD_LIT(bufferevent_get_output(s->dev), "HTTP/1.1 100 Continue\r\n\r\n");
 	if (rq->has_body)
@@ -1593,44 +1603,97 @@ pump_body(struct http_body *b, struct evbuffer *in, struct evbuffer *out, size_t
 
 /* ---- request body ------------------------------------------------------------ */
 
-/* The whole request is at the backend and its answer is awaited: the
- * "parked" gauge of /metrics (a Ping waits here up to its heartbeat). */
+/*
+ * OpenSSL's record buffers, about 17 KiB each way. The front context sets
+ * SSL_MODE_RELEASE_BUFFERS, with which OpenSSL frees a buffer as soon as it
+ * is drained and allocates it again for the next record: twice per
+ * keep-alive request, each a search of glibc's bins on a heap that a cold
+ * start left fragmented. A connection that came back for another request
+ * (finish_request) is busy: the mode is cleared and its buffers stay. It
+ * goes back to releasing them when it parks without having been busy since
+ * the last sweep, and when on_flush's sweep (every second) finds it not
+ * busy since the sweep before (idle in keep-alive, parked, or in a long
+ * transfer: after 1 to 2 s). Then the mode is set again and
+ * SSL_free_buffers frees both buffers; it refuses while a record is partly
+ * read or written (OpenSSL 3.0.14 and later also for a partly read one),
+ * and OpenSSL then frees them itself once drained. A connection's first
+ * request (a parked Ping's, a cold start's) has the mode all along, as do
+ * the handshake and uploads (dev_read_more).
+ */
 static void
-set_parked(struct req *rq)
+bufs_keep(struct stream *s)
+{
+	SSL *ssl;
+
+	s->busy = 1;
+	if (s->bufs_kept || (ssl = bufferevent_openssl_get_ssl(s->dev)) == NULL)
+		return;
+	SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_default_read_buffer_len(ssl, 0);	/* not an upload's DEV_READ_AHEAD */
+	s->bufs_kept = 1;
+}
+
+static void
+bufs_release(struct stream *s)
+{
+	SSL *ssl;
+
+	if (!s->bufs_kept || (ssl = bufferevent_openssl_get_ssl(s->dev)) == NULL)
+		return;
+	SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+	(void)SSL_free_buffers(ssl);	/* 0: bytes pending; freed once drained */
+	s->bufs_kept = 0;
+}
+
+/* The whole request is at the backend and its answer is awaited: the
+ * "parked" gauge of /metrics (a Ping waits here up to its heartbeat). A
+ * connection not busy lately gives its record buffers back now. */
+static void
+set_parked(struct stream *s, struct req *rq)
 {
 	if (!rq->parked) {
 		rq->parked = 1;
 		metrics_self()->parked++;
 	}
+	if (!s->busy)
+		bufs_release(s);
 }
 
 /*
- * bufferevent_openssl reads the device one TLS record per read event (4
- * KiB, then what SSL_pending says is left of that record), each with two
- * read(2) (its header, then the rest): an upload cost an epoll_wait, two
- * reads and a writev to the backend per 16 KiB. While a request body
- * streams, the records already waiting are taken here too: SSL_read into
- * the device's input until WANT_READ or `want` bytes, with OpenSSL's
- * read-ahead on, so that one read(2) fills DEV_READ_AHEAD of records.
- * Read-ahead is off outside this function: bufferevent_openssl only reads
- * again when the socket is readable and would not see records left in
- * OpenSSL's buffer. So once `want` is reached read-ahead goes off (OpenSSL
- * then reads no more than the record it is in needs), and the loop ends
- * only with nothing left in OpenSSL (SSL_has_pending 0), or at WANT_READ
- * (the socket is empty; the rest of a record comes with its next read
- * event): nothing waits unseen, and what one call holds beyond `want` is
- * less than DEV_READ_AHEAD. With RELEASE_BUFFERS, the larger read buffer
- * lives only while it holds bytes. The bytes land where libevent's read
- * puts them, so what follows the body (a pipelined request) reaches the
- * parser as before. A failure other than WANT_READ is reported to
- * on_dev_event as bufferevent_openssl reports it (EOF for a close_notify
- * or a dirty shutdown, which it allows; ERROR for the rest), deferred, so
- * the stream is not freed under its caller; WANT_WRITE (an alert OpenSSL
+ * Reading the device. OpenSSL's read-ahead is on from the end of the
+ * handshake (handshake_done): one read(2) takes a whole record, and
+ * whatever else the socket holds up to the read buffer's size, where
+ * read-ahead off took two per record (its 5-byte header, then the rest).
+ * bufferevent_openssl reads only when the socket is readable, and takes of
+ * OpenSSL only the record it is in (SSL_pending): records read ahead behind
+ * it would wait in OpenSSL's buffer unseen while epoll says nothing. So
+ * every SSL_read of ours ends with no complete record left there (this
+ * function, called on entry of on_dev_read, which follows every read of
+ * bufferevent_openssl, and wherever reading resumes): what may be left is
+ * the first part of a record whose rest the socket has still to bring, and
+ * epoll reports that.
+ *
+ * dev_read_more takes what OpenSSL holds into the device's input, and with
+ * want > 0 (a request body streams) also reads the socket for up to `want`
+ * bytes: an upload cost an epoll_wait, two reads and a writev to the
+ * backend per 16 KiB. It SSL_reads into the input (16 KiB reservations)
+ * until WANT_READ, or `want` bytes and then nothing left in OpenSSL
+ * (SSL_has_pending 0): once `want` is reached read-ahead goes off, so that
+ * OpenSSL reads no more than the record it is in needs, and back on at the
+ * end. What one call holds beyond `want` is thus less than the read buffer.
+ * With want > 0 the read buffer is DEV_READ_AHEAD and released as soon as
+ * it is drained (bufs_release), so an upload holds it only while it holds
+ * bytes; with want 0 nothing is read from the socket unless a record was
+ * partly in. The bytes land where libevent's read puts them, so what
+ * follows (a pipelined request) reaches the parser in order. A failure
+ * other than WANT_READ is reported to on_dev_event as bufferevent_openssl
+ * reports it (EOF for a close_notify or a dirty shutdown, which it allows;
+ * ERROR for the rest), deferred, so the stream is not freed under its
+ * caller, and reading stays off (dev_failed); WANT_WRITE (an alert OpenSSL
  * could not send) is left to bufferevent_openssl's next SSL_read, which
- * sends it first. Returns -1 when on_dev_event is due (reading the device
- * is off until then), else 0.
+ * sends it first. Returns -1 when on_dev_event is due, else 0.
  */
-#define DEV_READ_AHEAD	(64u * 1024u)	/* OpenSSL's read buffer meanwhile */
+#define DEV_READ_AHEAD	(64u * 1024u)	/* OpenSSL's read buffer for an upload */
 #define DEV_READ_MAX	BULK_IO		/* bytes one call reads */
 
 static int
@@ -1643,8 +1706,12 @@ dev_read_more(struct stream *s, size_t want)
 
 	if (ssl == NULL || !(bufferevent_get_enabled(s->dev) & EV_READ))
 		return 0;
-	SSL_set_default_read_buffer_len(ssl, DEV_READ_AHEAD);
-	SSL_set_read_ahead(ssl, 1);
+	if (want == 0 && !SSL_has_pending(ssl))
+		return 0;	/* (every read callback: one test) */
+	if (want > 0) {
+		bufs_release(s);
+		SSL_set_default_read_buffer_len(ssl, DEV_READ_AHEAD);
+	}
 	while (got < want || SSL_has_pending(ssl)) {
 		struct evbuffer_iovec v[2];
 		int n, used = 0, stop = 0;
@@ -1693,12 +1760,26 @@ dev_read_more(struct stream *s, size_t want)
 		if (stop)
 			break;
 	}
-	SSL_set_read_ahead(ssl, 0);
+	SSL_set_read_ahead(ssl, 1);
 	if (what == 0)
 		return 0;
+	s->dev_failed = 1;
 	bufferevent_disable(s->dev, EV_READ);
 	bufferevent_trigger_event(s->dev, what, BEV_TRIG_DEFER_CALLBACKS);
 	return -1;
+}
+
+/* Reading the device resumes (after back-pressure, or for the next
+ * request): what OpenSSL holds is taken first (dev_read_more), for the
+ * caller to process. Not after a failure: on_dev_event is due. */
+static void
+dev_read_on(struct stream *s)
+{
+	if (s->dev_failed)
+		return;
+	if (!(bufferevent_get_enabled(s->dev) & EV_READ))
+		bufferevent_enable(s->dev, EV_READ);
+	(void)dev_read_more(s, 0);
 }
 
 /*
@@ -1715,7 +1796,6 @@ pump_request_body(struct stream *s)
 	struct evbuffer *out;
 	uint64_t framing = 0;
 	size_t held;
-	int failed = 0;
 	enum pump p;
 
 	if (rq->req_body_done || rq->bc == NULL || s->state < ST_FORWARD)
@@ -1736,8 +1816,8 @@ pump_request_body(struct stream *s)
 			want = 0;
 		else if (b->kind == HTTP_BODY_LENGTH && pending - in_len < want)
 			want = (size_t)(pending - in_len);
-		if (want > 0 && dev_read_more(s, want) < 0)
-			failed = 1;
+		if (want > 0)
+			(void)dev_read_more(s, want);
 	}
 	/* while the backend's output is empty, through env->be_direct and
 	 * be_send (after the head on_token put there); what the socket took
@@ -1764,12 +1844,12 @@ pump_request_body(struct stream *s)
 		return;
 	case PUMP_DONE:
 		rq->req_body_done = 1;
-		set_parked(rq);
+		set_parked(s, rq);
 		break;
 	case PUMP_DRY:
 		break;
 	}
-	if (!failed)	/* else on_dev_event comes and closes */
+	if (!s->dev_failed)	/* else on_dev_event comes and closes */
 		bufferevent_enable(s->dev, EV_READ);
 	arm_timer(s, env->cfg->server.request_timeout);
 }
@@ -1981,7 +2061,8 @@ finish_request(struct stream *s, int backend_reusable)
 		return;
 	}
 	s->state = ST_HEAD;
-	bufferevent_enable(s->dev, EV_READ);
+	bufs_keep(s);
+	dev_read_on(s);
 	arm_timer(s, env->cfg->server.idle_timeout);
 	process_input(s);
 }
@@ -2225,6 +2306,10 @@ on_dev_read(struct bufferevent *bev, void *arg)
 	struct stream *s = stream_of(arg);
 
 	(void)bev;
+	/* the records read ahead behind the one bufferevent_openssl took
+	 * (dev_read_more); after a failure the input is still processed, as
+	 * bufferevent_openssl's would be before its own */
+	(void)dev_read_more(s, 0);
 	switch (s->state) {
 	case ST_HEAD:
 		process_input(s);
@@ -2355,7 +2440,7 @@ on_be_write(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	if (s->rq != NULL && !s->rq->req_body_done) {
-		bufferevent_enable(s->dev, EV_READ);
+		dev_read_on(s);
 		pump_request_body(s);
 	}
 }
@@ -2467,6 +2552,10 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 		/* answered, not waited for, and stale: nothing will use it */
 		if (s->ahead != NULL && s->ahead->kr == NULL && ahead_stale(s->ahead, now))
 			ahead_drop(s, 1);
+		/* no request ended since the last sweep: record buffers back */
+		if (!s->busy)
+			bufs_release(s);
+		s->busy = 0;
 	}
 	backend_stats(env->backend, &st);
 	metrics_self()->backend_servers_up = st.servers_up;
