@@ -220,14 +220,13 @@ http_method_name(enum http_method m)
 	return "OTHER";
 }
 
-/* Header names we act on, with the flags every occurrence gets. */
-#define KNOWN(name, id, flags)	{ name, id, flags, sizeof(name) - 1 }
+/* Header names we act on, with the flags every occurrence gets, by id. */
+#define KNOWN(name, id, flags)	[id] = { name, flags, sizeof(name) - 1 }
 static const struct {
 	const char *name;
-	enum http_hdr id;
 	uint8_t flags;
-	uint8_t len;		/* strlen(name): compared first */
-} known[] = {
+	uint8_t len;		/* strlen(name) */
+} known[HTTP_H__COUNT] = {
 	KNOWN("Host",			HTTP_H_HOST,			0),
 	KNOWN("Content-Length",		HTTP_H_CONTENT_LENGTH,		HTTP_HF_FRAMING),
 	KNOWN("Transfer-Encoding",	HTTP_H_TRANSFER_ENCODING,	HTTP_HF_FRAMING),
@@ -251,6 +250,42 @@ static const struct {
 	KNOWN("Retry-After",		HTTP_H_RETRY_AFTER,		0),
 };
 #undef KNOWN
+
+/* The ids of the known names of each length, HTTP_H_OTHER-terminated: a
+ * header line compares its name with these only (most names have no
+ * known one of their length). test_http.c checks that every known name,
+ * in any case, gets its id. */
+#define KNOWN_LEN_MAX	19
+static const uint8_t known_by_len[KNOWN_LEN_MAX + 1][4] = {
+	[2] = { HTTP_H_TE },
+	[4] = { HTTP_H_HOST },
+	[6] = { HTTP_H_EXPECT },
+	[7] = { HTTP_H_TRAILER, HTTP_H_UPGRADE },
+	[9] = { HTTP_H_FORWARDED },
+	[10] = { HTTP_H_CONNECTION, HTTP_H_KEEP_ALIVE, HTTP_H_USER_AGENT },
+	[11] = { HTTP_H_RETRY_AFTER },
+	[13] = { HTTP_H_AUTHORIZATION, HTTP_H_X_MS_LOCATION },
+	[14] = { HTTP_H_CONTENT_LENGTH },
+	[15] = { HTTP_H_PERSISTENT_AUTH, HTTP_H_X_FORWARDED_FOR },
+	[16] = { HTTP_H_PROXY_CONNECTION, HTTP_H_WWW_AUTHENTICATE },
+	[17] = { HTTP_H_TRANSFER_ENCODING, HTTP_H_X_FORWARDED_PROTO },
+	[18] = { HTTP_H_PROXY_AUTHENTICATE },
+	[19] = { HTTP_H_PROXY_AUTHORIZATION },
+};
+
+/* The id of header name[0..n), HTTP_H_OTHER when we do not act on it. */
+static enum http_hdr
+known_id(const char *name, size_t n)
+{
+	if (n > KNOWN_LEN_MAX)
+		return HTTP_H_OTHER;
+	for (const uint8_t *c = known_by_len[n]; *c != HTTP_H_OTHER; c++)
+		/* most senders write the names as registered: one memcmp */
+		if (known[*c].len == n && (memcmp(name, known[*c].name, n) == 0 ||
+		    eq_ci_n(name, known[*c].name, n)))
+			return (enum http_hdr)*c;
+	return HTTP_H_OTHER;
+}
 
 int
 http_header_find(const struct http_msg *m, const char *buf, const char *name)
@@ -808,17 +843,8 @@ header_line(struct http_msg *m, const struct http_limits *lim, const char *buf,
 	memset(h, 0, sizeof(*h));	/* the padding too: http_msg_init left it */
 	h->name = slice(ls, nlen);
 	h->value = slice(ls + vs, ve - vs);
-	h->id = HTTP_H_OTHER;
-	h->flags = 0;
-	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-		/* most senders write the names as registered: one memcmp */
-		if (known[i].len == nlen && (memcmp(line, known[i].name, nlen) == 0 ||
-		    eq_ci_n(line, known[i].name, nlen))) {
-			h->id = (uint8_t)known[i].id;
-			h->flags = known[i].flags;
-			break;
-		}
-	}
+	h->id = (uint8_t)known_id(line, nlen);
+	h->flags = known[h->id].flags;		/* [HTTP_H_OTHER]: 0 */
 	return header_semantics(m, buf, h);
 }
 

@@ -506,6 +506,84 @@ test_first_broken_rule_names_the_refusal(void **state)
 	}
 }
 
+/* Every header name the proxy acts on gets its id and flags in any case;
+ * a name of the same length that differs in one byte is just a header. */
+static void
+test_known_header_names_any_case(void **state)
+{
+	static const struct {
+		const char *name;
+		enum http_hdr id;
+		unsigned flags;
+	} names[] = {
+		{ "Host", HTTP_H_HOST, 0 },
+		{ "Content-Length", HTTP_H_CONTENT_LENGTH, HTTP_HF_FRAMING },
+		{ "Transfer-Encoding", HTTP_H_TRANSFER_ENCODING, HTTP_HF_FRAMING },
+		{ "Connection", HTTP_H_CONNECTION, HTTP_HF_HOP },
+		{ "Keep-Alive", HTTP_H_KEEP_ALIVE, HTTP_HF_HOP },
+		{ "Proxy-Connection", HTTP_H_PROXY_CONNECTION, HTTP_HF_HOP },
+		{ "TE", HTTP_H_TE, HTTP_HF_HOP },
+		{ "Trailer", HTTP_H_TRAILER, HTTP_HF_HOP },
+		{ "Upgrade", HTTP_H_UPGRADE, HTTP_HF_HOP },
+		{ "Expect", HTTP_H_EXPECT, 0 },
+		{ "Authorization", HTTP_H_AUTHORIZATION, 0 },
+		{ "Proxy-Authorization", HTTP_H_PROXY_AUTHORIZATION, HTTP_HF_HOP },
+		{ "Proxy-Authenticate", HTTP_H_PROXY_AUTHENTICATE, HTTP_HF_HOP },
+		{ "WWW-Authenticate", HTTP_H_WWW_AUTHENTICATE, 0 },
+		{ "Persistent-Auth", HTTP_H_PERSISTENT_AUTH, 0 },
+		{ "User-Agent", HTTP_H_USER_AGENT, 0 },
+		{ "X-Forwarded-For", HTTP_H_X_FORWARDED_FOR, 0 },
+		{ "X-Forwarded-Proto", HTTP_H_X_FORWARDED_PROTO, 0 },
+		{ "Forwarded", HTTP_H_FORWARDED, 0 },
+		{ "X-MS-Location", HTTP_H_X_MS_LOCATION, 0 },
+		{ "Retry-After", HTTP_H_RETRY_AFTER, 0 },
+	};
+	struct http_limits l = limits();
+
+	(void)state;
+	assert_int_equal(sizeof(names) / sizeof(names[0]), HTTP_H__COUNT - 1);
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		size_t nl = strlen(names[i].name);
+
+		for (int variant = 0; variant < 3 + (int)nl; variant++) {
+			char name[32], head[128];
+			struct http_msg m;
+			size_t consumed;
+			enum http_hdr want = names[i].id;
+			int n;
+
+			memcpy(name, names[i].name, nl + 1);
+			for (size_t k = 0; k < nl; k++) {
+				if (variant == 1 && name[k] >= 'A' && name[k] <= 'Z')
+					name[k] = (char)(name[k] + 32);
+				if (variant == 2 && name[k] >= 'a' && name[k] <= 'z')
+					name[k] = (char)(name[k] - 32);
+			}
+			if (variant >= 3) {
+				/* one byte changed: another name, same length */
+				name[variant - 3] = name[variant - 3] == 'q' ? 'z' : 'q';
+				want = HTTP_H_OTHER;
+			}
+			/* a value every known header accepts where it matters */
+			n = snprintf(head, sizeof(head), "GET / HTTP/1.1\r\n%s%s: %s\r\n\r\n",
+			    want == HTTP_H_HOST ? "" : "Host: a\r\n", name,
+			    want == HTTP_H_CONTENT_LENGTH ? "0" :
+			    want == HTTP_H_TRANSFER_ENCODING ? "chunked" :
+			    want == HTTP_H_EXPECT ? "100-continue" : "a");
+			if (parse_whole(0, &l, head, (size_t)n, &m, &consumed) != HTTP_DONE)
+				fail_msg("%s: refused (%s)", name, http_error_token(m.error));
+			{
+				const struct http_header *h = &m.headers[m.n_headers - 1];
+				unsigned flags = want == HTTP_H_OTHER ? 0 : names[i].flags;
+
+				if (h->id != want || h->flags != flags)
+					fail_msg("%s: id %u flags %u, want id %u flags %u", name,
+					    h->id, h->flags, want, flags);
+			}
+		}
+	}
+}
+
 /* ---- size limits ----------------------------------------------------------- */
 
 static void
@@ -1501,6 +1579,7 @@ main(void)
 		cmocka_unit_test(test_error_tokens),
 		cmocka_unit_test(test_every_byte_in_each_place),
 		cmocka_unit_test(test_first_broken_rule_names_the_refusal),
+		cmocka_unit_test(test_known_header_names_any_case),
 		cmocka_unit_test(test_size_limits),
 		cmocka_unit_test(test_head_exact_limit),
 		cmocka_unit_test(test_good_requests_any_split),
