@@ -71,19 +71,34 @@ put_w3c(char *out, size_t cap, const char *s)
 		out[0] = '-';
 		return 1;
 	}
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
+	for (;;) {
+		/* a run of bytes kept as they are, copied at once; NUL ends
+		 * it (w3c_keep[0] is 0). Each byte needs n + 4 < cap where it
+		 * goes, so the run's last byte decides. */
+		size_t run = 0;
+		unsigned char c;
+
+		while (w3c_keep[(unsigned char)s[run]])
+			run++;
+		if (run > 0) {
+			if (n + run + 3 >= cap)
+				return 0;
+			memcpy(out + n, s, run);
+			n += run;
+			s += run;
+		}
+		if ((c = (unsigned char)*s) == '\0')
+			break;
 		if (n + 4 >= cap)
 			return 0;
-		if (w3c_keep[c])
-			out[n++] = (char)c;
-		else if (c == ' ')
+		if (c == ' ')
 			out[n++] = '+';
 		else {
 			out[n++] = '%';
 			out[n++] = hex[c >> 4];
 			out[n++] = hex[c & 15];
 		}
+		s++;
 	}
 	return n;
 }

@@ -148,6 +148,45 @@ too_small_buffer_is_refused_not_truncated(void **state)
 	assert_int_equal(access_log_format(&r, ACCESS_JSON, buf, sizeof(buf)), 0);
 }
 
+/* Whatever the room, a line is whole or not written: with fields that are
+ * escaped, spaced and plain, each buffer size from 0 up gives 0 until the
+ * line fits, then the whole line, the same as in a large buffer. */
+static void
+every_buffer_size_gives_nothing_or_the_whole_line(void **state)
+{
+	struct access_rec r = sample();
+	char full[1024], buf[1024];
+
+	(void)state;
+	r.user_agent = "Mozilla/5.0 (\"x\" 100%)\x7f\x80\x01 end";
+	r.uri_query = "Cmd=Sync&User=a%40b c";
+	for (int f = 0; f < 2; f++) {
+		enum access_format fmt = f ? ACCESS_JSON : ACCESS_W3C;
+		size_t n = access_log_format(&r, fmt, full, sizeof(full)), fits = 0;
+
+		assert_true(n > 0);
+		for (size_t cap = 0; cap <= n + 8; cap++) {
+			size_t m;
+
+			memset(buf, 'Z', sizeof(buf));
+			m = access_log_format(&r, fmt, buf, cap);
+			if (m == 0) {
+				if (fits)
+					fail_msg("format %d: fits in %zu bytes but not in %zu", f, fits, cap);
+				continue;
+			}
+			if (!fits)
+				fits = cap;
+			assert_int_equal(m, n);
+			assert_memory_equal(buf, full, n + 1);
+		}
+		/* the NUL's byte, and no more than an escape's worth of slack
+		 * (a field needs room for one escape at each byte) */
+		if (fits < n + 1 || fits > n + 4)
+			fail_msg("format %d: a %zu-byte line first fits in %zu bytes", f, n, fits);
+	}
+}
+
 static void
 header_names_the_fields(void **state)
 {
@@ -351,6 +390,7 @@ main(void)
 		cmocka_unit_test(date_and_time_follow_each_record_across_seconds_and_days),
 		cmocka_unit_test(numbers_are_decimal_from_zero_to_the_largest),
 		cmocka_unit_test(too_small_buffer_is_refused_not_truncated),
+		cmocka_unit_test(every_buffer_size_gives_nothing_or_the_whole_line),
 		cmocka_unit_test(header_names_the_fields),
 		cmocka_unit_test(prepare_writes_the_directives_only_into_a_new_file),
 		cmocka_unit_test(reopen_keeps_buffered_lines_in_the_old_file_and_writes_new_ones_to_the_new),
