@@ -662,6 +662,8 @@ key_new(krb5_context kc, const krb5_keyblock *kb, struct apreq_key **out)
 	    KRB5_KEYUSAGE_AP_REQ_AUTH, &k->auth) == 0 &&
 	    kcrypt_derive(kb->enctype, kb->contents, kb->length,
 	    KRB5_KEYUSAGE_AP_REP_ENCPART, &k->rep) == 0;
+	if (k->fast)
+		(void)kcrypt_key_keep_mac(&k->auth);	/* one per token: keyed once (or per call) */
 	if (!k->fast) {
 		kcrypt_key_clear(&k->auth);	/* one derived and not the other */
 		if ((code = krb5_k_create_key(kc, kb, &k->k5)) != 0) {
@@ -687,6 +689,8 @@ key_unref(krb5_context kc, struct apreq_key *k)
 	if (k == NULL || --k->refs > 0)
 		return;
 	krb5_k_free_key(kc, k->k5);
+	kcrypt_key_clear(&k->auth);	/* and its kept MAC context */
+	kcrypt_key_clear(&k->rep);
 	explicit_bzero(k, sizeof(*k));	/* the usage keys */
 	free(k);
 }
@@ -764,10 +768,11 @@ apreq_ticket_end_ms(const struct apreq_ticket *t)
 	return t->end_ms;
 }
 
-size_t
-apreq_ticket_len(const struct apreq_ticket *t)
+const unsigned char *
+apreq_ticket_der(const struct apreq_ticket *t, size_t *len)
 {
-	return t->ticket_len;
+	*len = t->ticket_len;
+	return t->ticket;
 }
 
 /* The authenticator's plaintext beyond crealm + cname and the checksum
@@ -897,6 +902,7 @@ apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
 	    ticket_at == NULL || ((flags & APREQ_MUTUAL) && rep == NULL))
 		return EINVAL;
 
+	apreq_der_init(&a, plain, sizeof(plain));	/* (cleanup zeroes what it wrote) */
 	/* the subkey and the sequence number, one draw */
 	if (rnd_bytes(rnd, t->keybytes + 4) != 0) {
 		code = KRB5_CRYPTO_INTERNAL;
@@ -921,7 +927,6 @@ apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
 	apreq_time_format((uint32_t)sec, when);
 
 	/* Authenticator ::= [APPLICATION 2] SEQUENCE, fields [8] down to [0] */
-	apreq_der_init(&a, plain, sizeof(plain));
 	m0 = apreq_der_mark(&a);
 	if (flags & APREQ_CBT_AWARE)
 		put_cbt_authdata(&a);
@@ -974,7 +979,18 @@ apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
 	apreq_der_wrap(&w, T_SEQ, mc);
 	apreq_der_wrap(&w, T_CTX(4), mc);
 	m = apreq_der_mark(&w);				/* [3] ticket */
-	apreq_der_bytes(&w, t->ticket, t->ticket_len);
+	if ((flags & APREQ_TICKET_EDGES) && t->ticket_len > 2 * APREQ_TICKET_EDGE) {
+		/* its place, with only the bytes at either end written */
+		unsigned char *d = apreq_der_reserve(&w, t->ticket_len);
+
+		if (d != NULL) {
+			memcpy(d, t->ticket, APREQ_TICKET_EDGE);
+			memcpy(d + t->ticket_len - APREQ_TICKET_EDGE,
+			    t->ticket + t->ticket_len - APREQ_TICKET_EDGE, APREQ_TICKET_EDGE);
+		}
+	} else {
+		apreq_der_bytes(&w, t->ticket, t->ticket_len);
+	}
 	tpos = apreq_der_mark(&w);			/* out[tpos..): the ticket */
 	apreq_der_wrap(&w, T_CTX(3), m);
 	opts = (flags & APREQ_MUTUAL) ? (AP_OPTS_MUTUAL_REQUIRED & AP_OPTS_WIRE) : 0;
@@ -1008,7 +1024,9 @@ apreq_make_at(krb5_context kc, const struct apreq_ticket *t,
 	code = 0;
 
 cleanup:
-	explicit_bzero(plain, sizeof(plain));
+	/* the writer fills plain from its end: below a.pos nothing was
+	 * written (a.pos == sizeof(plain) when nothing was) */
+	explicit_bzero(plain + a.pos, sizeof(plain) - a.pos);
 	explicit_bzero(rnd, sizeof(rnd));
 	explicit_bzero(subkey, sizeof(subkey));
 	return code;

@@ -85,6 +85,13 @@
 /* apreq_make's flags */
 #define APREQ_MUTUAL		0x1u	/* ap-options mutual-required; fill *rep */
 #define APREQ_CBT_AWARE		0x2u	/* krb5.conf client_aware_channel_bindings */
+/* apreq_make_at only: of the ticket's DER, only its first and last
+ * APREQ_TICKET_EDGE bytes are written into the message, the rest of its
+ * place is left as it was: for a caller that has the ticket's bytes in
+ * another form already (s4u.c keeps their base64, whose 3-byte groups
+ * straddle at most 2 bytes at either end). */
+#define APREQ_TICKET_EDGES	0x4u
+#define APREQ_TICKET_EDGE	2
 
 /* A service ticket ready for AP-REQs, and its session key; opaque. */
 struct apreq_ticket;
@@ -115,8 +122,9 @@ krb5_error_code apreq_ticket_new(krb5_context kc, const krb5_creds *c,
 void apreq_ticket_free(krb5_context kc, struct apreq_ticket *t);
 /* The ticket's end (c->times.endtime) in unix ms. */
 uint64_t apreq_ticket_end_ms(const struct apreq_ticket *t);
-/* The length of t's ticket DER (apreq_make_at's *ticket_at). */
-size_t apreq_ticket_len(const struct apreq_ticket *t);
+/* t's ticket DER (*len bytes, t's: valid while t is), what
+ * apreq_make_at puts at *ticket_at. */
+const unsigned char *apreq_ticket_der(const struct apreq_ticket *t, size_t *len);
 /* An upper bound on the length of apreq_make's message for t. */
 size_t apreq_max_len(const struct apreq_ticket *t);
 

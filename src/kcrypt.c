@@ -154,16 +154,65 @@ cleanup:
 	return ret;
 }
 
-/* HMAC-SHA1(ki, in[0..n)) into mac (SHA1_LEN bytes). */
+/* A key's own HMAC context keyed with ki (len bytes), which it was made
+ * of: the copy tells whether the key's Ki is still that one. */
+struct kcrypt_mac {
+	EVP_MAC_CTX *ctx;
+	size_t len;
+	unsigned char ki[KCRYPT_KEY_MAX];
+};
+
+static void
+mac_free(struct kcrypt_mac *m)
+{
+	if (m == NULL)
+		return;
+	EVP_MAC_CTX_free(m->ctx);	/* clears its keyed state */
+	OPENSSL_cleanse(m, sizeof(*m));
+	free(m);
+}
+
+int
+kcrypt_key_keep_mac(struct kcrypt_key *k)
+{
+	struct kcrypt_mac *m = NULL;
+	struct tctx *t;
+
+	if (k == NULL || (k->len != 16 && k->len != 32) || k->mac != NULL ||
+	    (t = tctx_get()) == NULL || (m = calloc(1, sizeof(*m))) == NULL)
+		return -1;
+	/* the thread's context has SHA-1 set: a copy keeps it */
+	if ((m->ctx = EVP_MAC_CTX_dup(t->hmac)) == NULL ||
+	    EVP_MAC_init(m->ctx, k->ki, k->len, NULL) != 1) {
+		mac_free(m);
+		return -1;
+	}
+	m->len = k->len;
+	memcpy(m->ki, k->ki, k->len);
+	k->mac = m;			/* k's, freed by kcrypt_key_clear */
+	return 0;
+}
+
+/* HMAC-SHA1(ki, in[0..n)) into mac (SHA1_LEN bytes): on k's kept context
+ * when it is keyed with k's Ki (EVP_MAC_init without a key starts again
+ * from the keyed state), else on the thread's, keyed now. */
 static int
 hmac_sha1(struct tctx *t, const struct kcrypt_key *k, const unsigned char *in, size_t n,
     unsigned char mac[SHA1_LEN])
 {
+	const struct kcrypt_mac *m = k->mac;
+	EVP_MAC_CTX *c = t->hmac;
 	size_t len = 0;
 
-	if (EVP_MAC_init(t->hmac, k->ki, k->len, NULL) != 1 ||
-	    EVP_MAC_update(t->hmac, in, n) != 1 ||
-	    EVP_MAC_final(t->hmac, mac, &len, SHA1_LEN) != 1 || len != SHA1_LEN)
+	if (m != NULL && m->len == k->len && CRYPTO_memcmp(m->ki, k->ki, k->len) == 0) {
+		c = m->ctx;
+		if (EVP_MAC_init(c, NULL, 0, NULL) != 1)
+			return -1;
+	} else if (EVP_MAC_init(c, k->ki, k->len, NULL) != 1) {
+		return -1;
+	}
+	if (EVP_MAC_update(c, in, n) != 1 || EVP_MAC_final(c, mac, &len, SHA1_LEN) != 1 ||
+	    len != SHA1_LEN)
 		return -1;
 	return 0;
 }
@@ -236,6 +285,8 @@ cleanup:
 void
 kcrypt_key_clear(struct kcrypt_key *k)
 {
-	if (k != NULL)
-		OPENSSL_cleanse(k, sizeof(*k));
+	if (k == NULL)
+		return;
+	mac_free(k->mac);
+	OPENSSL_cleanse(k, sizeof(*k));
 }

@@ -35,11 +35,14 @@
 #define KCRYPT_MAC		12	/* HMAC-SHA1-96 */
 #define KCRYPT_KEY_MAX		32
 
-/* The usage keys Ke and Ki of one key usage. */
+/* The usage keys Ke and Ki of one key usage, and optionally an HMAC
+ * context keyed with Ki once (kcrypt_key_keep_mac), owned by the key. */
+struct kcrypt_mac;
 struct kcrypt_key {
 	size_t len;			/* 16 or 32 */
 	unsigned char ke[KCRYPT_KEY_MAX];
 	unsigned char ki[KCRYPT_KEY_MAX];
+	struct kcrypt_mac *mac;		/* NULL: Ki keys the thread's context per call */
 };
 
 /* Whether enctype (a krb5_enctype number) is one of ours: 17 or 18. */
@@ -67,6 +70,18 @@ int kcrypt_encrypt(const struct kcrypt_key *k, const unsigned char *in, size_t n
 int kcrypt_decrypt(const struct kcrypt_key *k, const unsigned char *in, size_t n,
     unsigned char *out);
 
+/* Keep an HMAC context keyed with k's Ki in k, for a key that encrypts
+ * or decrypts many messages (apreq.c's authenticator key, one per ticket):
+ * each call then starts from the keyed state instead of hashing Ki's pads
+ * again (0.47 -> 0.30 us per authenticator's MAC). The context belongs to
+ * k (kcrypt_key_clear frees it) and is used by whichever thread uses k, so
+ * such a key must not be used by two threads at once; a k whose Ki no
+ * longer matches the context's is keyed per call as before. Returns 0, or
+ * -1 (k unchanged, still usable) when OpenSSL cannot. */
+int kcrypt_key_keep_mac(struct kcrypt_key *k);
+
+/* Zero k, freeing a kept MAC context. Not for a copy of a key whose
+ * original is cleared too (the context has one owner). */
 void kcrypt_key_clear(struct kcrypt_key *k);
 
 #endif

@@ -1609,23 +1609,28 @@ fast_ticket(struct s4u *s, struct s4u_req *r)
 	r->svc = NULL;
 }
 
-/* The base64 of the framed token framed[0..flen), whose ticket DER (tlen
- * bytes) starts at framed[toff], into out (room for CODEC_B64_LEN(flen) +
- * 1): the ticket's groups copied from ic's kept base64 when it was made
- * for this alignment, made (and kept) first when not. Returns the length. */
+/* The base64 of the framed token framed[0..flen), whose place for the
+ * ticket DER (tder[0..tlen)) starts at framed[toff] with only its edge
+ * bytes written (APREQ_TICKET_EDGES), into out (room for
+ * CODEC_B64_LEN(flen) + 1): the ticket's groups copied from ic's kept
+ * base64 when it was made for this alignment, made from tder (and kept)
+ * first when not; out of memory, the ticket is put in place and the whole
+ * token encoded. Returns the length. */
 static size_t
-token_b64(struct imp_cred *ic, const unsigned char *framed, size_t flen, size_t toff,
-    size_t tlen, char *out)
+token_b64(struct imp_cred *ic, unsigned char *framed, size_t flen, size_t toff,
+    const unsigned char *tder, size_t tlen, char *out)
 {
 	size_t ilen = CODEC_B64_INNER_LEN(toff, tlen);
 
 	if (ic->tkt_b64 == NULL || ic->tkt_b64_at3 != toff % 3) {
 		char *nb = realloc(ic->tkt_b64, ilen + 1);
 
-		if (nb == NULL)		/* (the old one stays, for its alignment) */
+		if (nb == NULL) {	/* (the old one stays, for its alignment) */
+			memcpy(framed + toff, tder, tlen);
 			return codec_b64_encode_to(framed, flen, out);
+		}
 		ic->tkt_b64 = nb;
-		ic->tkt_b64_len = codec_b64_inner(framed + toff, tlen, toff, nb);
+		ic->tkt_b64_len = codec_b64_inner(tder, tlen, toff, nb);
 		ic->tkt_b64_at3 = (unsigned)(toff % 3);
 	}
 	return codec_b64_encode_with(framed, flen, toff, tlen, ic->tkt_b64, out);
@@ -1660,8 +1665,9 @@ fast_token(struct s4u *s, struct imp_cred *ic, const unsigned char *cb, size_t c
 	struct apreq_reply kept;
 	krb5_error_code code = 0;
 	unsigned char *framed;
+	const unsigned char *tder;
 	char *out;
-	size_t alen, mlen = 0, tat = 0, hlen, flen, cap, olen;
+	size_t alen, mlen = 0, tat = 0, tlen = 0, hlen, flen, cap, olen;
 	int ret = -1;
 
 	memset(&kept, 0, sizeof(kept));
@@ -1699,13 +1705,15 @@ fast_token(struct s4u *s, struct imp_cred *ic, const unsigned char *cb, size_t c
 		s->fast_cap = cap;
 	}
 	if ((code = apreq_make_at(s->kctx, ic->fast, cksum, sizeof(cksum),
-	    s->apreq_flags | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u), s->fast_buf,
+	    s->apreq_flags | APREQ_TICKET_EDGES | ((flags & KCD_F_MUTUAL) ? APREQ_MUTUAL : 0u),
+	    s->fast_buf,
 	    s->fast_cap, &mlen, &tat, (flags & KCD_F_MUTUAL) ? &kept : NULL)) != 0)
 		goto cleanup;
 	hlen = frame_head(S4U_TOK_AP_REQ, mlen, head);
 	flen = hlen + mlen;
+	tder = apreq_ticket_der(ic->fast, &tlen);
 	if (hlen == 0 || s->fast_cap - mlen < hlen || flen > (KCD_TOKEN_MAX / 4) * 3 - 3 ||
-	    tat + apreq_ticket_len(ic->fast) > mlen) {
+	    tat + tlen > mlen) {
 		code = KRB5KRB_ERR_FIELD_TOOLONG;
 		goto cleanup;
 	}
@@ -1729,7 +1737,7 @@ fast_token(struct s4u *s, struct imp_cred *ic, const unsigned char *cb, size_t c
 		}
 		out = s->fast_tok;
 	}
-	olen = token_b64(ic, framed, flen, hlen + tat, apreq_ticket_len(ic->fast), out);
+	olen = token_b64(ic, framed, flen, hlen + tat, tder, tlen, out);
 	*tok = out;
 	*tok_len = olen;
 	if (flags & KCD_F_MUTUAL) {

@@ -752,6 +752,45 @@ test_token_carries_what_mit_puts_in(void **state)
 	assert_int_equal(rep.subkey_len, 0);
 }
 
+/* apreq_make_at says where the ticket lies (its DER exactly there, the
+ * accessor's bytes); with APREQ_TICKET_EDGES only its first and last
+ * APREQ_TICKET_EDGE bytes are written there, the rest of its place left
+ * as it was, and the message is otherwise a whole token. */
+static void
+test_make_at_places_the_ticket_and_can_leave_its_middle(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char out[2048];
+	const unsigned char *der;
+	unsigned char *msg;
+	struct authent a;
+	size_t len = 0, at = 0, dlen = 0;
+
+	der = apreq_ticket_der(f->t, &dlen);
+	assert_int_equal(dlen, sizeof(f->ticket));
+	assert_memory_equal(der, f->ticket, dlen);
+	assert_true(dlen > 2 * APREQ_TICKET_EDGE);
+	assert_int_equal(apreq_make_at(f->kc, f->t, CKSUM, sizeof(CKSUM), 0, out, sizeof(out), &len,
+	    &at, NULL), 0);
+	msg = out + sizeof(out) - len;
+	assert_true(at + dlen <= len);
+	assert_memory_equal(msg + at, f->ticket, dlen);
+	read_token(f, msg, len, &a);
+
+	memset(out, 0xee, sizeof(out));
+	assert_int_equal(apreq_make_at(f->kc, f->t, CKSUM, sizeof(CKSUM), APREQ_TICKET_EDGES, out,
+	    sizeof(out), &len, &at, NULL), 0);
+	msg = out + sizeof(out) - len;
+	assert_memory_equal(msg + at, f->ticket, APREQ_TICKET_EDGE);
+	assert_memory_equal(msg + at + dlen - APREQ_TICKET_EDGE, f->ticket + dlen - APREQ_TICKET_EDGE,
+	    APREQ_TICKET_EDGE);
+	for (size_t i = APREQ_TICKET_EDGE; i < dlen - APREQ_TICKET_EDGE; i++)
+		assert_int_equal(msg[at + i], 0xee);
+	/* put in place, it is a whole token again */
+	memcpy(msg + at, f->ticket, dlen);
+	read_token(f, msg, len, &a);
+}
+
 static void
 test_make_refuses_what_does_not_fit_and_bad_arguments(void **state)
 {
@@ -963,6 +1002,8 @@ main(void)
 		cmocka_unit_test(test_ap_rep_parser_refuses_malformed_input_with_a_cause),
 		cmocka_unit_test(test_enc_rep_part_parser),
 		cmocka_unit_test_setup_teardown(test_token_carries_what_mit_puts_in, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_make_at_places_the_ticket_and_can_leave_its_middle,
+		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_make_refuses_what_does_not_fit_and_bad_arguments,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ticket_refuses_what_the_fast_path_does_not_make,

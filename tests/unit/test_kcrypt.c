@@ -251,6 +251,57 @@ test_what_it_does_not_do_it_refuses(void **state)
 	assert_int_equal(kcrypt_derive(ENCTYPE_AES128_CTS_HMAC_SHA1_96, NULL, 16, 11, &k), -1);
 }
 
+/* A key with its HMAC context kept (kcrypt_key_keep_mac): both ways with
+ * libkrb5 for every length as before, many messages in a row on the kept
+ * context (each starting again from the keyed state), mixed with a key
+ * without one; a kept context whose Ki no longer matches the key's is not
+ * used (a changed Ki opens nothing libkrb5 made with the old one, and the
+ * key as restored works again); kept once only; freed by
+ * kcrypt_key_clear (LeakSanitizer). */
+static void
+test_a_kept_mac_context_gives_the_same_messages(void **state)
+{
+	struct world *w = *state;
+	unsigned char plain[LONG_PLAIN];
+	krb5_enctype ets[2] = { ENCTYPE_AES256_CTS_HMAC_SHA1_96, ENCTYPE_AES128_CTS_HMAC_SHA1_96 };
+
+	assert_int_equal(RAND_bytes(plain, sizeof(plain)), 1);
+	for (int e = 0; e < 2; e++) {
+		struct kcrypt_key k, plainkey;
+
+		new_key(w, ets[e], USAGE_AP_REQ_AUTH, &k);
+		assert_int_equal(kcrypt_derive(ets[e], w->key, k.len, USAGE_AP_REQ_AUTH, &plainkey),
+		    0);
+		assert_null(k.mac);
+		assert_int_equal(kcrypt_key_keep_mac(&k), 0);
+		assert_non_null(k.mac);
+		assert_int_equal(kcrypt_key_keep_mac(&k), -1);	/* one is kept */
+		for (size_t n = 0; n <= 70; n++) {
+			if (krb5_opens(w, &k, USAGE_AP_REQ_AUTH, plain, n) != 0)
+				fail_msg("enctype %d, %zu bytes, kept MAC: libkrb5 does not open ours",
+				    ets[e], n);
+			if (kcrypt_opens(w, &k, USAGE_AP_REQ_AUTH, plain, n) != 0)
+				fail_msg("enctype %d, %zu bytes, kept MAC: we do not open libkrb5's",
+				    ets[e], n);
+			/* the thread's context between two uses of the kept one */
+			assert_int_equal(krb5_opens(w, &plainkey, USAGE_AP_REQ_AUTH, plain, n), 0);
+		}
+		assert_int_equal(krb5_opens(w, &k, USAGE_AP_REQ_AUTH, plain, sizeof(plain)), 0);
+		/* Ki changed under the kept context: it is not used */
+		k.ki[0] ^= 1;
+		assert_int_equal(kcrypt_opens(w, &k, USAGE_AP_REQ_AUTH, plain, 40), -1);
+		assert_int_equal(krb5_opens(w, &k, USAGE_AP_REQ_AUTH, plain, 40),
+		    KRB5KRB_AP_ERR_BAD_INTEGRITY);
+		k.ki[0] ^= 1;
+		assert_int_equal(kcrypt_opens(w, &k, USAGE_AP_REQ_AUTH, plain, 40), 0);
+		kcrypt_key_clear(&k);
+		assert_null(k.mac);
+		assert_int_equal(k.len, 0);
+		assert_int_equal(kcrypt_key_keep_mac(&k), -1);	/* no key */
+		kcrypt_key_clear(&plainkey);
+	}
+}
+
 /* A thread of its own: its contexts are its own, and freed at its exit
  * (LeakSanitizer would say otherwise). */
 struct thread_job {
@@ -295,6 +346,8 @@ main(void)
 		    test_tampered_short_or_foreign_messages_are_refused_and_zeroed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_what_it_does_not_do_it_refuses, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_another_thread_has_its_own_contexts, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_a_kept_mac_context_gives_the_same_messages, setup,
 		    teardown),
 	};
 
