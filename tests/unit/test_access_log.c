@@ -76,6 +76,47 @@ w3c_empty_fields_are_dashes_and_hostile_bytes_escaped(void **state)
 	assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
 }
 
+/* Every byte value at every offset of a long field (fields are copied
+ * eight bytes at a time where they can be) comes out as the W3C rule says:
+ * SP as '+', controls, DEL, non-ASCII, '"' and '%' as %XX, the rest as is. */
+static void
+w3c_every_byte_at_every_offset_of_a_field(void **state)
+{
+	static const char plain[] = "Apple-iPhone9C1/1402.4(x)";
+	struct access_rec r = sample();
+	char line[2048], field[64], want[128];
+
+	(void)state;
+	for (unsigned c = 1; c < 256; c++) {
+		for (size_t k = 0; k < sizeof(plain) - 1; k++) {
+			size_t w = 0;
+			char *at;
+
+			memcpy(field, plain, sizeof(plain));
+			field[k] = (char)c;
+			r.user_agent = field;
+			for (size_t i = 0; field[i] != '\0'; i++) {
+				unsigned char b = (unsigned char)field[i];
+				if (b == ' ')
+					want[w++] = '+';
+				else if (b < 0x21 || b > 0x7e || b == '"' || b == '%')
+					w += (size_t)snprintf(want + w, 4, "%%%02X", b);
+				else
+					want[w++] = (char)b;
+			}
+			want[w] = '\0';
+			assert_true(access_log_format(&r, ACCESS_W3C, line, sizeof(line)) > 0);
+			/* user_agent is the field after c-ip */
+			at = strstr(line, " 198.51.100.7 ");
+			assert_non_null(at);
+			at += strlen(" 198.51.100.7 ");
+			if (strncmp(at, want, w) != 0 || at[w] != ' ')
+				fail_msg("byte 0x%02x at %zu: field \"%.*s\", want \"%s\"", c, k,
+				    (int)w, at, want);
+		}
+	}
+}
+
 static void
 json_line_is_one_object_with_escapes(void **state)
 {
@@ -386,6 +427,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(w3c_line_has_every_field_in_order),
 		cmocka_unit_test(w3c_empty_fields_are_dashes_and_hostile_bytes_escaped),
+		cmocka_unit_test(w3c_every_byte_at_every_offset_of_a_field),
 		cmocka_unit_test(json_line_is_one_object_with_escapes),
 		cmocka_unit_test(date_and_time_follow_each_record_across_seconds_and_days),
 		cmocka_unit_test(numbers_are_decimal_from_zero_to_the_largest),
