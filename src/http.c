@@ -130,7 +130,7 @@ is_tchar(unsigned char c)
 
 /* ASCII case folding (A-Z only), as codec_eq_ci does, without a call per
  * comparison for the short names compared here. */
-#define FOLD(c)		((c) >= 'A' && (c) <= 'Z' ? (c) + 32 : (c))
+#define FOLD(c)		((c) + ((c) >= 'A' && (c) <= 'Z' ? 32 : 0))
 #define FOLD4(c)	FOLD(c), FOLD((c) + 1), FOLD((c) + 2), FOLD((c) + 3)
 #define FOLD16(c)	FOLD4(c), FOLD4((c) + 4), FOLD4((c) + 8), FOLD4((c) + 12)
 #define FOLD64(c)	FOLD16(c), FOLD16((c) + 16), FOLD16((c) + 32), FOLD16((c) + 48)
