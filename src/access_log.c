@@ -1,7 +1,6 @@
 /* access_log.c — W3C extended / JSON access log; see access_log.h. */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -60,33 +59,11 @@ static const unsigned char w3c_keep[256] = {
 #undef W3C4
 #undef W3C_KEEP
 
-/*
- * 1 when all of s[0..8) are w3c_keep bytes, eight at a time with the word
- * tests of "Bit Twiddling Hacks" (each exact for the word as a whole: a
- * borrow or carry only starts at a byte that is itself flagged): none below
- * 0x21 or above 0x7e, none '"' or '%'.
- */
-#define W_ONES		UINT64_C(0x0101010101010101)
-#define W_HIGHS		UINT64_C(0x8080808080808080)
-#define W_HASZERO(x)	(((x) - W_ONES) & ~(x) & W_HIGHS)
-#define W_HASLESS(x, n)	(((x) - W_ONES * (n)) & ~(x) & W_HIGHS)
-#define W_HASMORE(x, n)	((((x) + W_ONES * (127 - (n))) | (x)) & W_HIGHS)
-
-static int
-keep8(const char *p)
-{
-	uint64_t x;
-
-	memcpy(&x, p, sizeof(x));
-	return !(W_HASLESS(x, 0x21) || W_HASMORE(x, 0x7e) || W_HASZERO(x ^ (W_ONES * '"')) ||
-	    W_HASZERO(x ^ (W_ONES * '%')));
-}
-
 static size_t
 put_w3c(char *out, size_t cap, const char *s)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	size_t n = 0, i = 0, len;
+	size_t n = 0;
 
 	if (s == NULL || *s == '\0') {
 		if (cap < 2)
@@ -94,28 +71,24 @@ put_w3c(char *out, size_t cap, const char *s)
 		out[0] = '-';
 		return 1;
 	}
-	len = strlen(s);
-	while (i < len) {
-		/* a run of bytes kept as they are, copied at once. Each byte
-		 * needs n + 4 < cap where it goes, so the run's last byte
-		 * decides. */
-		size_t e = i;
+	for (;;) {
+		/* a run of bytes kept as they are, copied at once; NUL ends
+		 * it (w3c_keep[0] is 0). Each byte needs n + 4 < cap where it
+		 * goes, so the run's last byte decides. */
+		size_t run = 0;
 		unsigned char c;
 
-		for (; e + 8 <= len; e += 8)
-			if (!keep8(s + e))
-				break;
-		while (e < len && w3c_keep[(unsigned char)s[e]])
-			e++;
-		if (e > i) {
-			if (n + (e - i) + 3 >= cap)
+		while (w3c_keep[(unsigned char)s[run]])
+			run++;
+		if (run > 0) {
+			if (n + run + 3 >= cap)
 				return 0;
-			memcpy(out + n, s + i, e - i);
-			n += e - i;
-			if ((i = e) == len)
-				break;
+			memcpy(out + n, s, run);
+			n += run;
+			s += run;
 		}
-		c = (unsigned char)s[i++];
+		if ((c = (unsigned char)*s) == '\0')
+			break;
 		if (n + 4 >= cap)
 			return 0;
 		if (c == ' ')
@@ -125,6 +98,7 @@ put_w3c(char *out, size_t cap, const char *s)
 			out[n++] = hex[c >> 4];
 			out[n++] = hex[c & 15];
 		}
+		s++;
 	}
 	return n;
 }
