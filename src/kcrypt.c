@@ -27,7 +27,15 @@
 struct tctx {
 	EVP_CIPHER_CTX *aes[2];		/* [0] AES-128-CBC-CTS, [1] AES-256-CBC-CTS */
 	EVP_MAC_CTX *hmac;
+	/* 1: a re-initialisation without an IV starts again from the zero IV
+	 * the contexts were given when made (OpenSSL 3's CBC modes keep it as
+	 * their original IV), so a call does not pass it again: passing one
+	 * makes OpenSSL ask the provider for the IV length by name on every
+	 * call. Checked on each thread's contexts (iv_resets); 0: passed. */
+	int iv_reset;
 };
+
+static const unsigned char zero_iv[16];
 
 static _Thread_local struct tctx *tctx;
 static pthread_key_t tctx_key;
@@ -53,6 +61,33 @@ tctx_key_init(void)
 	tctx_key_ok = pthread_key_create(&tctx_key, tctx_free) == 0;
 }
 
+/* Whether t's cipher contexts start again from their zero IV when
+ * re-initialised without one: a message encrypted twice that way under a
+ * throwaway key, between and after other messages, must come out as it
+ * does with the IV given. */
+static int
+iv_resets(struct tctx *t)
+{
+	static const unsigned char key[32] = { 0x6b, 0x63, 0x72, 0x79, 0x70, 0x74 };
+	unsigned char in[40], want[40], got[40];
+	int ok = 1, n = 0;
+
+	memset(in, 0x5a, sizeof(in));
+	for (int i = 0; i < 2 && ok; i++) {
+		EVP_CIPHER_CTX *c = t->aes[i];
+
+		ok = EVP_CipherInit_ex2(c, NULL, key, zero_iv, 1, NULL) == 1 &&
+		    EVP_CipherUpdate(c, want, &n, in, (int)sizeof(in)) == 1;
+		for (int k = 0; k < 2 && ok; k++)
+			ok = EVP_CipherInit_ex2(c, NULL, key, NULL, 1, NULL) == 1 &&
+			    EVP_CipherUpdate(c, got, &n, in, (int)sizeof(in)) == 1 &&
+			    memcmp(got, want, sizeof(want)) == 0;
+	}
+	OPENSSL_cleanse(want, sizeof(want));
+	OPENSSL_cleanse(got, sizeof(got));
+	return ok;
+}
+
 /* This thread's contexts, made on first use; NULL when OpenSSL cannot. */
 static struct tctx *
 tctx_get(void)
@@ -74,7 +109,7 @@ tctx_get(void)
 	for (int i = 0; i < 2; i++) {
 		if ((c = EVP_CIPHER_fetch(NULL, names[i], NULL)) == NULL ||
 		    (t->aes[i] = EVP_CIPHER_CTX_new()) == NULL ||
-		    EVP_CipherInit_ex2(t->aes[i], c, NULL, NULL, 1, p) != 1)
+		    EVP_CipherInit_ex2(t->aes[i], c, NULL, zero_iv, 1, p) != 1)
 			goto fail;
 		EVP_CIPHER_free(c);	/* the context holds its own reference */
 		c = NULL;
@@ -85,6 +120,7 @@ tctx_get(void)
 	    (t->hmac = EVP_MAC_CTX_new(m)) == NULL || EVP_MAC_CTX_set_params(t->hmac, d) != 1)
 		goto fail;
 	EVP_MAC_free(m);
+	t->iv_reset = iv_resets(t);
 	if (pthread_setspecific(tctx_key, t) != 0) {
 		m = NULL;
 		goto fail;
@@ -222,14 +258,13 @@ static int
 cts(struct tctx *t, const struct kcrypt_key *k, int enc, const unsigned char *in, size_t n,
     unsigned char *out)
 {
-	static const unsigned char iv[16];
 	EVP_CIPHER_CTX *c;
 	int olen = 0;
 
 	if ((k->len != 16 && k->len != 32) || n < 16 || n > INT32_MAX)
 		return -1;
 	c = t->aes[k->len == 32];
-	if (EVP_CipherInit_ex2(c, NULL, k->ke, iv, enc, NULL) != 1 ||
+	if (EVP_CipherInit_ex2(c, NULL, k->ke, t->iv_reset ? NULL : zero_iv, enc, NULL) != 1 ||
 	    EVP_CipherUpdate(c, out, &olen, in, (int)n) != 1 || (size_t)olen != n)
 		return -1;
 	return 0;
