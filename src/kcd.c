@@ -119,16 +119,6 @@ answer_error(struct kpeer *p, uint32_t id, enum kcd_err_class cls, const char *n
 	reply(p, IPC_TOKEN_ERR, id);
 }
 
-static void
-answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
-{
-	ipc_buf_init(&p->k->out);
-	ipc_put_str(&p->k->out, res->token);
-	ipc_put_u32(&p->k->out, res->ctx_id);
-	ipc_put_u64(&p->k->out, res->ticket_end_ms);
-	reply(p, IPC_TOKEN_OK, id);
-}
-
 /* The room s4u_token_now_to gets in the answer's buffer for a warm token:
  * TOKEN_OK's str (ipc_put_str's u32 length, then the bytes) starts the
  * payload, so the token is made where that str's bytes go, and the u32
@@ -138,18 +128,23 @@ answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
 #define TOKEN_ROOM	(sizeof(((struct ipc_buf *)0)->data) - TOKEN_AT - \
 			 sizeof(uint32_t) - sizeof(uint64_t))
 
-/* TOKEN_OK for a token s4u_token_now_to made at out.data + TOKEN_AT: its
- * length prefix put in front of it, then the rest as answer_token. */
+/* TOKEN_OK: str token, u32 ctx id, u64 ticket end. A token that
+ * s4u_token_now_to made in place (res->token at out.data + TOKEN_AT) gets
+ * only its length put in front of it; any other is copied in. */
 static void
-answer_token_made(struct kpeer *p, uint32_t id, const struct s4u_result *res)
+answer_token(struct kpeer *p, uint32_t id, const struct s4u_result *res)
 {
-	uint32_t n = (uint32_t)res->token_len;
+	struct ipc_buf *out = &p->k->out;
 
-	memcpy(p->k->out.data, &n, sizeof(n));	/* as ipc_put_u32 */
-	p->k->out.len = TOKEN_AT + res->token_len;
-	p->k->out.err = 0;
-	ipc_put_u32(&p->k->out, res->ctx_id);
-	ipc_put_u64(&p->k->out, res->ticket_end_ms);
+	ipc_buf_init(out);
+	if (res->token == (const char *)out->data + TOKEN_AT) {
+		ipc_put_u32(out, (uint32_t)res->token_len);
+		out->len += res->token_len;	/* within TOKEN_ROOM */
+	} else {
+		ipc_put_str(out, res->token);
+	}
+	ipc_put_u32(out, res->ctx_id);
+	ipc_put_u64(out, res->ticket_end_ms);
 	reply(p, IPC_TOKEN_OK, id);
 }
 
@@ -245,7 +240,7 @@ h_token_req(struct kpeer *p, const struct ipc_msg *msg, char *why, size_t whylen
 	    cb_len, flags, (char *)p->k->out.data + TOKEN_AT, TOKEN_ROOM, &res, &serr)) {
 	case 1:
 		count_token(&res);
-		answer_token_made(p, msg->id, &res);
+		answer_token(p, msg->id, &res);
 		return 0;
 	case -1:
 		answer_error(p, msg->id, serr.cls, serr.name, serr.text);
