@@ -128,34 +128,9 @@ is_tchar(unsigned char c)
 	return (cls[c] & C_TCHAR) != 0;
 }
 
-/* ASCII case folding (A-Z only), as codec_eq_ci does, without a call per
- * comparison for the short names compared here. */
-#define FOLD(c)		((c) + ((c) >= 'A' && (c) <= 'Z' ? 32 : 0))
-#define FOLD4(c)	FOLD(c), FOLD((c) + 1), FOLD((c) + 2), FOLD((c) + 3)
-#define FOLD16(c)	FOLD4(c), FOLD4((c) + 4), FOLD4((c) + 8), FOLD4((c) + 12)
-#define FOLD64(c)	FOLD16(c), FOLD16((c) + 16), FOLD16((c) + 32), FOLD16((c) + 48)
-static const unsigned char fold[256] = {
-	FOLD64(0), FOLD64(64), FOLD64(128), FOLD64(192)
-};
-#undef FOLD64
-#undef FOLD16
-#undef FOLD4
-#undef FOLD
-
-/* a[0..n) and b[0..n) are equal ignoring ASCII case. */
-static int
-eq_ci_n(const char *a, const char *b, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (fold[(unsigned char)a[i]] != fold[(unsigned char)b[i]])
-			return 0;
-	return 1;
-}
-
 /* a[0..alen) is the string literal lit, ignoring ASCII case (its length
  * is known at compile time: no strlen). */
-#define EQ_CI_LIT(a, alen, lit) \
-	((alen) == sizeof(lit) - 1 && eq_ci_n((a), (lit), sizeof(lit) - 1))
+#define EQ_CI_LIT(a, alen, lit)	codec_eq_ci((a), (alen), (lit), sizeof(lit) - 1)
 
 static int
 is_ows(char c)
@@ -282,7 +257,7 @@ known_id(const char *name, size_t n)
 	for (const uint8_t *c = known_by_len[n]; *c != HTTP_H_OTHER; c++)
 		/* most senders write the names as registered: one memcmp */
 		if (known[*c].len == n && (memcmp(name, known[*c].name, n) == 0 ||
-		    eq_ci_n(name, known[*c].name, n)))
+		    codec_eq_ci(name, n, known[*c].name, n)))
 			return (enum http_hdr)*c;
 	return HTTP_H_OTHER;
 }
