@@ -517,7 +517,6 @@ struct imp_cred {
 	 * when out of memory: the whole token is encoded), made again when a
 	 * token's alignment differs; the loop's only, like fast. */
 	char *tkt_b64;
-	size_t tkt_b64_len;
 	unsigned tkt_b64_at3;
 };
 
@@ -1630,7 +1629,7 @@ token_b64(struct imp_cred *ic, unsigned char *framed, size_t flen, size_t toff,
 			return codec_b64_encode_to(framed, flen, out);
 		}
 		ic->tkt_b64 = nb;
-		ic->tkt_b64_len = codec_b64_inner(tder, tlen, toff, nb);
+		(void)codec_b64_inner(tder, tlen, toff, nb);
 		ic->tkt_b64_at3 = (unsigned)(toff % 3);
 	}
 	return codec_b64_encode_with(framed, flen, toff, tlen, ic->tkt_b64, out);
